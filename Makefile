@@ -1,0 +1,75 @@
+# qemu.qmp developer targets.  `make help` lists them.
+
+# Use the active virtual environment, or make one in .venv.
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := $(CURDIR)/.venv
+endif
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.qemu-qmp-devel
+DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
+
+.PHONY: help develop system-deps check check-only lint typecheck test demo bench clean
+
+help:
+	@echo "qemu.qmp developer targets:"
+	@echo "  make develop      editable install with the 'devel' extras into"
+	@echo "                    \$$VIRTUAL_ENV, or into .venv (created if needed)"
+	@echo "  make system-deps  install QEMU, qemu-storage-daemon and qemu-ga"
+	@echo "                    (Debian, as root) for the integration tests"
+	@echo "  make check        set everything up, then flake8, mypy --strict"
+	@echo "                    and pytest; non-zero on any failure"
+	@echo "  make check-only   the same checks, without the set-up"
+	@echo "  make demo         a live QMP session: real QEMU when installed,"
+	@echo "                    the built-in test server otherwise"
+	@echo "  make bench        benchmarks against the reference library"
+	@echo "  make clean        remove build, cache and venv files"
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[devel]'
+	@touch $@
+
+develop: $(STAMP)
+
+# Real peers for the integration tests.  Skipped (with a note) when not
+# root or not on Debian: those tests then skip locally.
+system-deps:
+	@if command -v qemu-system-x86_64 >/dev/null && command -v qemu-ga >/dev/null \
+	    && command -v qemu-storage-daemon >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	else \
+	    echo "note: QEMU binaries missing; integration tests will skip" \
+	         "(install: $(DEBIAN_PACKAGES))"; \
+	fi
+
+check: develop system-deps
+	$(MAKE) check-only
+
+lint:
+	$(PYTHON) -m flake8 qemu tests bench
+
+typecheck:
+	$(PYTHON) -m mypy -p qemu
+
+# Debug mode and warnings-as-errors: "exception was never retrieved",
+# "Task was destroyed" and ResourceWarning fail the run.
+test:
+	PYTHONASYNCIODEBUG=1 PYTHONDEVMODE=1 $(PYTHON) -m pytest
+
+check-only: lint typecheck test
+
+demo: develop
+	@echo 'make demo: not yet - the live session arrives with the QMP client.'
+
+bench: develop
+	@echo 'make bench: not yet - benchmarks arrive with the QMP client.'
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis .tox
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf .venv bench/.venv-*

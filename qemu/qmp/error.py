@@ -1,0 +1,44 @@
+"""
+The root of every exception this package raises.
+
+Every error raised on purpose by ``qemu.qmp`` derives from `QMPError`, so
+``except QMPError`` catches all of them.  Each class is defined in the module
+that raises it; this map shows the whole tree in one place::
+
+    QMPError                                  error.py
+    ├── ProtocolError                         error.py
+    │   ├── DeserializationError              message.py
+    │   ├── UnexpectedTypeError               message.py
+    │   └── MessageTooLongError               framing.py
+    ├── SerializationError                    message.py
+    ├── StateError                            protocol.py
+    └── ConnectError                          protocol.py
+
+``tests/unit/test_errors.py`` walks ``QMPError.__subclasses__()`` and fails
+when this map and the code disagree.
+"""
+
+from __future__ import annotations
+
+
+class QMPError(Exception):
+    """Abstract error class for all errors originating from this package."""
+
+
+class ProtocolError(QMPError):
+    """
+    Abstract error class for protocol failures.
+
+    These are, in general, the fault of the peer (it sent something that
+    is not QMP) or a bug in this library.
+
+    :param error_message: Human-readable string describing the error.
+    """
+
+    def __init__(self, error_message: str, *args: object) -> None:
+        super().__init__(error_message, *args)
+        #: Human-readable string describing the error.
+        self.error_message: str = error_message
+
+    def __str__(self) -> str:
+        return self.error_message

@@ -1,0 +1,256 @@
+"""
+QMP messages.
+
+`Message` is one QMP message: a JSON object on the wire, a mutable mapping in
+Python.  It converts lazily in either direction and caches the result, so a
+message that is only routed is never serialized twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import MutableMapping
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+from .error import ProtocolError, QMPError
+
+
+def _reject_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity; JSON (and QEMU) does not.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encode_compact = json.JSONEncoder(separators=(',', ':'),
+                                   allow_nan=False).encode
+_encode_pretty = json.JSONEncoder(indent=2).encode
+
+
+def _encode(obj: Dict[str, object]) -> bytes:
+    """
+    Encode a message for the wire.
+
+    :raise SerializationError: ``obj`` holds something JSON cannot carry.
+    """
+    try:
+        return _encode_compact(obj).encode('utf-8')
+    except (TypeError, ValueError) as err:
+        raise SerializationError(
+            f"QMP message cannot be encoded as JSON: {err}", obj) from err
+
+
+class DeserializationError(ProtocolError):
+    """
+    A QMP message was not understood as JSON.
+
+    ``__cause__`` is the underlying `json.JSONDecodeError` (or the
+    `UnicodeDecodeError` for bytes that are not UTF-8).
+
+    :param error_message: Human-readable string describing the error.
+    :param raw: The raw `bytes` that prompted the failure.
+    """
+
+    def __init__(self, error_message: str, raw: bytes) -> None:
+        super().__init__(error_message, raw)
+        #: The raw bytes that were not understood as JSON.
+        self.raw: bytes = raw
+
+    def __str__(self) -> str:
+        shown = self.raw if len(self.raw) <= 80 else self.raw[:77] + b'...'
+        return f"{self.error_message}\n  raw bytes were: {shown!r}"
+
+
+class UnexpectedTypeError(ProtocolError):
+    """
+    A QMP message was JSON, but not a JSON object.
+
+    :param error_message: Human-readable string describing the error.
+    :param value: The deserialized JSON value that wasn't an object.
+    """
+
+    def __init__(self, error_message: str, value: object) -> None:
+        super().__init__(error_message, value)
+        #: The JSON value that was expected to be an object.
+        self.value: object = value
+
+    def __str__(self) -> str:
+        return f"{self.error_message}\n  value was: {self.value!r:.80}"
+
+
+class SerializationError(QMPError, ValueError):
+    """
+    A message holds a value that cannot be encoded as JSON.
+
+    Raised to the caller, before anything is sent.  ``__cause__`` is the
+    error from the JSON encoder.
+
+    :param error_message: Human-readable string describing the error.
+    :param value: The message that could not be encoded.
+    """
+
+    def __init__(self, error_message: str, value: object) -> None:
+        super().__init__(error_message, value)
+        self.error_message = error_message
+        #: The message that could not be encoded.
+        self.value = value
+
+    def __str__(self) -> str:
+        return self.error_message
+
+
+class Message(MutableMapping[str, object]):
+    """
+    Represents a single QMP protocol message.
+
+    A `Message` is built from a mapping or from raw `bytes`, and then behaves
+    like any other mutable mapping:
+
+    >>> msg = Message(b'{"hello": "world"}')
+    >>> msg['hello']
+    'world'
+    >>> msg['id'] = 'foobar'
+    >>> print(msg)
+    {
+      "hello": "world",
+      "id": "foobar"
+    }
+
+    `bytes` gives the compact wire form, `dict` a plain copy:
+
+    >>> bytes(Message({"hello": "world"}))
+    b'{"hello":"world"}'
+    >>> dict(Message({"hello": "world"}))
+    {'hello': 'world'}
+
+    :param value: Initial value: a mapping, or JSON-encoded `bytes`.
+    :param eager:
+        When `True` (the default), convert the initial value at once, so that
+        conversion errors are raised by the constructor.  When `False`, the
+        conversion happens on first use.
+    :raise DeserializationError: `bytes` that are not UTF-8 encoded JSON.
+    :raise UnexpectedTypeError: JSON that is not an object.
+    :raise SerializationError: A mapping JSON cannot encode (eager only).
+    """
+
+    __slots__ = ('_obj', '_raw')
+
+    def __init__(self, value: Union[bytes, Mapping[str, object]] = b'{}',
+                 *, eager: bool = True) -> None:
+        # _raw holds bytes not yet decoded (eager=False), or the wire
+        # encoding of a message built by _for_wire().  It is never cached
+        # otherwise: nested values can change under us.
+        self._obj: Optional[Dict[str, object]] = None
+        self._raw: Optional[bytes] = None
+        if isinstance(value, (bytes, bytearray)):
+            if eager:
+                self._obj = self._deserialize(bytes(value))
+            else:
+                self._raw = bytes(value)
+        else:
+            self._obj = dict(value)
+            if eager:
+                # Raise now for values JSON cannot carry.
+                _encode(self._obj)
+
+    @classmethod
+    def _for_wire(cls, obj: Dict[str, object]) -> 'Message':
+        """
+        Make a message from ``obj`` and encode it now, once.
+
+        Used for messages the library sends: encoding errors reach the
+        caller, and the writer task only copies bytes.
+
+        :raise SerializationError: ``obj`` cannot be encoded.
+        """
+        msg = cls.__new__(cls)
+        msg._obj = obj
+        msg._raw = _encode(obj)
+        return msg
+
+    # -- conversion ----------------------------------------------------
+
+    @staticmethod
+    def _deserialize(data: bytes) -> Dict[str, object]:
+        """
+        Decode JSON-encoded bytes into a dict.
+
+        :raise DeserializationError: Not UTF-8, or not JSON.
+        :raise UnexpectedTypeError: JSON, but not an object.
+        """
+        try:
+            obj = _decode(data.decode('utf-8'))
+        except (ValueError, UnicodeDecodeError) as err:
+            # JSONDecodeError and UnicodeDecodeError are both ValueErrors;
+            # naming the second documents the non-UTF-8 case.
+            raise DeserializationError(
+                f"Failed to deserialize QMP message: {err}", data) from err
+        if not isinstance(obj, dict):
+            raise UnexpectedTypeError(
+                "QMP message is not a JSON object.", obj)
+        return obj
+
+    def _wire_copy(self, **members: object) -> 'Message':
+        """
+        Copy this message, plus ``members``, encoded for the wire now.
+
+        :raise SerializationError: The copy cannot be encoded.
+        """
+        return self._for_wire({**self._object, **members})
+
+    @property
+    def _object(self) -> Dict[str, object]:
+        obj = self._obj
+        if obj is None:
+            assert self._raw is not None
+            obj = self._obj = self._deserialize(self._raw)
+            self._raw = None
+        return obj
+
+    def __bytes__(self) -> bytes:
+        raw = self._raw
+        if raw is not None:
+            return raw
+        return _encode(self._object)
+
+    def __str__(self) -> str:
+        """The message as pretty-printed JSON."""
+        return _encode_pretty(self._object)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._object!r})"
+
+    # -- mapping protocol ---------------------------------------------
+
+    def __getitem__(self, key: str) -> object:
+        return self._object[key]
+
+    def __setitem__(self, key: str, value: object) -> None:
+        self._object[key] = value
+        self._raw = None
+
+    def __delitem__(self, key: str) -> None:
+        del self._object[key]
+        self._raw = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._object)
+
+    def __len__(self) -> int:
+        return len(self._object)
+
+    # Faster than the generic Mapping versions, which go through
+    # __getitem__ and exception handling; routing calls them per message.
+    def __contains__(self, key: object) -> bool:
+        return key in self._object
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._object.get(key, default)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Message):
+            return self._object == other._object
+        if isinstance(other, Mapping):
+            return self._object == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

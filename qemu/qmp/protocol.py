@@ -1,0 +1,743 @@
+"""
+Generic asynchronous message protocol: the runstate machine and the tasks.
+
+`AsyncProtocol` runs one session at a time over a byte stream.  Its caller
+facing half (the *upper half*) connects, listens and disconnects; its *bottom
+half* is two tasks, a reader and a writer, plus a disconnect task that tears
+a session down.  A subclass says what a message is by implementing
+`_do_recv` and `_do_send`, and reacts to messages in `_on_message`.
+
+Every session walks the same states::
+
+    IDLE -> CONNECTING -> RUNNING -> DISCONNECTING -> IDLE
+                 \\__________________________/
+
+A failure anywhere in the bottom half schedules a disconnect; the session
+stays in DISCONNECTING until the caller's `disconnect()` reports the first
+error and returns the object to IDLE, ready to connect again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from enum import Enum
+from functools import wraps
+from ssl import SSLContext
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    FrozenSet,
+    Generic,
+    List,
+    Optional,
+    TypeVar,
+    Union,
+    cast,
+)
+
+from . import _sockets
+from ._sockets import SocketAddrT
+from .error import QMPError
+from .framing import LineBuffer
+from .util import bottom_half, exception_summary, upper_half
+
+
+__all__ = ['Runstate', 'ConnectError', 'StateError', 'require',
+           'AsyncProtocol', 'SocketAddrT']
+
+T = TypeVar('T')
+F = TypeVar('F', bound=Callable[..., Any])
+
+
+class Runstate(Enum):
+    """Protocol session runstate."""
+
+    #: Fully quiesced and disconnected.
+    IDLE = 0
+    #: In the process of connecting or establishing a session.
+    CONNECTING = 1
+    #: Fully connected and active session.
+    RUNNING = 2
+    #: In the process of disconnecting.
+    #: Runstate may be returned to `IDLE` by calling `disconnect()`.
+    DISCONNECTING = 3
+
+
+# Every legal change of state.  _set_state() refuses anything else, so a
+# wrong transition is caught where it happens, not three steps later.
+_NEXT_STATES: Dict[Runstate, FrozenSet[Runstate]] = {
+    Runstate.IDLE: frozenset({Runstate.CONNECTING}),
+    Runstate.CONNECTING: frozenset({Runstate.RUNNING,
+                                    Runstate.DISCONNECTING}),
+    Runstate.RUNNING: frozenset({Runstate.DISCONNECTING}),
+    Runstate.DISCONNECTING: frozenset({Runstate.IDLE}),
+}
+
+
+class ConnectError(QMPError):
+    """
+    Raised when the initial connection process has failed.
+
+    It always wraps a root cause, available as `exc`.  For example, when
+    connecting to a socket that does not exist::
+
+        await qmp.connect('not_found.sock')
+        # ConnectError: Failed to establish connection:
+        #   [Errno 2] No such file or directory
+
+    :param error_message: Human-readable string describing the error.
+    :param exc: The root-cause exception.
+    """
+
+    def __init__(self, error_message: str, exc: Exception) -> None:
+        super().__init__(error_message, exc)
+        #: Human-readable error string
+        self.error_message: str = error_message
+        #: Wrapped root cause exception
+        self.exc: Exception = exc
+
+    def __str__(self) -> str:
+        cause = str(self.exc) or type(self.exc).__name__
+        return f"{self.error_message}: {cause}"
+
+
+class StateError(QMPError):
+    """
+    An API command (connect, execute, etc) was issued at an inappropriate time.
+
+    For example, `connect()` on a client that is already connected.
+
+    :param error_message: Human-readable string describing the state error.
+    :param state: The actual `Runstate` seen at the time of the call.
+    :param required: The `Runstate` required to process this command.
+    """
+
+    def __init__(self, error_message: str,
+                 state: Runstate, required: Runstate) -> None:
+        super().__init__(error_message, state, required)
+        self.error_message = error_message
+        self.state = state
+        self.required = required
+
+    def __str__(self) -> str:
+        return self.error_message
+
+
+# Why a call in the wrong state failed, keyed by (required, actual).
+_STATE_ERRORS = {
+    (Runstate.IDLE, Runstate.CONNECTING): "Client is already connecting.",
+    (Runstate.IDLE, Runstate.RUNNING): "Client is already connected.",
+    (Runstate.RUNNING, Runstate.IDLE): "Client is not connected.",
+    (Runstate.RUNNING, Runstate.CONNECTING):
+        "Client is still connecting; wait for connect() to finish.",
+    (Runstate.CONNECTING, Runstate.IDLE):
+        "accept() requires start_server() to be called first.",
+    (Runstate.CONNECTING, Runstate.RUNNING): "Client is already connected.",
+}
+
+
+def require(required_state: Runstate) -> Callable[[F], F]:
+    """
+    Decorator: allow a method only in a certain `Runstate`.
+
+    :param required_state: The `Runstate` required to invoke this method.
+    :raise StateError: When the required `Runstate` is not met.
+    """
+    def _decorator(func: F) -> F:
+        @wraps(func)
+        def _wrapper(proto: 'AsyncProtocol[Any]',
+                     *args: Any, **kwargs: Any) -> Any:
+            if proto.runstate is not required_state:
+                state = proto.runstate
+                if state is Runstate.DISCONNECTING:
+                    emsg = ("Client is disconnecting. "
+                            "Call disconnect() to return to IDLE state.")
+                else:
+                    emsg = _STATE_ERRORS.get(
+                        (required_state, state),
+                        f"{func.__name__}() requires runstate "
+                        f"{required_state.name}, not {state.name}.")
+                raise StateError(emsg, state, required_state)
+            return func(proto, *args, **kwargs)
+        return cast(F, _wrapper)
+    return _decorator
+
+
+class AsyncProtocol(Generic[T]):
+    """
+    AsyncProtocol implements a generic async message-based protocol.
+
+    Messages flow both ways at any time, uncorrelated.  Subclasses provide:
+
+    - `_do_recv` and `_do_send`: read one message, write one message;
+    - `_on_message`: what to do with each message received;
+    - `_establish_session` (optional): handshakes before the session runs;
+      call ``super()._establish_session()`` last, it starts the tasks;
+    - `_cb_inbound` and `_cb_outbound` (optional): filters that see every
+      message, for logging or rewriting.
+
+    :param name:
+        Name used for logging messages, if any.  By default, messages log
+        to 'qemu.qmp.protocol', but each connection can get its own logger
+        by giving it a name; it then logs to 'qemu.qmp.protocol.${name}'.
+    :param readbuflen:
+        The longest message accepted from the peer, in bytes.  A longer
+        one ends the session with `MessageTooLongError`.
+    """
+
+    #: Logger object for debugging messages from this connection.
+    logger = logging.getLogger(__name__)
+
+    # Default maximum length of one received line, in bytes.
+    _limit = 64 * 1024
+
+    def __init__(self, name: Optional[str] = None,
+                 readbuflen: int = _limit) -> None:
+        self._name: Optional[str] = None
+        self.name = name
+        self._limit = readbuflen
+
+        self._runstate = Runstate.IDLE
+        self._runstate_changed: Optional[asyncio.Event] = None
+
+        # Session state, made anew by each connection.
+        self._outgoing: asyncio.Queue[T]
+        self._reader: Optional[asyncio.StreamReader] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._lines = LineBuffer(readbuflen)
+        self._listener: Optional[socket.socket] = None
+        self._accept_ssl: Optional[SSLContext] = None
+        self._reader_task: Optional[asyncio.Task[None]] = None
+        self._writer_task: Optional[asyncio.Task[None]] = None
+        #: Disconnect task.  It runs in its own task so that a disconnect
+        #: started by the reader or writer can wait for both to exit.
+        self._dc_task: Optional[asyncio.Future[None]] = None
+        # Errors that ended the bottom half, first one first.
+        self._bh_errors: List[Exception] = []
+        # While the writer task sends a batch, _write() collects here.
+        self._write_batch: Optional[List[bytes]] = None
+        # Cached per session so hot paths test one attribute per message.
+        self._debug = False
+
+    def __repr__(self) -> str:
+        name = f" name={self.name!r}" if self.name else ""
+        return f"<{type(self).__name__}{name} runstate={self.runstate.name}>"
+
+    # ------------------------------------------------------------------
+    # Upper half: public interface
+    # ------------------------------------------------------------------
+
+    @property
+    def name(self) -> Optional[str]:
+        """
+        The nickname for this connection, if any.
+
+        Setting it moves logging to a child logger of that name.
+        """
+        return self._name
+
+    @name.setter
+    def name(self, name: Optional[str]) -> None:
+        self._name = name
+        base = type(self).logger
+        self.logger = base.getChild(name) if name else base
+
+    @property
+    def runstate(self) -> Runstate:
+        """The current `Runstate` of the connection."""
+        return self._runstate
+
+    @upper_half
+    async def runstate_changed(self) -> Runstate:
+        """
+        Wait for the `runstate` to change, then return the new one.
+
+        :return: The new runstate.
+        """
+        await self._runstate_event.wait()
+        return self.runstate
+
+    @upper_half
+    @require(Runstate.IDLE)
+    async def start_server_and_accept(
+            self, address: SocketAddrT,
+            ssl: Optional[SSLContext] = None) -> None:
+        """
+        Listen on ``address``, accept one peer and start a session.
+
+        Equivalent to `start_server()` followed by `accept()`.  If this
+        call fails, `runstate` is guaranteed to be set back to `IDLE`.
+
+        :param address: Address to listen on; UNIX socket path or TCP
+            ``(host, port)``.
+        :param ssl: SSL context to use, if any.
+        :raise StateError: When the `Runstate` is not `IDLE`.
+        :raise ConnectError: When a connection or session cannot be
+            established; it wraps the root cause.
+        """
+        await self.start_server(address, ssl)
+        await self.accept()
+
+    @upper_half
+    @require(Runstate.IDLE)
+    async def start_server(self, address: SocketAddrT,
+                           ssl: Optional[SSLContext] = None) -> None:
+        """
+        Start listening for a peer, without waiting for one.
+
+        Returns as soon as the socket listens; call `accept()` to wait for
+        the peer and start the session.  A UNIX socket is created with
+        owner-only permissions.
+
+        :param address: Address to listen on; UNIX socket path or TCP
+            ``(host, port)``.
+        :param ssl: SSL context to use, if any.
+        :raise StateError: When the `Runstate` is not `IDLE`.
+        :raise ConnectError: When the server could not start listening on
+            this address; it wraps the root cause, usually an `OSError`.
+        """
+        self._begin_session()
+        await self._session_guard(self._do_start_server(address, ssl),
+                                  "Failed to establish connection")
+
+    @upper_half
+    @require(Runstate.CONNECTING)
+    async def accept(self) -> None:
+        """
+        Accept the peer of an earlier `start_server()` and start a session.
+
+        If this call fails, `runstate` is guaranteed to be set back to
+        `IDLE`.
+
+        :raise StateError: When the `Runstate` is not `CONNECTING`.
+        :raise QMPError: When `start_server()` was not called first.
+        :raise ConnectError: When a connection or session cannot be
+            established; it wraps the root cause (an `OSError`, `EOFError`
+            or, for a protocol-level failure, a `QMPError`).
+        """
+        if self._listener is None:
+            raise QMPError("Cannot call accept() before start_server().")
+        await self._session_guard(self._do_accept(),
+                                  "Failed to establish connection")
+        await self._session_guard(self._establish_session(),
+                                  "Failed to establish session")
+
+    @upper_half
+    @require(Runstate.IDLE)
+    async def connect(self, address: Union[SocketAddrT, socket.socket],
+                      ssl: Optional[SSLContext] = None) -> None:
+        """
+        Connect to the server and start a session.
+
+        If this call fails, `runstate` is guaranteed to be set back to
+        `IDLE`.
+
+        :param address: Address to connect to: a UNIX socket path, a TCP
+            ``(host, port)``, or an already connected `socket.socket`.
+        :param ssl: SSL context to use, if any.
+        :raise StateError: When the `Runstate` is not `IDLE`.
+        :raise ConnectError: When a connection or session cannot be
+            established; it wraps the root cause (an `OSError`, `EOFError`
+            or, for a protocol-level failure, a `QMPError`).
+        """
+        self._begin_session()
+        await self._session_guard(self._do_connect(address, ssl),
+                                  "Failed to establish connection")
+        await self._session_guard(self._establish_session(),
+                                  "Failed to establish session")
+
+    @upper_half
+    async def disconnect(self) -> None:
+        """
+        End the session and wait for all tasks to stop.
+
+        Afterwards the `runstate` is `IDLE` and the object can connect
+        again.  Calling it when already `IDLE` does nothing.
+
+        :raise Exception:
+            The error that ended the session early, if one did: `EOFError`
+            when the peer hung up, `OSError` for connection problems,
+            `ProtocolError` when the peer broke the protocol.
+        """
+        if self._runstate is Runstate.IDLE:
+            return
+        self._schedule_disconnect()
+        await self._wait_disconnect()
+
+    # ------------------------------------------------------------------
+    # Upper half: session set-up and tear-down
+    # ------------------------------------------------------------------
+
+    def _begin_session(self) -> None:
+        """Reset per-session state and enter `CONNECTING`."""
+        self._set_state(Runstate.CONNECTING)
+        self._outgoing = asyncio.Queue()
+        self._bh_errors = []
+        self._lines = LineBuffer(self._limit)
+        self._debug = self.logger.isEnabledFor(logging.DEBUG)
+
+    @upper_half
+    async def _session_guard(self, coro: Awaitable[None], emsg: str) -> None:
+        """
+        Run one phase of session set-up; roll back to `IDLE` on failure.
+
+        Exceptions are wrapped in `ConnectError`; `BaseException`s such as
+        `asyncio.CancelledError` are re-raised as they are, after the
+        rollback.
+
+        :param coro: The phase to run.
+        :param emsg: What failed, for the `ConnectError` message.
+        :raise ConnectError: When ``coro`` raises an `Exception`.
+        """
+        try:
+            await coro
+        except BaseException as err:
+            self.logger.debug("%s: %s", emsg, exception_summary(err))
+            await self._rollback()
+            if isinstance(err, Exception) \
+                    and not isinstance(err, ConnectError):
+                raise ConnectError(emsg, err) from err
+            raise
+
+    async def _rollback(self) -> None:
+        # The error that made us roll back is the one the caller sees;
+        # anything the teardown itself raises is only logged.
+        self._schedule_disconnect()
+        try:
+            await self._wait_disconnect()
+        except Exception as err:  # pylint: disable=broad-except
+            self.logger.debug("Error during rollback: %s",
+                              exception_summary(err))
+
+    @property
+    def _runstate_event(self) -> asyncio.Event:
+        # Made on first use, inside the event loop that will wait on it.
+        if self._runstate_changed is None:
+            self._runstate_changed = asyncio.Event()
+        return self._runstate_changed
+
+    def _set_state(self, state: Runstate) -> None:
+        """
+        Change the `Runstate` and wake whoever waits in `runstate_changed`.
+
+        :raise RuntimeError: The transition is not a legal one (a bug).
+        """
+        if state is self._runstate:
+            return
+        if state not in _NEXT_STATES[self._runstate]:
+            raise RuntimeError(f"illegal runstate transition "
+                               f"{self._runstate.name} -> {state.name}")
+        self.logger.debug("= runstate %s", state.name)
+        self._runstate = state
+        event = self._runstate_changed
+        if event is not None:
+            # Wake everyone waiting now; later waiters wait for the next.
+            event.set()
+            event.clear()
+
+    def _schedule_disconnect(self) -> None:
+        """
+        Start tearing down the session; idempotent.
+
+        Called by `disconnect()` and by the bottom half when it fails.
+        Usable in any runstate.
+        """
+        if self._dc_task is None:
+            self._set_state(Runstate.DISCONNECTING)
+            self._dc_task = asyncio.ensure_future(self._bh_disconnect())
+
+    @upper_half
+    async def _wait_disconnect(self) -> None:
+        """
+        Wait for the scheduled disconnect, then return to `IDLE`.
+
+        :raise Exception: The first error that ended the bottom half, the
+            root cause of any that followed it.
+        """
+        dc_task = self._dc_task
+        assert dc_task is not None
+        # Shielded: cancelling the caller must not cancel the teardown.
+        await asyncio.shield(dc_task)
+        if self._dc_task is not dc_task:
+            return  # another caller finished this disconnect first
+        errors = self._bh_errors
+        self._reset_session()
+        if errors:
+            raise errors[0]
+
+    def _reset_session(self) -> None:
+        self._reader = None
+        self._writer = None
+        self._reader_task = None
+        self._writer_task = None
+        self._dc_task = None
+        self._bh_errors = []
+        self._set_state(Runstate.IDLE)
+
+    # ------------------------------------------------------------------
+    # Transport hooks
+    # ------------------------------------------------------------------
+
+    @upper_half
+    async def _do_connect(self, address: Union[SocketAddrT, socket.socket],
+                          ssl: Optional[SSLContext] = None) -> None:
+        """
+        Open a connection to a server, as the transport client.
+
+        :raise OSError: For stream-related errors.
+        """
+        self.logger.debug("Connecting to %s ...", address)
+        self._reader, self._writer = await _sockets.open_stream(
+            address, ssl, self._limit)
+        self.logger.debug("Connected.")
+
+    @upper_half
+    async def _do_start_server(self, address: SocketAddrT,
+                               ssl: Optional[SSLContext] = None) -> None:
+        """
+        Listen on ``address``; `_do_accept` waits for the peer.
+
+        :raise OSError: For stream-related errors.
+        """
+        self.logger.debug("Listening on %s ...", address)
+        self._listener = await _sockets.listen(address)
+        self._accept_ssl = ssl
+
+    @upper_half
+    async def _do_accept(self) -> None:
+        """
+        Wait for the peer on the listening socket, then stop listening.
+
+        :raise OSError: For stream-related errors.
+        """
+        assert self._listener is not None
+        self._reader, self._writer = await _sockets.accept(
+            self._listener, self._accept_ssl, self._limit)
+        self._close_listener()
+        self.logger.debug("Connection accepted.")
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            _sockets.close_listener(self._listener)
+            self._listener = None
+
+    @upper_half
+    async def _establish_session(self) -> None:
+        """
+        Start the reader and writer tasks; the session is then `RUNNING`.
+
+        Subclasses do their own handshakes first, then call this.
+        """
+        self._reader_task = asyncio.create_task(
+            self._bh_loop_forever(self._bh_recv_message, 'Reader'))
+        self._writer_task = asyncio.create_task(
+            self._bh_loop_forever(self._bh_send_message, 'Writer'))
+        self._set_state(Runstate.RUNNING)
+
+    # ------------------------------------------------------------------
+    # Bottom half
+    # ------------------------------------------------------------------
+
+    @bottom_half
+    async def _bh_loop_forever(self, async_fn: Callable[[], Awaitable[None]],
+                               name: str) -> None:
+        """
+        Run ``async_fn`` until it fails or the task is cancelled.
+
+        A failure is recorded for `disconnect()` to raise and schedules a
+        disconnect; the task itself always ends without an exception, so
+        nothing is ever left unretrieved.
+        """
+        try:
+            while True:
+                await async_fn()
+        except asyncio.CancelledError:
+            self.logger.debug("Task.%s: cancelled.", name)
+        except Exception as err:  # pylint: disable=broad-except
+            if isinstance(err, EOFError):
+                self.logger.info("Task.%s: the peer closed the connection.",
+                                 name)
+            else:
+                self.logger.error("Task.%s: %s", name,
+                                  exception_summary(err))
+            self._bh_errors.append(err)
+            self._schedule_disconnect()
+
+    @bottom_half
+    async def _bh_recv_message(self) -> None:
+        """Wait for one message and hand it to `_on_message`."""
+        msg = await self._recv()
+        await self._on_message(msg)
+
+    @bottom_half
+    async def _bh_send_message(self) -> None:
+        """
+        Wait for outgoing messages and send them in one write.
+
+        Everything queued by the time the first message is taken goes out
+        in the same batch: one system call for many messages.
+        """
+        outgoing = self._outgoing
+        msg = await outgoing.get()
+        batch: List[bytes] = []
+        self._write_batch = batch
+        try:
+            await self._send(msg)
+            outgoing.task_done()
+            while not outgoing.empty():
+                await self._send(outgoing.get_nowait())
+                outgoing.task_done()
+        finally:
+            self._write_batch = None
+            if batch:
+                assert self._writer is not None
+                self._writer.write(b''.join(batch))
+        assert self._writer is not None
+        await self._writer.drain()
+
+    @bottom_half
+    async def _bh_disconnect(self) -> None:
+        """
+        Stop the reader and writer, close the stream and the listener.
+
+        Runs in `_dc_task`, so it may wait on the other tasks.
+        """
+        current = asyncio.current_task()
+        tasks = [task for task in (self._reader_task, self._writer_task)
+                 if task is not None and task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_listener()
+        await self._close_stream()
+        self.logger.debug("Disconnected.")
+
+    async def _close_stream(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        transport = writer.transport
+        if transport.get_write_buffer_size():
+            # The peer stopped reading; a graceful close would wait for it
+            # forever.
+            transport.abort()
+        else:
+            writer.close()
+        try:
+            await writer.wait_closed()
+        except Exception as err:  # pylint: disable=broad-except
+            # The connection was already broken; why is known or moot.
+            self.logger.debug("While closing: %s", exception_summary(err))
+
+    # ------------------------------------------------------------------
+    # Message hooks (subclasses implement _do_recv, _do_send)
+    # ------------------------------------------------------------------
+
+    def _cb_outbound(self, msg: T) -> T:
+        """
+        Callback: see or rewrite every outbound message.
+
+        The base implementation logs it at DEBUG level.
+
+        :param msg: raw outbound message
+        :return: final outbound message
+        """
+        if self._debug:
+            self.logger.debug("> %s", msg)
+        return msg
+
+    def _cb_inbound(self, msg: T) -> T:
+        """
+        Callback: see or rewrite every inbound message.
+
+        It runs before `_on_message()`, which handles the message.  The base
+        implementation logs it at DEBUG level.
+
+        :param msg: raw inbound message
+        :return: processed inbound message
+        """
+        if self._debug:
+            self.logger.debug("< %s", msg)
+        return msg
+
+    def _write(self, data: bytes) -> None:
+        """
+        Write bytes to the stream (for `_do_send` implementations).
+
+        Inside the writer task the bytes join the current batch.
+        """
+        batch = self._write_batch
+        if batch is not None:
+            batch.append(data)
+        else:
+            assert self._writer is not None
+            self._writer.write(data)
+
+    async def _readline(self) -> bytes:
+        """
+        Wait for one line from the peer.
+
+        At end of stream, an unterminated last line is returned as it is
+        (without newline); the next call raises `EOFError`.
+
+        :raise EOFError: The peer closed the connection.
+        :raise MessageTooLongError: The line is longer than ``readbuflen``.
+        """
+        lines = self._lines
+        line = lines.next_line()
+        while line is None:
+            assert self._reader is not None
+            data = await self._reader.read(_sockets.READ_SIZE)
+            if not data:
+                tail = lines.take_tail()
+                if tail:
+                    return tail
+                raise EOFError
+            lines.feed(data)
+            line = lines.next_line()
+        return line
+
+    async def _do_recv(self) -> T:
+        """Abstract: read one message from the stream and return it."""
+        raise NotImplementedError
+
+    async def _recv(self) -> T:
+        """
+        Read one message, passed through `_cb_inbound`.
+
+        Only the reader task should call this once the session runs;
+        anyone else would steal messages from routing.  It is safe to use
+        in `_establish_session` before the tasks start.
+        """
+        msg = await self._do_recv()
+        return self._cb_inbound(msg)
+
+    def _do_send(self, msg: T) -> None:
+        """Abstract: write one message to the stream (see `_write`)."""
+        raise NotImplementedError
+
+    async def _send(self, msg: T) -> None:
+        """
+        Send one message, passed through `_cb_outbound`.
+
+        Only the writer task should call this once the session runs, to
+        keep messages in order; it is safe in `_establish_session`.
+
+        :raise OSError: For problems with the underlying stream.
+        """
+        msg = self._cb_outbound(msg)
+        self._do_send(msg)
+
+    async def _on_message(self, msg: T) -> None:
+        """
+        Handle one received message (in the reader task).
+
+        Do not wait on the reader or writer here: that deadlocks.  An
+        exception raised here ends the session.
+
+        :param msg: The incoming message, already logged/filtered.
+        """

@@ -1,0 +1,145 @@
+"""
+Small helpers: method markers, exception formatting, stream helpers.
+
+`upper_half` and `bottom_half` mark which side of the library a method runs
+on (see `qemu.qmp.protocol`); `exception_summary` and `pretty_traceback`
+format errors for logs.  The stream helpers at the end exist for callers of
+older releases, which needed them on Python 3.6.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from typing import Any, Coroutine, Optional, TypeVar
+
+
+T = TypeVar('T')
+
+
+def upper_half(func: T) -> T:
+    """
+    Do-nothing decorator marking a method as "upper half".
+
+    Upper-half methods run in the caller's task.  They may schedule
+    bottom-half work but never call bottom-half methods directly.
+    """
+    return func
+
+
+def bottom_half(func: T) -> T:
+    """
+    Do-nothing decorator marking a method as "bottom half".
+
+    Bottom-half methods run in the reader, writer or disconnect tasks.  They
+    handle their own errors where they can (an unhandled one ends the
+    session), report to callers only through futures and task results, and
+    never call upper-half methods directly.
+    """
+    return func
+
+
+def exception_summary(exc: BaseException) -> str:
+    """
+    Return ``"ExceptionType: message"``, or just ``"ExceptionType"``.
+
+    >>> exception_summary(ValueError("bad value"))
+    'ValueError: bad value'
+    >>> exception_summary(EOFError())
+    'EOFError'
+
+    :param exc: The exception to summarise.
+    :return: A one-line summary.
+    """
+    name = type(exc).__qualname__
+    module = type(exc).__module__
+    if module not in ('__main__', 'builtins'):
+        name = f"{module}.{name}"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def pretty_traceback(prefix: str = "  | ") -> str:
+    """
+    Format the exception being handled, each line indented by ``prefix``.
+
+    Useful for logging an inner traceback inside another one.
+
+    :param prefix: The prefix to put before each line.
+    :return: The formatted traceback, one string.
+    """
+    lines = traceback.format_exc().rstrip('\n').split('\n')
+    return '\n'.join(prefix + line for line in lines)
+
+
+async def flush(writer: asyncio.StreamWriter) -> None:
+    """
+    Wait until ``writer`` has sent everything it buffered.
+
+    `asyncio.StreamWriter.drain` only waits until the buffer falls below
+    the high-water mark; this lowers the mark to zero for the wait, then
+    restores it.
+
+    :param writer: The stream to flush.
+    """
+    transport = writer.transport
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(0, 0)
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high, low)
+
+
+# ---------------------------------------------------------------------
+# Deprecated aliases (kept for callers of older releases)
+#
+# Python >= 3.9 has all of these built in; use the asyncio names.
+# ---------------------------------------------------------------------
+
+# deprecated in 0.1.0 - 2026-11-22: use asyncio.create_task
+def create_task(coro: Coroutine[Any, Any, T],
+                loop: Optional[asyncio.AbstractEventLoop] = None
+                ) -> 'asyncio.Future[T]':
+    """
+    Run ``coro`` in a new task, in ``loop`` when given.
+
+    :param coro: The coroutine to run.
+    :param loop: The loop to create the task in, if not the running one.
+    :return: The new task.
+    """
+    if loop is not None:
+        return loop.create_task(coro)
+    return asyncio.create_task(coro)
+
+
+# deprecated in 0.1.0 - 2026-11-22: use StreamWriter.is_closing
+def is_closing(writer: asyncio.StreamWriter) -> bool:
+    """
+    Return `True` if ``writer`` is closing or closed.
+
+    :param writer: The stream to ask.
+    """
+    return writer.is_closing()
+
+
+# deprecated in 0.1.0 - 2026-11-22: use StreamWriter.wait_closed
+async def wait_closed(writer: asyncio.StreamWriter) -> None:
+    """
+    Wait until ``writer`` is closed.
+
+    :param writer: The stream to wait on.
+    """
+    await writer.wait_closed()
+
+
+# deprecated in 0.1.0 - 2026-11-22: use asyncio.run
+def asyncio_run(coro: Coroutine[Any, Any, T], *, debug: bool = False) -> T:
+    """
+    Run ``coro`` in a new event loop and return its result.
+
+    :param coro: The coroutine to run.
+    :param debug: Run the loop in debug mode.
+    :return: What the coroutine returned.
+    """
+    return asyncio.run(coro, debug=debug)

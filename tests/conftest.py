@@ -1,0 +1,65 @@
+"""
+Shared fixtures: asyncio hygiene and the real-peer policy.
+
+Every test runs with warnings as errors (see pyproject.toml), and fails if
+asyncio logged an error during it: "Task was destroyed but it is pending",
+"exception was never retrieved" and unclosed transports all land there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import shutil
+from typing import Iterator, List
+
+import pytest
+
+
+IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def asyncio_hygiene() -> Iterator[None]:
+    """Fail the test if asyncio complained about anything."""
+    collector = _Collector()
+    asyncio_logger = logging.getLogger('asyncio')
+    asyncio_logger.addHandler(collector)
+    try:
+        yield
+        gc.collect()
+    finally:
+        asyncio_logger.removeHandler(collector)
+    messages = [record.getMessage() for record in collector.records]
+    assert not messages, f"asyncio logged errors: {messages}"
+
+
+def require_binary(name: str) -> str:
+    """
+    Return the path of ``name``: skip the test locally when it is missing,
+    fail it in CI, where every real peer must be installed.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI but is not installed")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def assert_no_tasks_left() -> None:
+    """Only the current task may still exist."""
+    current = asyncio.current_task()
+    leftover = [task for task in asyncio.all_tasks() if task is not current]
+    assert not leftover, f"tasks leaked: {leftover}"

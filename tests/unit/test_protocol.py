@@ -1,0 +1,408 @@
+"""AsyncProtocol on its own, through a tiny line-based protocol."""
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import stat
+
+import pytest
+
+from qemu.qmp.error import QMPError
+from qemu.qmp.framing import MessageTooLongError
+from qemu.qmp.protocol import (
+    AsyncProtocol,
+    ConnectError,
+    Runstate,
+    StateError,
+    require,
+)
+from tests.conftest import assert_no_tasks_left
+
+
+class LineProtocol(AsyncProtocol[bytes]):
+    """Messages are lines; received ones go to a queue."""
+
+    def __init__(self, name=None, readbuflen=1024):
+        super().__init__(name, readbuflen)
+        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    async def _do_recv(self):
+        return await self._readline()
+
+    def _do_send(self, msg):
+        self._write(msg)
+
+    async def _on_message(self, msg):
+        await self.inbox.put(msg)
+
+    def send(self, msg):
+        self._outgoing.put_nowait(msg)
+
+
+class FailingSession(LineProtocol):
+    """A protocol whose handshake fails."""
+
+    async def _establish_session(self):
+        raise OSError("handshake failed")
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / 'proto.sock')
+
+
+async def pair(address):
+    """A listening and a connecting LineProtocol, connected."""
+    server, client = LineProtocol('server'), LineProtocol('client')
+    await server.start_server(address)
+    if isinstance(address, tuple):
+        address = server._listener.getsockname()[:2]
+    accepting = asyncio.create_task(server.accept())
+    await client.connect(address)
+    await accepting
+    return server, client
+
+
+async def wait_for_state(proto, state):
+    while proto.runstate is not state:
+        await proto.runstate_changed()
+
+
+async def close_both(first, second):
+    """``first`` hangs up; ``second`` reports that as EOFError."""
+    await first.disconnect()
+    await wait_for_state(second, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await second.disconnect()
+    assert first.runstate is second.runstate is Runstate.IDLE
+
+
+@pytest.mark.parametrize('family', ['unix', 'tcp'])
+async def test_session_both_ways(family, sock_path):
+    """Messages flow both ways over UNIX and TCP; the peer's hang-up is
+    reported by disconnect() as EOFError; both end IDLE."""
+    address = sock_path if family == 'unix' else ('127.0.0.1', 0)
+    server, client = await pair(address)
+    assert server.runstate is client.runstate is Runstate.RUNNING
+    client.send(b'ping\n')
+    server.send(b'pong\n')
+    assert await server.inbox.get() == b'ping\n'
+    assert await client.inbox.get() == b'pong\n'
+
+    await server.disconnect()
+    assert server.runstate is Runstate.IDLE
+    await wait_for_state(client, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await client.disconnect()
+    assert client.runstate is Runstate.IDLE
+    assert_no_tasks_left()
+
+
+async def test_unix_socket_is_private_and_removed(sock_path):
+    """start_server() makes an owner-only socket and removes it after."""
+    server = LineProtocol()
+    await server.start_server(sock_path)
+    mode = stat.S_IMODE(os.stat(sock_path).st_mode)
+    assert mode & 0o077 == 0
+    assert server.runstate is Runstate.CONNECTING
+    client = LineProtocol()
+    accepting = asyncio.create_task(server.accept())
+    await client.connect(sock_path)
+    await accepting
+    assert not os.path.exists(sock_path)
+    await client.disconnect()
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+
+
+async def test_stale_socket_file_is_replaced(sock_path):
+    """A socket file left behind by a dead process does not block us."""
+    old = socket.socket(socket.AF_UNIX)
+    old.bind(sock_path)
+    old.close()
+    server, client = await pair(sock_path)
+    await close_both(client, server)
+
+
+async def test_preconnected_socket():
+    """connect() accepts an already-connected socket.socket."""
+    ours, theirs = socket.socketpair()
+    proto, peer = LineProtocol(), LineProtocol()
+    await proto.connect(ours)
+    await peer.connect(theirs)
+    proto.send(b'hi\n')
+    assert await peer.inbox.get() == b'hi\n'
+    await close_both(proto, peer)
+
+
+async def test_connect_failure_returns_to_idle(sock_path):
+    """A failed connect() wraps the root cause and leaves the object IDLE."""
+    proto = LineProtocol()
+    with pytest.raises(ConnectError) as info:
+        await proto.connect(sock_path)
+    assert isinstance(info.value.exc, FileNotFoundError)
+    assert str(info.value).startswith('Failed to establish connection: ')
+    assert proto.runstate is Runstate.IDLE
+    # And it can try again.
+    with pytest.raises(ConnectError):
+        await proto.connect(('127.0.0.1', 1))
+    assert proto.runstate is Runstate.IDLE
+
+
+async def test_bad_address_type():
+    """An address of the wrong type is a ConnectError around TypeError."""
+    proto = LineProtocol()
+    with pytest.raises(ConnectError) as info:
+        await proto.connect(42)
+    assert isinstance(info.value.exc, TypeError)
+    assert proto.runstate is Runstate.IDLE
+
+
+async def test_failed_session_returns_to_idle(sock_path):
+    """A failing _establish_session() rolls back and closes the stream."""
+    server = LineProtocol()
+    await server.start_server(sock_path)
+    accepting = asyncio.create_task(server.accept())
+    client = FailingSession()
+    with pytest.raises(ConnectError) as info:
+        await client.connect(sock_path)
+    assert str(info.value) == 'Failed to establish session: handshake failed'
+    assert client.runstate is Runstate.IDLE
+    await accepting
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+    assert_no_tasks_left()
+
+
+async def test_cancel_during_accept(sock_path):
+    """Cancelling accept() is not wrapped, and leaves the object IDLE with
+    its socket file removed."""
+    server = LineProtocol()
+    await server.start_server(sock_path)
+    accepting = asyncio.create_task(server.accept())
+    await asyncio.sleep(0)
+    accepting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await accepting
+    assert server.runstate is Runstate.IDLE
+    assert not os.path.exists(sock_path)
+
+
+async def test_cancel_during_connect_handshake(sock_path):
+    """Cancelling connect() mid-handshake rolls back to IDLE."""
+    gate = asyncio.Event()
+
+    class SlowSession(LineProtocol):
+        async def _establish_session(self):
+            gate.set()
+            await asyncio.Event().wait()
+
+    server = LineProtocol()
+    await server.start_server(sock_path)
+    accepting = asyncio.create_task(server.accept())
+    client = SlowSession()
+    connecting = asyncio.create_task(client.connect(sock_path))
+    await gate.wait()
+    connecting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await connecting
+    assert client.runstate is Runstate.IDLE
+    await accepting
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+
+
+async def test_start_server_failure(tmp_path):
+    """start_server() on an unusable path is a ConnectError; IDLE after."""
+    proto = LineProtocol()
+    with pytest.raises(ConnectError) as info:
+        await proto.start_server(str(tmp_path / 'missing' / 'dir' / 's'))
+    assert isinstance(info.value.exc, OSError)
+    assert proto.runstate is Runstate.IDLE
+
+
+async def test_start_server_and_accept(sock_path):
+    """start_server_and_accept() is start_server() then accept()."""
+    server = LineProtocol()
+    serving = asyncio.create_task(server.start_server_and_accept(sock_path))
+    while not os.path.exists(sock_path):
+        await asyncio.sleep(0)
+    client = LineProtocol()
+    await client.connect(sock_path)
+    await serving
+    assert server.runstate is Runstate.RUNNING
+    await close_both(client, server)
+
+
+async def test_reconnect_after_disconnect(sock_path):
+    """The same object connects again after disconnect()."""
+    for _ in range(3):
+        server, client = await pair(sock_path)
+        client.send(b'x\n')
+        assert await server.inbox.get() == b'x\n'
+        await close_both(client, server)
+
+
+async def test_state_errors(sock_path):
+    """Calls in the wrong state raise StateError with the states."""
+    proto = LineProtocol()
+    with pytest.raises(StateError) as info:
+        await proto.accept()
+    assert info.value.state is Runstate.IDLE
+    assert info.value.required is Runstate.CONNECTING
+    assert 'start_server()' in str(info.value)
+
+    server, client = await pair(sock_path)
+    with pytest.raises(StateError, match='already connected'):
+        await client.connect(sock_path)
+    with pytest.raises(StateError):
+        await client.start_server(sock_path)
+    await client.disconnect()
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(StateError, match='disconnecting'):
+        await server.connect(sock_path)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+
+
+async def test_disconnect_when_idle_does_nothing():
+    """disconnect() on an IDLE object returns at once."""
+    proto = LineProtocol()
+    await proto.disconnect()
+    assert proto.runstate is Runstate.IDLE
+
+
+async def test_runstate_changed_reports_each_state(sock_path):
+    """runstate_changed() wakes on every transition with the new state."""
+    server = LineProtocol()
+    seen = []
+
+    async def watch():
+        while True:
+            seen.append(await server.runstate_changed())
+            if seen[-1] is Runstate.IDLE:
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    await server.start_server(sock_path)
+    await asyncio.sleep(0)
+    client = LineProtocol()
+    accepting = asyncio.create_task(server.accept())
+    await client.connect(sock_path)
+    await accepting
+    await asyncio.sleep(0)
+    await server.disconnect()
+    await watcher
+    assert seen == [Runstate.CONNECTING, Runstate.RUNNING,
+                    Runstate.DISCONNECTING, Runstate.IDLE]
+    await wait_for_state(client, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await client.disconnect()
+
+
+async def test_line_too_long_ends_session(sock_path):
+    """A line over readbuflen ends the session with MessageTooLongError,
+    after the lines before it were delivered."""
+    server, client = await pair(sock_path)
+    server.send(b'short\n' + b'x' * 2000 + b'\n')
+    assert await client.inbox.get() == b'short\n'
+    await wait_for_state(client, Runstate.DISCONNECTING)
+    with pytest.raises(MessageTooLongError, match='readbuflen'):
+        await client.disconnect()
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+
+
+async def test_unterminated_last_line_is_delivered(sock_path):
+    """Bytes after the last newline arrive as a final line before EOF."""
+    server, client = await pair(sock_path)
+    server.send(b'partial')
+    await asyncio.sleep(0)
+    await server.disconnect()
+    assert await client.inbox.get() == b'partial'
+    await wait_for_state(client, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await client.disconnect()
+
+
+async def test_ssl_errors_are_connect_errors(tmp_path):
+    """A TLS handshake against a plain server fails as ConnectError."""
+    listener = socket.create_server(('127.0.0.1', 0))
+    port = listener.getsockname()[1]
+
+    async def plain_server():
+        loop = asyncio.get_running_loop()
+        listener.setblocking(False)
+        conn, _ = await loop.sock_accept(listener)
+        await loop.sock_sendall(conn, b'not tls at all\n' * 10)
+        conn.close()
+
+    serving = asyncio.create_task(plain_server())
+    context = ssl.create_default_context()
+    proto = LineProtocol()
+    with pytest.raises(ConnectError) as info:
+        await proto.connect(('127.0.0.1', port), ssl=context)
+    assert isinstance(info.value.exc, (ssl.SSLError, OSError))
+    assert proto.runstate is Runstate.IDLE
+    await serving
+    listener.close()
+
+
+async def test_repr_and_name():
+    """repr() shows name and runstate; the name picks the logger."""
+    proto = LineProtocol()
+    assert repr(proto) == '<LineProtocol runstate=IDLE>'
+    assert proto.logger.name == 'qemu.qmp.protocol'
+    proto.name = 'vm1'
+    assert repr(proto) == "<LineProtocol name='vm1' runstate=IDLE>"
+    assert proto.logger.name == 'qemu.qmp.protocol.vm1'
+
+
+def test_illegal_transition_is_a_bug():
+    """_set_state() refuses a transition that is not in the table."""
+    proto = LineProtocol()
+    with pytest.raises(RuntimeError, match='IDLE -> RUNNING'):
+        proto._set_state(Runstate.RUNNING)
+
+
+def test_require_decorator():
+    """require() raises StateError outside the required state."""
+    class Thing(LineProtocol):
+        @require(Runstate.RUNNING)
+        def act(self):
+            return 'acted'
+
+    with pytest.raises(StateError, match='not connected'):
+        Thing().act()
+
+
+def test_accept_without_start_server_on_connecting_object():
+    """accept() in CONNECTING without a listener is a QMPError."""
+    proto = LineProtocol()
+    proto._runstate = Runstate.CONNECTING
+    with pytest.raises(QMPError, match='start_server'):
+        asyncio.run(proto.accept())
+
+
+async def test_no_message_formatting_without_debug(sock_path, caplog):
+    """With DEBUG off, messages are never turned into strings for logs."""
+    class Tracked(bytes):
+        formatted = 0
+
+        def __str__(self):
+            Tracked.formatted += 1
+            return bytes.__str__(self)
+
+    server, client = await pair(sock_path)
+    with caplog.at_level(logging.INFO, logger='qemu.qmp'):
+        client.send(Tracked(b'hello\n'))
+        assert await server.inbox.get() == b'hello\n'
+    assert Tracked.formatted == 0
+    await close_both(client, server)

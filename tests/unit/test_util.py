@@ -1,0 +1,53 @@
+"""util: exception formatting, decorators and the kept stream helpers."""
+
+import asyncio
+import socket
+
+from qemu.qmp import util
+
+
+def test_exception_summary():
+    """Summaries name the class, and the message when there is one."""
+    assert util.exception_summary(EOFError()) == 'EOFError'
+    assert util.exception_summary(OSError(2, 'gone')) == \
+        'FileNotFoundError: [Errno 2] gone'
+
+
+def test_pretty_traceback():
+    """The current traceback comes out indented by the prefix."""
+    try:
+        raise ValueError('inner')
+    except ValueError:
+        text = util.pretty_traceback(prefix='>> ')
+    assert all(line.startswith('>> ') for line in text.splitlines())
+    assert 'ValueError: inner' in text
+
+
+def test_markers_return_the_function():
+    """upper_half and bottom_half change nothing."""
+    def func():
+        return 1
+    assert util.upper_half(func) is func
+    assert util.bottom_half(func) is func
+
+
+async def test_stream_helpers():
+    """flush, is_closing, wait_closed and create_task still work."""
+    ours, theirs = socket.socketpair()
+    with theirs:
+        _, writer = await asyncio.open_connection(sock=ours)
+        writer.write(b'x' * 1000)
+        await util.flush(writer)
+        assert writer.transport.get_write_buffer_size() == 0
+        assert not util.is_closing(writer)
+        writer.close()
+        assert util.is_closing(writer)
+        await util.wait_closed(writer)
+    assert await util.create_task(asyncio.sleep(0, 'done')) == 'done'
+
+
+def test_asyncio_run():
+    """asyncio_run runs a coroutine to completion."""
+    async def answer():
+        return 42
+    assert util.asyncio_run(answer()) == 42
