@@ -64,10 +64,10 @@ test:
 check-only: lint typecheck test
 
 demo: develop
-	@echo 'make demo: not yet - the live session arrives with the QMP client.'
+	@$(PYTHON) -m qemu.qmp.demo
 
 bench: develop
-	@echo 'make bench: not yet - benchmarks arrive with the QMP client.'
+	$(PYTHON) bench/run.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis .tox

@@ -1,5 +1,5 @@
 """
-Shared fixtures: asyncio hygiene and the real-peer policy.
+Shared fixtures: asyncio hygiene, the fake QMP server, real-peer policy.
 
 Every test runs with warnings as errors (see pyproject.toml), and fails if
 asyncio logged an error during it: "Task was destroyed but it is pending",
@@ -13,9 +13,12 @@ import gc
 import logging
 import os
 import shutil
-from typing import Iterator, List
+from typing import AsyncIterator, Iterator, List
 
 import pytest
+
+from qemu.qmp import QMPClient, Runstate
+from qemu.qmp.testing import QMPTestServer
 
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
@@ -63,3 +66,29 @@ def assert_no_tasks_left() -> None:
     current = asyncio.current_task()
     leftover = [task for task in asyncio.all_tasks() if task is not current]
     assert not leftover, f"tasks leaked: {leftover}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[QMPTestServer]:
+    """A started fake QMP server on a temporary UNIX socket."""
+    srv = QMPTestServer()
+    srv.on('query-status', {'status': 'running', 'running': True})
+    await srv.start()
+    yield srv
+    await srv.close()
+
+
+@pytest.fixture
+async def client(server: QMPTestServer) -> AsyncIterator[QMPClient]:
+    """A QMPClient connected to ``server``; checked for leaks afterwards."""
+    qmp = QMPClient('test')
+    assert server.address is not None
+    await qmp.connect(server.address)
+    yield qmp
+    if qmp.runstate is not Runstate.IDLE:
+        try:
+            await qmp.disconnect()
+        except Exception:  # the test already checked what it cares about
+            pass
+    await server.close()
+    assert_no_tasks_left()

@@ -1,21 +1,38 @@
 """
 QEMU Monitor Protocol (QMP) library, for asyncio.
 
-This release holds the foundation: `Message`, the data models and
-`qemu.qmp.protocol.AsyncProtocol`, the generic session machinery the QMP
-client is built on.  It is the protocol, not the vocabulary: there are no
-command definitions here.
+`QMPClient` talks to QEMU, the QEMU Storage Daemon and the QEMU Guest Agent:
+it connects (or accepts a connection), negotiates, executes commands and
+delivers events through `EventListener` queues.  It is the protocol, not
+the vocabulary: there are no command definitions here.
 
 Every error raised on purpose derives from `QMPError`; see
-`qemu.qmp.error` for the whole tree.
+`qemu.qmp.error` for the whole tree.  `qemu.qmp.legacy` has a blocking
+wrapper for scripts, and `qemu.qmp.testing` a QMP server for your tests.
+
+Example::
+
+    import asyncio
+    from qemu.qmp import QMPClient
+
+    async def main():
+        qmp = QMPClient('my-vm')
+        await qmp.connect('qmp.sock')
+        status = await qmp.execute('query-status')
+        print(f"VM status: {status['status']}")
+        await qmp.disconnect()
+
+    asyncio.run(main())
 """
 
 # Python's own logging guidance for libraries: be silent by default.
 import logging
 
 from .error import QMPError
+from .events import EventListener
 from .message import Message
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
+from .qmp_client import ExecInterruptedError, ExecuteError, QMPClient
 
 
 logging.getLogger('qemu.qmp').addHandler(logging.NullHandler())
@@ -24,13 +41,17 @@ __version__ = '0.1.0'
 
 __all__ = (
     # Classes, most to least important
+    'QMPClient',
     'Message',
+    'EventListener',
     'Runstate',
 
     # Exceptions, most generic to most explicit
     'QMPError',
     'StateError',
     'ConnectError',
+    'ExecuteError',
+    'ExecInterruptedError',
 
     # Type aliases
     'SocketAddrT',

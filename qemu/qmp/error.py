@@ -9,10 +9,17 @@ that raises it; this map shows the whole tree in one place::
     ├── ProtocolError                         error.py
     │   ├── DeserializationError              message.py
     │   ├── UnexpectedTypeError               message.py
-    │   └── MessageTooLongError               framing.py
+    │   ├── MessageTooLongError               framing.py
+    │   ├── GreetingError                     qmp_client.py
+    │   ├── NegotiationError                  qmp_client.py
+    │   ├── ServerParseError                  qmp_client.py
+    │   └── BadReplyError                     qmp_client.py
     ├── SerializationError                    message.py
     ├── StateError                            protocol.py
-    └── ConnectError                          protocol.py
+    ├── ConnectError                          protocol.py
+    ├── ExecuteError                          qmp_client.py
+    ├── ExecInterruptedError                  qmp_client.py
+    ├── ListenerError                         events.py
 
 ``tests/unit/test_errors.py`` walks ``QMPError.__subclasses__()`` and fails
 when this map and the code disagree.

@@ -1,0 +1,94 @@
+"""
+A live QMP session in one command: ``python3 -m qemu.qmp.demo``.
+
+It starts ``qemu-system-x86_64`` (no guest, no display) when it is
+installed, or the library's own test server otherwise, then connects,
+queries, stops and resumes the machine and prints what it sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+from typing import List
+
+from . import QMPClient, QMPError
+from .testing import CommandError, QMPTestServer
+
+
+def _fake_server() -> QMPTestServer:
+    server = QMPTestServer()
+    state = {'status': 'running', 'running': True}
+
+    async def set_running(running: bool) -> object:
+        state.update(status='running' if running else 'paused',
+                     running=running)
+        await server.emit_event('RESUME' if running else 'STOP')
+        return {}
+
+    server.on('query-status', lambda args: dict(state))
+    server.on('stop', lambda args: set_running(False))
+    server.on('cont', lambda args: set_running(True))
+    server.on('query-version', {'qemu': {'major': 7, 'minor': 2,
+                                         'micro': 0}, 'package': 'demo'})
+    server.on('quit', CommandError('GenericError', 'demo server stays'))
+    return server
+
+
+async def _session(qmp: QMPClient, lines: List[str]) -> None:
+    greeting = qmp.greeting
+    version = greeting.QMP.version if greeting else {}
+    lines.append(f"connected; server version {version.get('qemu')}")
+    lines.append(f"query-status -> {await qmp.execute('query-status')}")
+    with qmp.listener(('STOP', 'RESUME')) as listener:
+        await qmp.execute('stop')
+        lines.append(f"event: {(await listener.get())['event']}")
+        lines.append(f"query-status -> {await qmp.execute('query-status')}")
+        await qmp.execute('cont')
+        lines.append(f"event: {(await listener.get())['event']}")
+    try:
+        await qmp.execute('no-such-command')
+    except QMPError as err:
+        lines.append(f"no-such-command -> {type(err).__name__}: {err}")
+
+
+async def main() -> int:
+    """Run the demo; return the exit status."""
+    lines: List[str] = []
+    qemu = shutil.which('qemu-system-x86_64')
+    qmp = QMPClient('demo')
+    if qemu:
+        tmp = tempfile.mkdtemp(prefix='qmp-demo-')
+        path = os.path.join(tmp, 'qmp.sock')
+        await qmp.start_server(path)
+        proc = await asyncio.create_subprocess_exec(
+            qemu, '-M', 'none', '-nodefaults', '-display', 'none',
+            '-chardev', f'socket,id=mon,path={path}',
+            '-mon', 'chardev=mon,mode=control')
+        try:
+            await asyncio.wait_for(qmp.accept(), 30)
+            lines.append(f"started {qemu} (pid {proc.pid})")
+            await _session(qmp, lines)
+            await qmp.execute('quit')
+        finally:
+            await qmp.disconnect()
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        lines.append("qemu-system-x86_64 not found: using the built-in "
+                     "test server")
+        async with _fake_server() as server:
+            await qmp.connect(await server.start())
+            await _session(qmp, lines)
+            await qmp.disconnect()
+    print('\n'.join(lines))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(asyncio.run(main()))

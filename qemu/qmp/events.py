@@ -1,0 +1,346 @@
+"""
+QMP events and event listeners.
+
+An `EventListener` is a FIFO queue of the events it accepts (by name, by
+filter function, or by an overridden `EventListener.accept`).  Every
+registered listener gets its own copy of each event, so one consumer never
+steals from another.  `Events` is the mix-in that gives `QMPClient` its
+built-in all-events listener, ``qmp.events``, and the `Events.listener` and
+`Events.listen` context managers.
+
+Memory is bounded where nobody asked to keep everything: every listener's
+`EventListener.history` keeps the newest `DEFAULT_HISTORY_SIZE` events, and
+the built-in listener keeps at most `DEFAULT_BUILTIN_BACKLOG` unread events,
+dropping the oldest (with a logged warning).  A listener you create keeps
+all its unread events unless you pass ``max_pending``.
+
+The tutorial is ``docs/events.rst``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from contextlib import contextmanager
+from typing import (
+    Callable,
+    Deque,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
+
+from .error import QMPError
+from .message import Message
+
+
+__all__ = ['EventListener', 'Events', 'ListenerError', 'EventFilter',
+           'DEFAULT_HISTORY_SIZE', 'DEFAULT_BUILTIN_BACKLOG']
+
+logger = logging.getLogger(__name__)
+
+#: A function that decides whether a listener accepts an event.
+EventFilter = Callable[[Message], bool]
+
+#: How many events `EventListener.history` keeps, unless told otherwise.
+DEFAULT_HISTORY_SIZE = 1000
+
+#: How many unread events the built-in ``qmp.events`` listener keeps.
+DEFAULT_BUILTIN_BACKLOG = 10000
+
+
+class ListenerError(QMPError):
+    """Generic error class for `EventListener`-related problems."""
+
+
+class EventListener:
+    """
+    Selectively listens for events with runtime configurable filtering.
+
+    When ``names`` and ``event_filter`` are both given, an event must have
+    one of the names and pass the filter.
+
+    >>> listener = EventListener(('STOP', 'RESUME'))
+    >>> listener.accept(Message({'event': 'STOP'}))
+    True
+    >>> listener.accept(Message({'event': 'SHUTDOWN'}))
+    False
+
+    :param names: One or more names of events to listen for.  When not
+        provided, listen for ALL events.
+    :param event_filter: An optional event filtering function.  When names
+        are also provided, this acts as a secondary filter.
+    :param max_pending: How many unread events to keep at most; when full,
+        the oldest is dropped and a warning logged.  `None` (the default)
+        keeps them all.
+    :param history_size: How many events `history` keeps; `None` keeps
+        every event ever accepted (memory grows without bound).
+    """
+
+    def __init__(self,
+                 names: Optional[Union[str, Iterable[str]]] = None,
+                 event_filter: Optional[EventFilter] = None,
+                 *,
+                 max_pending: Optional[int] = None,
+                 history_size: Optional[int] = DEFAULT_HISTORY_SIZE) -> None:
+        if isinstance(names, str):
+            names = (names,)
+        #: Primary event filter, based on one or more event names.
+        self.names: Set[str] = set(names) if names is not None else set()
+        #: Optional, secondary event filter.
+        self.event_filter: Optional[EventFilter] = event_filter
+        #: Upper bound on unread events, or `None` for no bound.
+        self.max_pending: Optional[int] = max_pending
+        #: How many unread events were dropped because of `max_pending`.
+        self.dropped: int = 0
+
+        self._pending: Deque[Message] = deque()
+        # Tasks waiting in get(), woken one per event, in order.
+        self._getters: Deque[asyncio.Future[None]] = deque()
+        self._history: Deque[Message] = deque(maxlen=history_size)
+        self._history_trimmed = False
+
+    def __repr__(self) -> str:
+        names = sorted(self.names) if self.names else 'ALL'
+        return (f"<{type(self).__name__} names={names} "
+                f"pending={len(self._pending)}>")
+
+    @property
+    def history(self) -> Tuple[Message, ...]:
+        """
+        A read-only record of the events accepted so far, oldest first.
+
+        It includes events not yet read with `get()` and persists across
+        `clear()`.  It keeps the newest `history_size` events.
+        """
+        return tuple(self._history)
+
+    @property
+    def history_size(self) -> Optional[int]:
+        """How many events `history` keeps (`None`: all of them)."""
+        return self._history.maxlen
+
+    @history_size.setter
+    def history_size(self, size: Optional[int]) -> None:
+        self._history = deque(self._history, maxlen=size)
+
+    def accept(self, event: Message) -> bool:
+        """
+        Determine if this listener accepts this event.
+
+        Override this to change which events appear in the stream.  User
+        code does not normally call it.
+
+        :param event: The event under consideration.
+        :return: `True`, if this listener accepts this event.
+        """
+        if self.names and event.get('event') not in self.names:
+            return False
+        if self.event_filter is not None:
+            return self.event_filter(event)
+        return True
+
+    async def put(self, event: Message) -> None:
+        """
+        Put an event into the queue, if `accept()` accepts it.
+
+        `QMPClient` calls this for every event; user code does not need to,
+        and subclasses should not need to override it.
+
+        :param event: The new event.
+        """
+        if self.accept(event):
+            self._deliver(event)
+
+    def _deliver(self, event: Message) -> None:
+        """Queue an accepted event and wake the oldest waiting reader."""
+        history = self._history
+        if not self._history_trimmed and len(history) == history.maxlen:
+            self._history_trimmed = True
+            logger.info("%r: history is full; it keeps the newest %d events",
+                        self, history.maxlen)
+        history.append(event)
+
+        pending = self._pending
+        if self.max_pending is not None and len(pending) >= self.max_pending:
+            self._drop_oldest()
+        pending.append(event)
+
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+    def _drop_oldest(self) -> None:
+        self._pending.popleft()
+        self.dropped += 1
+        # Say so on the first drop, then every max_pending drops: enough to
+        # be noticed, not enough to flood the log.
+        if self.dropped == 1 or self.dropped % (self.max_pending or 1) == 0:
+            logger.warning(
+                "%r: %d unread event(s) dropped so far (max_pending=%s); "
+                "read events sooner or raise max_pending",
+                self, self.dropped, self.max_pending)
+
+    async def get(self) -> Message:
+        """
+        Wait for the very next event in this stream.
+
+        If one is already available, return that one.
+
+        :return: The oldest unread event.
+        """
+        pending = self._pending
+        while not pending:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                getter.cancel()
+                try:
+                    self._getters.remove(getter)
+                except ValueError:
+                    pass
+                # Woken but cancelled: pass the wake-up on, or an event
+                # would sit unread while another reader waits.
+                if pending and self._getters:
+                    self._getters.popleft().set_result(None)
+                raise
+        return pending.popleft()
+
+    def empty(self) -> bool:
+        """
+        Return `True` if there are no pending events.
+
+        :return: `True` when `get()` would wait.
+        """
+        return not self._pending
+
+    def clear(self) -> List[Message]:
+        """
+        Discard all pending events and return them.
+
+        `Events.remove_listener` calls this.  Discarded events stay in
+        `history`.
+
+        :return: The cleared events, oldest first.
+        """
+        cleared = list(self._pending)
+        self._pending.clear()
+        return cleared
+
+    def __aiter__(self) -> 'EventListener':
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.get()
+
+
+class Events:
+    """
+    Mix-in giving `QMPClient` its event listeners.
+
+    It needs the class it is mixed into to have a ``logger`` attribute.
+    """
+
+    def __init__(self) -> None:
+        #: Default, all-events `EventListener`.  It keeps at most
+        #: `DEFAULT_BUILTIN_BACKLOG` unread events; set its ``max_pending``
+        #: to change that (`None` keeps them all).
+        self.events: EventListener = EventListener(
+            max_pending=DEFAULT_BUILTIN_BACKLOG)
+        self._listeners: List[EventListener] = [self.events]
+        # What the reader task walks for each event: (listener, fast),
+        # where fast means put() is not overridden and can be skipped.
+        self._dispatch: Tuple[Tuple[EventListener, bool], ...] = ()
+        self._update_dispatch()
+
+    def _update_dispatch(self) -> None:
+        self._dispatch = tuple(
+            (listener, type(listener).put is EventListener.put)
+            for listener in self._listeners)
+
+    async def _event_dispatch(self, msg: Message) -> None:
+        """Give an event to every registered listener (reader task)."""
+        for listener, fast in self._dispatch:
+            if fast:
+                if listener.accept(msg):
+                    listener._deliver(msg)
+            else:
+                await listener.put(msg)
+
+    def register_listener(self, listener: EventListener) -> None:
+        """
+        Register and activate an `EventListener`.
+
+        :param listener: The listener to activate.
+        :raise ListenerError: If the given listener is already registered.
+        """
+        if listener in self._listeners:
+            raise ListenerError(f"{listener!r} is already registered")
+        self._listeners.append(listener)
+        self._update_dispatch()
+
+    def remove_listener(self, listener: EventListener) -> None:
+        """
+        Unregister and deactivate an `EventListener`.
+
+        Its pending events are cleared via `EventListener.clear`; it can be
+        registered again later.
+
+        :param listener: The listener to deactivate.
+        :raise ListenerError: If the given listener is not registered.
+        """
+        if listener not in self._listeners:
+            raise ListenerError(f"{listener!r} is not registered")
+        self._listeners.remove(listener)
+        self._update_dispatch()
+        listener.clear()
+
+    @contextmanager
+    def listen(self, *listeners: EventListener) -> Iterator[None]:
+        """
+        Context manager: listen with existing listeners inside the block.
+
+        They are registered on entry and removed (their pending events
+        cleared) on exit.
+
+        :param listeners: One or more EventListeners to activate.
+        :raise ListenerError: If the given listener(s) are already active.
+        """
+        registered: List[EventListener] = []
+        try:
+            for listener in listeners:
+                self.register_listener(listener)
+                registered.append(listener)
+            yield
+        finally:
+            for listener in registered:
+                self.remove_listener(listener)
+
+    @contextmanager
+    def listener(
+            self,
+            names: Optional[Union[str, Iterable[str]]] = (),
+            event_filter: Optional[EventFilter] = None
+    ) -> Iterator[EventListener]:
+        """
+        Context manager: listen with a new `EventListener` inside the block.
+
+        :param names: One or more names of events to listen for.  When not
+            provided, listen for ALL events.
+        :param event_filter: An optional event filtering function.  When
+            names are also provided, this acts as a secondary filter.
+        :return: The newly created and active `EventListener`.
+        """
+        listener = EventListener(names, event_filter)
+        with self.listen(listener):
+            yield listener

@@ -1,0 +1,677 @@
+"""
+QMP client: greeting, negotiation, commands routed by id, events.
+
+`QMPClient` connects to (or accepts a connection from) a QMP server such as
+QEMU, the QEMU Storage Daemon or the QEMU Guest Agent, and always acts as
+the QMP client.  Many commands may be in flight at once, from many tasks;
+the reader task routes each reply to its caller by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections import deque
+from itertools import count
+from typing import (
+    Deque,
+    Dict,
+    Hashable,
+    Mapping,
+    Optional,
+    Union,
+)
+
+from .error import ProtocolError, QMPError
+from .events import Events
+from .message import Message
+from .models import ErrorResponse, Greeting
+from .protocol import AsyncProtocol, Runstate, require
+from .util import bottom_half, exception_summary, pretty_traceback, upper_half
+
+
+__all__ = ['QMPClient', 'ExecuteError', 'ExecInterruptedError',
+           'GreetingError', 'NegotiationError', 'ServerParseError',
+           'BadReplyError']
+
+
+class _WrappedProtocolError(ProtocolError):
+    """
+    Abstract: a protocol error that wraps a root cause.
+
+    :param error_message: Human-readable string describing the error.
+    :param exc: The root-cause exception.
+    """
+
+    def __init__(self, error_message: str, exc: Exception) -> None:
+        super().__init__(error_message, exc)
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return f"{self.error_message}: {self.exc}"
+
+
+class GreetingError(_WrappedProtocolError):
+    """
+    An exception occurred during the Greeting phase.
+
+    :param error_message: Human-readable string describing the error.
+    :param exc: The root-cause exception.
+    """
+
+
+class NegotiationError(_WrappedProtocolError):
+    """
+    An exception occurred during the Negotiation phase.
+
+    :param error_message: Human-readable string describing the error.
+    :param exc: The root-cause exception.
+    """
+
+
+class ExecuteError(QMPError):
+    """
+    Exception raised by `QMPClient.execute()` on RPC failure.
+
+    The server received, understood and answered the command, and the
+    answer is that the command failed.  For example::
+
+        await qmp.execute('block-dirty-bitmap-add',
+                          {'node': 'foo', 'name': 'my_bitmap'})
+        # qemu.qmp.qmp_client.ExecuteError:
+        #   Cannot find device='foo' nor node-name='foo'
+
+    :param error_response: The RPC error response object.
+    :param sent: The sent RPC message that caused the failure.
+    :param received: The raw RPC error reply received.
+    """
+
+    def __init__(self, error_response: ErrorResponse,
+                 sent: Message, received: Message) -> None:
+        super().__init__(error_response, sent, received)
+        #: The sent `Message` that caused the failure
+        self.sent: Message = sent
+        #: The received `Message` that indicated failure
+        self.received: Message = received
+        #: The parsed error response
+        self.error: ErrorResponse = error_response
+
+    @property
+    def error_class(self) -> str:
+        """The QMP error class, e.g. ``'GenericError'``."""
+        return self.error.error.class_
+
+    def __str__(self) -> str:
+        return self.error.error.desc
+
+
+class ExecInterruptedError(QMPError):
+    """
+    Raised by `QMPClient.execute()` (et al) when an RPC is interrupted.
+
+    The session ended before the reply arrived; `disconnect()` raises the
+    reason.  QMP cannot tell whether the command ran, so ask the server
+    when it matters.  For example, ECONNRESET might look like this::
+
+        try:
+            await qmp.execute('query-block')
+            # ExecInterruptedError: the session ended before the reply ...
+        except ExecInterruptedError:
+            await qmp.disconnect()
+            # ConnectionResetError: [Errno 104] Connection reset by peer
+    """
+
+
+class _MsgProtocolError(ProtocolError):
+    """
+    Abstract: a protocol error caused by a particular `Message`.
+
+    :param error_message: Human-readable string describing the error.
+    :param msg: The QMP `Message` that caused the error.
+    """
+
+    def __init__(self, error_message: str, msg: Message,
+                 *args: object) -> None:
+        super().__init__(error_message, msg, *args)
+        #: The received `Message` that caused the error.
+        self.msg: Message = msg
+
+    def __str__(self) -> str:
+        return f"{self.error_message}\n  message was: {dict(self.msg)!r:.200}"
+
+
+class ServerParseError(_MsgProtocolError):
+    """
+    The server sent an error without an id: it could not parse our input.
+
+    :param error_message: Human-readable string describing the error.
+    :param msg: The QMP `Message` that caused the error.
+    """
+
+
+class BadReplyError(_MsgProtocolError):
+    """
+    A reply was routed by its id, but is not a valid reply.
+
+    A reply is malformed when it has neither 'return' nor 'error', or when
+    its 'error' lacks members or has members of the wrong type.
+
+    :param error_message: Human-readable string describing the error.
+    :param msg: The malformed reply that was received.
+    :param sent: The message that was sent that prompted the error.
+    """
+
+    def __init__(self, error_message: str, msg: Message,
+                 sent: Message) -> None:
+        super().__init__(error_message, msg, sent)
+        #: The sent `Message` that prompted the malformed reply.
+        self.sent: Message = sent
+
+
+def _id_key(exec_id: object) -> Hashable:
+    """A dict key for a JSON id; objects and arrays are keyed by content."""
+    if isinstance(exec_id, (str, int, float)) or exec_id is None:
+        return exec_id
+    return ('json', json.dumps(exec_id, sort_keys=True))
+
+
+class _PendingReplies:
+    """
+    Futures of executions that wait for a reply, keyed by id.
+
+    Id-less executions (raw path) wait in a FIFO: the server answers
+    in-band commands in order, so an id-less reply belongs to the oldest.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: Dict[Hashable, asyncio.Future[Message]] = {}
+        self.idless: Deque[asyncio.Future[Message]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.by_id) + len(self.idless)
+
+    def add(self, key: Hashable) -> asyncio.Future[Message]:
+        if key in self.by_id:
+            raise QMPError(f"An execution with id {key!r} is already "
+                           "waiting for its reply")
+        future = asyncio.get_running_loop().create_future()
+        self.by_id[key] = future
+        return future
+
+    def add_idless(self) -> asyncio.Future[Message]:
+        future = asyncio.get_running_loop().create_future()
+        self.idless.append(future)
+        return future
+
+    def discard(self, key: Hashable, future: asyncio.Future[Message]) -> None:
+        if self.by_id.get(key) is future:
+            del self.by_id[key]
+
+    def discard_idless(self, future: asyncio.Future[Message]) -> None:
+        try:
+            self.idless.remove(future)
+        except ValueError:
+            pass
+
+    def resolve(self, key: Hashable, msg: Message) -> bool:
+        """Hand ``msg`` to the execution waiting on ``key``, if any."""
+        future = self.by_id.pop(key, None)
+        if future is None or future.done():
+            return False
+        future.set_result(msg)
+        return True
+
+    def resolve_idless(self, msg: Message) -> bool:
+        """Hand ``msg`` to the oldest id-less execution, if any."""
+        while self.idless:
+            future = self.idless.popleft()
+            if not future.done():
+                future.set_result(msg)
+                return True
+        return False
+
+    def fail_all(self, reason: str) -> None:
+        """Raise `ExecInterruptedError` in every waiting execution."""
+        futures = [*self.by_id.values(), *self.idless]
+        self.by_id.clear()
+        self.idless.clear()
+        for future in futures:
+            if not future.done():
+                future.set_exception(ExecInterruptedError(reason))
+
+
+class QMPClient(AsyncProtocol[Message], Events):
+    """
+    Implements a QMP client connection.
+
+    `QMPClient` can either connect to a QMP server or listen for one, but
+    always acts as the QMP client.
+
+    :param name: Optional nickname for the connection, used to tell
+        instances apart in logs.
+    :param readbuflen: The longest message accepted from the server, in
+        bytes (10 MiB by default).  A longer one ends the session.
+
+    Basic script-style usage::
+
+        import asyncio
+        from qemu.qmp import QMPClient
+
+        async def main():
+            qmp = QMPClient('my_virtual_machine_name')
+            await qmp.connect(('127.0.0.1', 1234))
+            res = await qmp.execute('query-status')
+            print(res['status'])
+            await qmp.disconnect()
+
+        asyncio.run(main())
+
+    Watching events while doing other work::
+
+        async def watch_events(qmp):
+            async for event in qmp.events:
+                print(f"Event: {event['event']}")
+
+        task = asyncio.create_task(watch_events(qmp))
+
+    See ``docs/events.rst`` for event handling patterns.
+    """
+
+    #: Logger object used for debugging messages.
+    logger = logging.getLogger(__name__)
+
+    # Read buffer limit; 10 MiB like QEMU's own Python tooling.
+    _limit = 10 * 1024 * 1024
+
+    # Prefix of ids the client assigns; raw-path callers must not use it.
+    _ID_PREFIX = '__qmp#'
+
+    def __init__(self, name: Optional[str] = None,
+                 readbuflen: int = _limit) -> None:
+        super().__init__(name, readbuflen)
+        Events.__init__(self)
+
+        #: Whether or not to await a greeting after establishing a
+        #: connection.  Defaults to True; QGA servers expect this to be
+        #: False.
+        self.await_greeting: bool = True
+
+        #: Whether or not to perform capabilities negotiation upon
+        #: connection.  Implies `await_greeting`.  Defaults to True; QGA
+        #: servers expect this to be False.
+        self.negotiate: bool = True
+
+        #: Seconds to wait for the greeting and for the negotiation reply,
+        #: each; `None` (the default) waits as long as it takes.  When it
+        #: runs out, `connect()` fails with `ConnectError` wrapping
+        #: `GreetingError` or `NegotiationError`.
+        self.session_timeout: Optional[float] = None
+
+        self._greeting: Optional[Greeting] = None
+        self._ids = count(1)
+        self._pending = _PendingReplies()
+
+    @property
+    def greeting(self) -> Optional[Greeting]:
+        """
+        The `Greeting` from the QMP server, if any.
+
+        `None` until a greeting arrives; reset at each connection attempt.
+        """
+        return self._greeting
+
+    # ------------------------------------------------------------------
+    # Upper half: session set-up
+    # ------------------------------------------------------------------
+
+    @upper_half
+    async def _establish_session(self) -> None:
+        """
+        Await the greeting and negotiate, then start the reader and writer.
+
+        :raise GreetingError: The greeting did not arrive or was not valid.
+        :raise NegotiationError: The server refused ``qmp_capabilities``.
+        :raise EOFError, OSError: The connection failed meanwhile.
+        """
+        self._greeting = None
+        self._pending = _PendingReplies()
+
+        if self.await_greeting or self.negotiate:
+            self._greeting = await self._get_greeting()
+        if self.negotiate:
+            await self._negotiate()
+        await super()._establish_session()
+
+    @upper_half
+    async def _get_greeting(self) -> Greeting:
+        self.logger.debug("Awaiting greeting ...")
+        try:
+            msg = await asyncio.wait_for(self._recv(), self.session_timeout)
+            return Greeting(msg)
+        except (ProtocolError, KeyError, TypeError) as err:
+            emsg = "Did not understand Greeting"
+            self.logger.error("%s: %s", emsg, exception_summary(err))
+            self.logger.debug("%s:\n%s", emsg, pretty_traceback())
+            raise GreetingError(emsg, err) from err
+        except asyncio.TimeoutError as err:
+            raise GreetingError(
+                f"No greeting within {self.session_timeout} seconds",
+                err) from err
+
+    @upper_half
+    async def _negotiate(self) -> None:
+        assert self._greeting is not None
+        caps = self._greeting.QMP.capabilities
+        enable = ['oob'] if 'oob' in caps else []
+        msg = Message({'execute': 'qmp_capabilities',
+                       'arguments': {'enable': enable}})
+        self.logger.debug("Negotiating capabilities ...")
+        try:
+            await self._send(msg)
+            assert self._writer is not None
+            await self._writer.drain()
+            reply = await asyncio.wait_for(self._recv_reply(),
+                                           self.session_timeout)
+        except asyncio.TimeoutError as err:
+            raise NegotiationError(
+                f"No reply to qmp_capabilities within "
+                f"{self.session_timeout} seconds", err) from err
+        except ProtocolError as err:
+            raise NegotiationError("Negotiation failed", err) from err
+
+        if 'error' in reply:
+            try:
+                error = ErrorResponse(reply)
+            except (KeyError, TypeError) as err:
+                raise NegotiationError(
+                    "Negotiation failed", BadReplyError(
+                        "malformed error reply", reply, msg)) from err
+            raise NegotiationError("Negotiation failed",
+                                   ExecuteError(error, msg, reply))
+        if 'return' not in reply:
+            raise NegotiationError("Negotiation failed", BadReplyError(
+                "reply has neither 'return' nor 'error'", reply, msg))
+
+    async def _recv_reply(self) -> Message:
+        """Receive until a non-event arrives; events are dispatched."""
+        while True:
+            msg = await self._recv()
+            if 'event' not in msg:
+                return msg
+            await self._event_dispatch(msg)
+
+    # ------------------------------------------------------------------
+    # Upper half: executing commands
+    # ------------------------------------------------------------------
+
+    @classmethod
+    def make_execute_msg(cls, cmd: str,
+                         arguments: Optional[Mapping[str, object]] = None,
+                         oob: bool = False) -> Message:
+        """
+        Create an executable message to be sent by `execute_msg` later.
+
+        >>> QMPClient.make_execute_msg('block-job-cancel', {'device': 'j0'})
+        Message({'execute': 'block-job-cancel', 'arguments': {'device': 'j0'}})
+
+        :param cmd: QMP command name.
+        :param arguments: Arguments (if any).  Must be JSON-serializable.
+        :param oob: If `True`, execute "out of band".
+        :return: A QMP `Message` that can be executed with `execute_msg()`.
+        """
+        obj: Dict[str, object] = {'exec-oob' if oob else 'execute': cmd}
+        if arguments is not None:
+            obj['arguments'] = arguments
+        return Message(obj, eager=False)
+
+    @upper_half
+    async def execute(self, cmd: str,
+                      arguments: Optional[Mapping[str, object]] = None,
+                      oob: bool = False) -> object:
+        """
+        Execute a QMP command on the server and return its value.
+
+        :param cmd: QMP command name.
+        :param arguments: Arguments (if any).  Must be JSON-serializable.
+        :param oob: If `True`, execute "out of band".
+        :return: The command's return value from the server; its type
+            depends on the command, most QEMU commands return a `dict`.
+        :raise ExecuteError: When the server returns an error response.
+        :raise ExecInterruptedError: If the connection was disrupted before
+            receiving a reply from the server.
+        :raise SerializationError: ``arguments`` cannot be encoded as JSON.
+        :raise StateError: The client is not connected.
+        """
+        msg = self.make_execute_msg(cmd, arguments, oob=oob)
+        return await self.execute_msg(msg)
+
+    @upper_half
+    @require(Runstate.RUNNING)
+    async def execute_msg(self, msg: Message) -> object:
+        """
+        Execute a QMP command on the server and return its value.
+
+        The client gives the command an id of its own for routing; ``msg``
+        itself is not changed.
+
+        :param msg: The QMP `Message` to execute.
+        :return: The command's return value from the server.
+        :raise ValueError: If the QMP `Message` does not have either the
+            'execute' or 'exec-oob' fields set.
+        :raise ExecuteError: When the server returns an error response.
+        :raise ExecInterruptedError: If the connection was disrupted before
+            receiving a reply from the server.
+        :raise SerializationError: ``msg`` cannot be encoded as JSON.
+        """
+        if not ('execute' in msg or 'exec-oob' in msg):
+            raise ValueError("Requires 'execute' or 'exec-oob' message")
+        exec_id = f"{self._ID_PREFIX}{next(self._ids):05d}"
+        wire = msg._wire_copy(id=exec_id)
+        reply = await self._exchange(exec_id, wire)
+        return self._reply_value(reply, wire)
+
+    @upper_half
+    @require(Runstate.RUNNING)
+    async def _raw(self, msg: Union[Message, Mapping[str, object], bytes],
+                   assign_id: bool = True) -> Message:
+        """
+        Execute a message as given and return the whole reply.
+
+        Error replies are returned, not raised.  With ``assign_id`` the
+        client adds its own id (and removes it from the reply); without,
+        the message keeps its own id, or has none: id-less replies are
+        matched to id-less commands in order.
+
+        :param msg: The command to send.
+        :param assign_id: Give the message an id of the client's own.
+        :return: The server's reply.
+        :raise ValueError: Neither 'execute' nor 'exec-oob'; 'exec-oob'
+            without an id; or an id that uses the client's own prefix.
+        :raise BadReplyError: The reply is neither 'return' nor a valid
+            'error'.
+        :raise ExecInterruptedError: The session ended before the reply.
+        """
+        if not isinstance(msg, Message):
+            msg = Message(msg)
+        if not ('execute' in msg or 'exec-oob' in msg):
+            raise ValueError("Requires 'execute' or 'exec-oob' message")
+
+        if assign_id:
+            exec_id: object = f"{self._ID_PREFIX}{next(self._ids):05d}"
+            wire = msg._wire_copy(id=exec_id)
+        elif 'id' in msg:
+            exec_id = msg['id']
+            if isinstance(exec_id, str) \
+                    and exec_id.startswith(self._ID_PREFIX):
+                raise ValueError(f"ids starting with {self._ID_PREFIX!r} "
+                                 "are reserved for the client")
+            wire = msg._wire_copy()
+        else:
+            if 'exec-oob' in msg:
+                raise ValueError("'exec-oob' requires an 'id'")
+            exec_id = None
+            wire = msg._wire_copy()
+
+        reply = await self._exchange(exec_id, wire)
+        if assign_id:
+            del reply['id']
+        self._check_reply(reply, wire)
+        return reply
+
+    async def _exchange(self, exec_id: object, wire: Message) -> Message:
+        """Queue ``wire`` and wait for the reply routed to ``exec_id``."""
+        pending = self._pending
+        if exec_id is None:
+            future = pending.add_idless()
+            try:
+                self._outgoing.put_nowait(wire)
+                return await future
+            finally:
+                pending.discard_idless(future)
+        key = _id_key(exec_id)
+        future = pending.add(key)
+        try:
+            self._outgoing.put_nowait(wire)
+            return await future
+        finally:
+            # On cancellation the late reply finds no one and is dropped.
+            pending.discard(key, future)
+
+    @staticmethod
+    def _check_reply(reply: Message, sent: Message) -> None:
+        """:raise BadReplyError: ``reply`` is not a valid reply."""
+        if 'return' in reply:
+            return
+        if 'error' not in reply:
+            raise BadReplyError(
+                "reply has neither 'return' nor 'error'", reply, sent)
+        try:
+            ErrorResponse(reply)
+        except (KeyError, TypeError) as err:
+            raise BadReplyError(f"malformed error reply: {err}",
+                                reply, sent) from err
+
+    @staticmethod
+    def _reply_value(reply: Message, sent: Message) -> object:
+        """
+        Return the 'return' member of ``reply``.
+
+        :raise ExecuteError: ``reply`` is an error.
+        :raise BadReplyError: ``reply`` is not a valid reply.
+        """
+        try:
+            return reply['return']
+        except KeyError:
+            pass
+        if 'error' not in reply:
+            raise BadReplyError(
+                "reply has neither 'return' nor 'error'", reply, sent)
+        try:
+            error = ErrorResponse(reply)
+        except (KeyError, TypeError) as err:
+            raise BadReplyError(f"malformed error reply: {err}",
+                                reply, sent) from err
+        raise ExecuteError(error, sent, reply)
+
+    @upper_half
+    @require(Runstate.RUNNING)
+    def send_fd_scm(self, fd: int) -> None:
+        """
+        Send a file descriptor to the server via SCM_RIGHTS.
+
+        QEMU keeps it for a later ``getfd`` or ``add-fd`` command.  The
+        descriptor is not closed here.  Only possible over a UNIX socket.
+
+        :param fd: The file descriptor to send to QEMU.
+        :raise QMPError: The connection is not a UNIX socket, or uses TLS,
+            or has unsent bytes buffered (so the descriptor's carrier byte
+            would land inside another message).
+        """
+        assert self._writer is not None
+        transport = self._writer.transport
+        sock = transport.get_extra_info('socket')
+        if sock is None or sock.family != socket.AF_UNIX:
+            raise QMPError("Sending file descriptors requires a UNIX socket.")
+        if transport.get_extra_info('sslcontext') is not None:
+            raise QMPError("Cannot send file descriptors over TLS.")
+        if transport.get_write_buffer_size():
+            raise QMPError("Cannot send a file descriptor while outgoing "
+                           "data is still buffered; try again once the "
+                           "server has read it.")
+        # The transport's socket wrapper hides sendmsg(); a duplicate of
+        # the descriptor is a full socket object and shares the connection.
+        with socket.socket(fileno=socket.dup(sock.fileno())) as dup:
+            socket.send_fds(dup, [b' '], [fd])
+
+    # ------------------------------------------------------------------
+    # Bottom half
+    # ------------------------------------------------------------------
+
+    async def _do_recv(self) -> Message:
+        """
+        Read one message from the server.
+
+        :raise EOFError: The server hung up.
+        :raise MessageTooLongError: The line is longer than ``readbuflen``.
+        :raise DeserializationError: The line is not UTF-8 JSON.
+        :raise UnexpectedTypeError: The line is JSON, but not an object.
+        """
+        line = await self._readline()
+        if line.startswith(b'\xff'):
+            # The guest agent's resynchronisation marker (answer to
+            # guest-sync-delimited); never part of valid UTF-8 JSON.
+            line = line.lstrip(b'\xff')
+        return Message(line)
+
+    def _do_send(self, msg: Message) -> None:
+        # QEMU parses a JSON stream and needs no delimiter; the newline
+        # makes the stream readable line by line for logs and peers.
+        self._write(bytes(msg) + b'\n')
+
+    @bottom_half
+    async def _on_message(self, msg: Message) -> None:
+        """
+        Route one message: events to listeners, replies to their callers.
+
+        :raise ServerParseError: An error reply without an id arrived and
+            no id-less execution waits for one.
+        """
+        if 'id' in msg:
+            exec_id = msg['id']
+            key = exec_id if isinstance(exec_id, str) else _id_key(exec_id)
+            if not self._pending.resolve(key, msg):
+                # The QMP spec: clients drop replies with an unknown id.
+                # It may also be the late reply of a cancelled execute().
+                self.logger.warning("Dropping reply with unknown id %r",
+                                    exec_id)
+            return
+
+        if 'event' in msg:
+            if isinstance(msg['event'], str):
+                await self._event_dispatch(msg)
+            else:
+                self.logger.warning("Dropping event without a name: %s",
+                                    msg)
+            return
+
+        if self._pending.resolve_idless(msg):
+            return
+        if 'error' in msg:
+            # Very likely the server could not parse something we sent.
+            # It belongs to no execution, so nothing can be recovered.
+            raise ServerParseError(
+                "Server sent an error response without an ID, but there "
+                "are no ID-less executions pending. Assuming this is a "
+                "server parser failure.", msg)
+        self.logger.warning("Dropping unexpected message: %s", msg)
+
+    @bottom_half
+    async def _bh_disconnect(self) -> None:
+        reason = "the session ended before the reply arrived"
+        if self._bh_errors:
+            reason += f" ({exception_summary(self._bh_errors[0])})"
+        reason += "; disconnect() reports why"
+        self._pending.fail_all(reason)
+        await super()._bh_disconnect()

@@ -1,0 +1,489 @@
+"""
+An in-process QMP server for your tests.
+
+`QMPTestServer` behaves like QEMU's monitor as far as the protocol goes: it
+greets, requires ``qmp_capabilities`` first, answers commands through
+handlers you register, emits events when told to, and records everything it
+received.  It can also misbehave on request (garbage, id-less errors,
+hang-ups, over-long lines, not reading) so you can test how your code copes.
+
+Example::
+
+    from qemu.qmp import QMPClient
+    from qemu.qmp.testing import CommandError, QMPTestServer
+
+    async def test_status():
+        async with QMPTestServer() as server:
+            server.on('query-status', {'status': 'running'})
+            server.on('stop', CommandError('GenericError', 'not now'))
+            qmp = QMPClient()
+            await qmp.connect(await server.start())
+            assert await qmp.execute('query-status') == {'status': 'running'}
+            await server.emit_event('STOP')
+            assert (await qmp.events.get())['event'] == 'STOP'
+            await qmp.disconnect()
+
+A handler is a value (returned as is), a `CommandError` (returned as an
+error), or a function of the arguments dict, plain or ``async`` (an async
+handler can wait for anything before answering: that is how you make a
+command slow).  A function may return `NO_REPLY` to leave the command
+unanswered.  In-band commands are answered in order, one at a time, like
+QEMU does; ``exec-oob`` commands are answered as soon as their handler
+finishes.
+
+``QMPTestServer(greeting=None)`` behaves like the guest agent: no greeting
+and no negotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from ssl import SSLContext
+from typing import (
+    Any,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Union,
+)
+
+from ._sockets import SocketAddrT
+
+
+__all__ = ['QMPTestServer', 'CommandError', 'NO_REPLY', 'DEFAULT_GREETING',
+           'Handler']
+
+#: A greeting like QEMU 7.2's.
+DEFAULT_GREETING: Mapping[str, object] = {
+    'QMP': {
+        'version': {'qemu': {'major': 7, 'minor': 2, 'micro': 0},
+                    'package': 'qemu.qmp test server'},
+        'capabilities': ['oob'],
+    }
+}
+
+
+class CommandError(Exception):
+    """
+    A handler's error reply: raise it from a handler, or register it.
+
+    :param class_: The QMP error class, e.g. ``'GenericError'``.
+    :param desc: The human-readable description.
+    """
+
+    def __init__(self, class_: str, desc: str) -> None:
+        super().__init__(class_, desc)
+        self.class_ = class_
+        self.desc = desc
+
+
+class _NoReply:
+    def __repr__(self) -> str:
+        return 'NO_REPLY'
+
+
+#: Returned by a handler: send no reply at all.
+NO_REPLY: Any = _NoReply()
+
+Handler = Union[object, Callable[[Dict[str, Any]], Any]]
+
+_encode = json.JSONEncoder(separators=(',', ':')).encode
+
+
+class QMPTestServer:
+    """
+    A QMP server for one client at a time, for tests.
+
+    :param greeting: The greeting to send, or `None` for guest-agent
+        behaviour (no greeting, no negotiation).
+    """
+
+    def __init__(self, greeting: Optional[Mapping[str, object]]
+                 = DEFAULT_GREETING) -> None:
+        self.greeting = greeting
+        #: Command handlers by command name; see `on`.
+        self.handlers: Dict[str, Handler] = {}
+        #: Every JSON object received, in order, across connections.
+        self.received: List[Dict[str, Any]] = []
+        #: Lines received that were not JSON objects.
+        self.garbage: List[bytes] = []
+        #: Whether the current client has negotiated capabilities.
+        self.negotiated = False
+        #: How many clients have connected so far.
+        self.connections = 0
+        #: The address `start` listens on.
+        self.address: Optional[SocketAddrT] = None
+
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._tempdir: Optional[str] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._tasks: Set[asyncio.Task[Any]] = set()
+        self._changed: Optional[asyncio.Condition] = None
+        self._inband: Optional[asyncio.Queue[Dict[str, Any]]] = None
+
+    # ------------------------------------------------------------------
+    # Set-up
+    # ------------------------------------------------------------------
+
+    def on(self, command: str, handler: Handler) -> None:
+        """
+        Answer ``command`` with ``handler`` from now on.
+
+        :param command: The command name.
+        :param handler: A value, a `CommandError`, or a function of the
+            arguments (sync or async) returning the value.
+        """
+        self.handlers[command] = handler
+
+    async def start(self, address: Optional[SocketAddrT] = None,
+                    ssl: Optional[SSLContext] = None) -> SocketAddrT:
+        """
+        Listen for clients.
+
+        :param address: Where to listen; by default a UNIX socket in a new
+            temporary directory.  ``('127.0.0.1', 0)`` picks a free port.
+        :param ssl: A server-side SSL context, for TLS.
+        :return: The address to connect to (with the real port).
+        """
+        if address is None:
+            self._tempdir = tempfile.mkdtemp(prefix='qmp-test-')
+            address = os.path.join(self._tempdir, 'qmp.sock')
+        if isinstance(address, str):
+            self._server = await asyncio.start_unix_server(
+                self._serve, address, ssl=ssl, limit=1 << 26)
+        else:
+            self._server = await asyncio.start_server(
+                self._serve, address[0], address[1], ssl=ssl,
+                limit=1 << 26)
+            sockname = self._server.sockets[0].getsockname()
+            address = (sockname[0], sockname[1])
+        self.address = address
+        return address
+
+    async def connect_to(self, address: SocketAddrT,
+                         ssl: Optional[SSLContext] = None) -> None:
+        """
+        Connect to a listening client and serve it (QEMU's client mode).
+
+        Returns once connected; serving goes on in the background.
+
+        :param address: The client's listening address.
+        :param ssl: A client-side SSL context, for TLS.
+        """
+        if isinstance(address, str):
+            reader, writer = await asyncio.open_unix_connection(
+                address, limit=1 << 26)
+        else:
+            reader, writer = await asyncio.open_connection(
+                address[0], address[1], ssl=ssl, limit=1 << 26)
+        self._spawn(self._serve(reader, writer))
+
+    async def socketpair(self) -> socket.socket:
+        """
+        Serve one end of a new socket pair; return the other end.
+
+        :return: A connected socket to pass to `QMPClient.connect`.
+        """
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours,
+                                                       limit=1 << 26)
+        self._spawn(self._serve(reader, writer))
+        return theirs
+
+    async def close(self) -> None:
+        """Stop listening, drop the client, stop every handler."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self.hang_up()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+    async def __aenter__(self) -> 'QMPTestServer':
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------
+    # Waiting for the client
+    # ------------------------------------------------------------------
+
+    @property
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def _notify(self) -> None:
+        async with self._condition:
+            self._condition.notify_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """
+        Wait until ``predicate()`` is true; it is re-checked on every
+        connection, disconnection and message received.
+
+        :param predicate: A function of no arguments.
+        """
+        async with self._condition:
+            await self._condition.wait_for(predicate)
+
+    async def wait_connected(self) -> None:
+        """Wait until a client is connected."""
+        await self.wait_until(lambda: self._writer is not None)
+
+    async def wait_disconnected(self) -> None:
+        """Wait until no client is connected."""
+        await self.wait_until(lambda: self._writer is None)
+
+    async def wait_received(self, count: int) -> List[Dict[str, Any]]:
+        """
+        Wait until at least ``count`` messages were received.
+
+        :return: `received`.
+        """
+        await self.wait_until(lambda: len(self.received) >= count)
+        return self.received
+
+    async def wait_for_command(self, name: str) -> Dict[str, Any]:
+        """
+        Wait until a command called ``name`` was received.
+
+        :return: The first such command.
+        """
+        def find() -> Optional[Dict[str, Any]]:
+            for msg in self.received:
+                if name in (msg.get('execute'), msg.get('exec-oob')):
+                    return msg
+            return None
+        await self.wait_until(lambda: find() is not None)
+        found = find()
+        assert found is not None
+        return found
+
+    # ------------------------------------------------------------------
+    # Sending, on purpose or not
+    # ------------------------------------------------------------------
+
+    async def send_raw(self, data: bytes) -> None:
+        """
+        Send bytes exactly as given.
+
+        :raise ConnectionError: No client is connected.
+        """
+        writer = self._require_writer()
+        writer.write(data)
+        await writer.drain()
+
+    async def send_message(self, message: Mapping[str, object]) -> None:
+        """Send any JSON object, followed by CRLF like QEMU."""
+        await self.send_raw(_encode(message).encode() + b'\r\n')
+
+    async def emit_event(self, name: str,
+                         data: Optional[Mapping[str, object]] = None) -> None:
+        """Send event ``name`` with ``data`` and the current time."""
+        await self.send_raw(self.event_bytes(name, data))
+
+    @staticmethod
+    def event_bytes(name: str,
+                    data: Optional[Mapping[str, object]] = None) -> bytes:
+        """
+        Return event ``name`` as wire bytes (to send many in one write).
+
+        :return: The encoded event, CRLF-terminated.
+        """
+        now = time.time()
+        event: Dict[str, object] = {
+            'event': name,
+            'timestamp': {'seconds': int(now),
+                          'microseconds': int(now * 1e6) % 1000000}}
+        if data is not None:
+            event['data'] = data
+        return _encode(event).encode() + b'\r\n'
+
+    async def reply_without_id(self, desc: str = "Invalid JSON") -> None:
+        """Send an error without an id, as QEMU does for bad input."""
+        await self.send_message(
+            {'error': {'class': 'GenericError', 'desc': desc}})
+
+    async def hang_up(self) -> None:
+        """Close the client's connection, gracefully."""
+        writer = self._writer
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    def reset(self) -> None:
+        """Abort the client's connection: the client sees ECONNRESET."""
+        writer = self._require_writer()
+        sock = writer.get_extra_info('socket')
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            struct.pack('ii', 1, 0))
+        writer.transport.abort()
+
+    def half_close(self) -> None:
+        """Stop sending (shut down the write side) but keep reading."""
+        self._require_writer().write_eof()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client, so its writes back up."""
+        self._require_writer().transport.pause_reading()  # type: ignore
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+        self._require_writer().transport.resume_reading()  # type: ignore
+
+    def _require_writer(self) -> asyncio.StreamWriter:
+        if self._writer is None:
+            raise ConnectionError("no client is connected")
+        return self._writer
+
+    # ------------------------------------------------------------------
+    # Serving
+    # ------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _serve(self, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            writer.close()  # one client at a time, like a QEMU monitor
+            return
+        self._writer = writer
+        self.connections += 1
+        self.negotiated = self.greeting is None
+        self._inband = asyncio.Queue()
+        worker = self._spawn(self._run_inband(self._inband, writer))
+        await self._notify()
+        try:
+            if self.greeting is not None:
+                writer.write(_encode(self.greeting).encode() + b'\r\n')
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                await self._on_line(line, writer)
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            worker.cancel()
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+            if self._writer is writer:
+                self._writer = None
+            await self._notify()
+
+    async def _on_line(self, line: bytes,
+                       writer: asyncio.StreamWriter) -> None:
+        if not line.strip(b' \t\r\n\xff'):
+            return
+        try:
+            msg = json.loads(line.lstrip(b'\xff'))
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
+            self.garbage.append(line)
+            self._send(writer, {'error': {
+                'class': 'GenericError',
+                'desc': 'QMP input must be a JSON object'}})
+            await self._notify()
+            return
+        self.received.append(msg)
+        await self._notify()
+        if 'exec-oob' in msg:
+            self._spawn(self._answer(msg, writer))
+        else:
+            assert self._inband is not None
+            self._inband.put_nowait(msg)
+
+    async def _run_inband(self, queue: 'asyncio.Queue[Dict[str, Any]]',
+                          writer: asyncio.StreamWriter) -> None:
+        while True:
+            await self._answer(await queue.get(), writer)
+
+    async def _answer(self, msg: Dict[str, Any],
+                      writer: asyncio.StreamWriter) -> None:
+        reply = await self._reply_to(msg)
+        if reply is NO_REPLY:
+            return
+        if 'id' in msg:
+            reply['id'] = msg['id']
+        self._send(writer, reply)
+
+    async def _reply_to(self, msg: Dict[str, Any]) -> Any:
+        name = msg.get('execute', msg.get('exec-oob'))
+        if not isinstance(name, str):
+            return _error('GenericError',
+                          "QMP input member 'execute' must be a string")
+        if not self.negotiated and name != 'qmp_capabilities':
+            return _error('CommandNotFound', "Expecting capabilities "
+                          "negotiation with 'qmp_capabilities'")
+        handler = self.handlers.get(name)
+        if handler is None:
+            if name == 'qmp_capabilities' and self.greeting is not None:
+                if self.negotiated:
+                    return _error('CommandNotFound', "Capabilities "
+                                  "negotiation is already complete, "
+                                  "command ignored")
+                self.negotiated = True
+                return {'return': {}}
+            return _error('CommandNotFound',
+                          f"The command {name} has not been found")
+        try:
+            value = await self._call(handler, msg.get('arguments', {}))
+        except CommandError as err:
+            return _error(err.class_, err.desc)
+        if value is NO_REPLY:
+            return NO_REPLY
+        if name == 'qmp_capabilities':
+            self.negotiated = True
+        return {'return': value}
+
+    @staticmethod
+    async def _call(handler: Handler, arguments: Dict[str, Any]) -> Any:
+        if isinstance(handler, CommandError):
+            raise handler
+        if not callable(handler):
+            return handler
+        value = handler(arguments)
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
+    @staticmethod
+    def _send(writer: asyncio.StreamWriter, msg: Mapping[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(_encode(msg).encode() + b'\r\n')
+
+
+def _error(class_: str, desc: str) -> Dict[str, Any]:
+    return {'error': {'class': class_, 'desc': desc}}

@@ -1,0 +1,118 @@
+"""
+Real peers: qemu-system-x86_64, qemu-storage-daemon and qemu-ga.
+
+Each one is started with its daemonize option and a pid file: the starting
+process exits only once the monitor socket exists, so a test awaits that
+exit instead of polling for the socket.  Teardown kills the daemon by pid.
+A missing binary skips the test locally and fails it in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import AsyncIterator, List
+
+import pytest
+
+from tests.conftest import require_binary
+
+
+class Daemon:
+    """A daemonized peer: its socket address and its pid."""
+
+    def __init__(self, address, pidfile: Path) -> None:
+        self.address = address
+        self.pid = int(pidfile.read_text().strip())
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f'/proc/{self.pid}/status').read_text().find(
+            'State:\tZ') < 0
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+async def start_daemon(argv: List[str]) -> None:
+    """Run ``argv`` and wait until it has daemonized."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    if proc.returncode:
+        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
+                           f"{err.decode(errors='replace')}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+QEMU_BASE = ['-M', 'none', '-nodefaults', '-display', 'none']
+
+
+@pytest.fixture
+async def qemu(tmp_path) -> AsyncIterator[Daemon]:
+    """QEMU with an OOB-capable monitor on a UNIX socket."""
+    binary = require_binary('qemu-system-x86_64')
+    path, pidfile = tmp_path / 'qmp.sock', tmp_path / 'qemu.pid'
+    await start_daemon([
+        binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+        '-chardev', f'socket,id=m0,path={path},server=on,wait=off',
+        '-mon', 'chardev=m0,mode=control'])
+    daemon = Daemon(str(path), pidfile)
+    yield daemon
+    daemon.kill()
+
+
+@pytest.fixture
+async def qemu_tcp(tmp_path) -> AsyncIterator[Daemon]:
+    """QEMU with its monitor on a loopback TCP port."""
+    binary = require_binary('qemu-system-x86_64')
+    port, pidfile = free_port(), tmp_path / 'qemu.pid'
+    await start_daemon([
+        binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+        '-qmp', f'tcp:127.0.0.1:{port},server=on,wait=off'])
+    daemon = Daemon(('127.0.0.1', port), pidfile)
+    yield daemon
+    daemon.kill()
+
+
+@pytest.fixture
+async def storage_daemon(tmp_path) -> AsyncIterator[Daemon]:
+    """qemu-storage-daemon with a QMP monitor."""
+    binary = require_binary('qemu-storage-daemon')
+    path, pidfile = tmp_path / 'qsd.sock', tmp_path / 'qsd.pid'
+    await start_daemon([
+        binary, '--daemonize', '--pidfile', str(pidfile),
+        '--chardev', f'socket,path={path},server=on,wait=off,id=c0',
+        '--monitor', 'chardev=c0'])
+    daemon = Daemon(str(path), pidfile)
+    yield daemon
+    daemon.kill()
+
+
+@pytest.fixture
+async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
+    """qemu-ga listening on a UNIX socket on the host."""
+    binary = require_binary('qemu-ga')
+    path, pidfile = tmp_path / 'qga.sock', tmp_path / 'qga.pid'
+    state = tmp_path / 'qga-state'
+    state.mkdir()
+    await start_daemon([binary, '-d', '-m', 'unix-listen', '-p', str(path),
+                        '-t', str(state), '-f', str(pidfile)])
+    daemon = Daemon(str(path), pidfile)
+    yield daemon
+    daemon.kill()

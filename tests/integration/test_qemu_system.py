@@ -1,0 +1,159 @@
+"""QMPClient against a real qemu-system-x86_64."""
+
+import asyncio
+import os
+
+import pytest
+
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
+from tests.conftest import require_binary
+from tests.integration.conftest import QEMU_BASE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def qmp(qemu):
+    client = QMPClient('qemu')
+    await client.connect(qemu.address)
+    yield client
+    if client.runstate is not Runstate.IDLE:
+        try:
+            await client.disconnect()
+        except EOFError:
+            pass
+
+
+async def test_greeting(qmp):
+    """QEMU's greeting names its version and offers oob."""
+    assert qmp.greeting.QMP.version['qemu']['major'] >= 7
+    assert 'oob' in qmp.greeting.QMP.capabilities
+
+
+async def test_query_status(qmp):
+    """query-status reports a running machine."""
+    status = await qmp.execute('query-status')
+    assert status['status'] == 'running' and status['running'] is True
+
+
+async def test_stop_cont_events(qmp):
+    """stop and cont produce STOP and RESUME events."""
+    with qmp.listener(('STOP', 'RESUME')) as listener:
+        await qmp.execute('stop')
+        assert (await listener.get())['event'] == 'STOP'
+        assert (await qmp.execute('query-status'))['status'] == 'paused'
+        await qmp.execute('cont')
+        assert (await listener.get())['event'] == 'RESUME'
+    assert [e['event'] for e in qmp.events.history] == ['STOP', 'RESUME']
+
+
+async def test_error_command(qmp):
+    """An unknown command is CommandNotFound; a bad argument GenericError."""
+    with pytest.raises(ExecuteError) as info:
+        await qmp.execute('no-such-command')
+    assert info.value.error_class == 'CommandNotFound'
+    with pytest.raises(ExecuteError) as info:
+        await qmp.execute('query-status', {'bogus': 1})
+    assert info.value.error_class == 'GenericError'
+    assert 'bogus' in str(info.value)
+
+
+async def test_human_monitor_command(qmp):
+    """HMP passthrough returns the text HMP prints."""
+    text = await qmp.execute('human-monitor-command',
+                             {'command-line': 'info status'})
+    assert 'VM status: running' in text
+
+
+async def test_concurrent_and_large(qmp):
+    """Many executes at once, and a large reply (the QAPI schema)."""
+    results = await asyncio.gather(
+        *(qmp.execute('query-status') for _ in range(100)))
+    assert all(r['running'] for r in results)
+    schema = await qmp.execute('query-qmp-schema')
+    assert len(schema) > 100
+
+
+async def test_getfd_via_send_fd_scm(qmp):
+    """A descriptor passed with send_fd_scm() is usable by getfd."""
+    rfd, wfd = os.pipe()
+    try:
+        qmp.send_fd_scm(rfd)
+        assert await qmp.execute('getfd', {'fdname': 'pipe0'}) == {}
+        assert await qmp.execute('closefd', {'fdname': 'pipe0'}) == {}
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    with pytest.raises(ExecuteError):
+        await qmp.execute('getfd', {'fdname': 'nofd'})
+
+
+async def test_quit_then_disconnect(qmp, qemu):
+    """quit answers, SHUTDOWN arrives, then QEMU hangs up (EOFError)."""
+    with qmp.listener('SHUTDOWN') as listener:
+        assert await qmp.execute('quit') == {}
+        assert (await listener.get())['event'] == 'SHUTDOWN'
+    while qmp.runstate is Runstate.RUNNING:
+        await qmp.runstate_changed()
+    with pytest.raises(EOFError):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+
+
+async def test_reconnect(qemu):
+    """After a disconnect, the same client reconnects to the same QEMU."""
+    qmp = QMPClient()
+    for _ in range(3):
+        await qmp.connect(qemu.address)
+        assert await qmp.execute('query-status')
+        await qmp.disconnect()
+
+
+async def test_over_tcp(qemu_tcp):
+    """The same session over TCP; fd passing is refused clearly."""
+    qmp = QMPClient()
+    await qmp.connect(qemu_tcp.address)
+    assert (await qmp.execute('query-status'))['running']
+    with pytest.raises(Exception, match='UNIX socket'):
+        qmp.send_fd_scm(0)
+    await qmp.disconnect()
+
+
+async def test_qemu_connects_to_us(tmp_path):
+    """QEMU dials into our start_server(), as QEMU's test harness does."""
+    binary = require_binary('qemu-system-x86_64')
+    path = str(tmp_path / 'listen.sock')
+    qmp = QMPClient('harness')
+    await qmp.start_server(path)
+    proc = await asyncio.create_subprocess_exec(
+        binary, *QEMU_BASE, '-chardev', f'socket,id=m0,path={path}',
+        '-mon', 'chardev=m0,mode=control')
+    try:
+        await asyncio.wait_for(qmp.accept(), 30)
+        assert (await qmp.execute('query-status'))['running']
+        await qmp.execute('quit')
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        try:
+            await qmp.disconnect()
+        except EOFError:
+            pass
+
+
+async def test_kill_mid_command(qemu):
+    """kill -9 of QEMU interrupts the pending command; disconnect reports
+    the cause; the client is IDLE and reusable."""
+    qmp = QMPClient()
+    await qmp.connect(qemu.address)
+    stop = asyncio.ensure_future(asyncio.gather(
+        *(qmp.execute('query-qmp-schema') for _ in range(20))))
+    await asyncio.sleep(0)
+    qemu.kill()
+    with pytest.raises(ExecInterruptedError):
+        await stop
+    with pytest.raises((EOFError, OSError)):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE

@@ -1,0 +1,522 @@
+"""QMPClient against the fake server: every protocol path."""
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from qemu.qmp import (
+    ConnectError,
+    ExecInterruptedError,
+    ExecuteError,
+    Message,
+    QMPClient,
+    Runstate,
+    StateError,
+)
+from qemu.qmp.message import DeserializationError, SerializationError
+from qemu.qmp.qmp_client import (
+    BadReplyError,
+    GreetingError,
+    NegotiationError,
+    ServerParseError,
+)
+from qemu.qmp.error import QMPError
+from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
+from tests.conftest import assert_no_tasks_left
+
+
+async def wait_disconnecting(qmp):
+    while qmp.runstate is Runstate.RUNNING:
+        await qmp.runstate_changed()
+
+
+class Gate:
+    """An async handler that answers only once opened."""
+
+    def __init__(self, value=None):
+        self.value = {} if value is None else value
+        self.entered = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, arguments):
+        self.entered.set()
+        await self.opened.wait()
+        return self.value
+
+
+# -- session set-up --------------------------------------------------
+
+async def test_greeting_and_oob_negotiation(client, server):
+    """The greeting is exposed and oob is enabled when offered."""
+    assert client.greeting.QMP.capabilities == ['oob']
+    assert server.received[0] == {'execute': 'qmp_capabilities',
+                                  'arguments': {'enable': ['oob']}}
+    assert client.runstate is Runstate.RUNNING
+
+
+async def test_no_oob_when_not_offered():
+    """Without 'oob' in the greeting, nothing is enabled."""
+    greeting = {'QMP': {'version': {}, 'capabilities': []}}
+    async with QMPTestServer(greeting) as server:
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        assert server.received[0]['arguments'] == {'enable': []}
+        await qmp.disconnect()
+
+
+async def test_guest_agent_mode():
+    """With both flags False the client neither waits nor negotiates."""
+    async with QMPTestServer(greeting=None) as server:
+        server.on('guest-ping', {})
+        qmp = QMPClient('qga')
+        qmp.await_greeting = qmp.negotiate = False
+        await qmp.connect(await server.start())
+        assert qmp.greeting is None
+        assert await qmp.execute('guest-ping') == {}
+        assert [m['execute'] for m in server.received] == ['guest-ping']
+        await qmp.disconnect()
+
+
+@pytest.mark.parametrize('greeting, cause', [
+    ({'QMP': {'version': {}}}, KeyError),
+    ({'QMP': {'version': {}, 'capabilities': 'oob'}}, TypeError),
+    ({'hello': 1}, KeyError),
+])
+async def test_bad_greeting(greeting, cause):
+    """An invalid greeting fails connect() with a GreetingError inside."""
+    async with QMPTestServer(greeting) as server:
+        qmp = QMPClient()
+        with pytest.raises(ConnectError) as info:
+            await qmp.connect(await server.start())
+        assert isinstance(info.value.exc, GreetingError)
+        assert isinstance(info.value.exc.exc, cause)
+        assert qmp.runstate is Runstate.IDLE
+        assert qmp.greeting is None or qmp.greeting
+    assert_no_tasks_left()
+
+
+async def test_garbage_greeting():
+    """A greeting that is not JSON is a GreetingError too."""
+    async with QMPTestServer(greeting=None) as server:
+        address = await server.start()
+        qmp = QMPClient()
+        connecting = asyncio.create_task(qmp.connect(address))
+        await server.wait_connected()
+        await server.send_raw(b'\x00garbage\n')
+        with pytest.raises(ConnectError) as info:
+            await connecting
+        assert isinstance(info.value.exc, GreetingError)
+        assert isinstance(info.value.exc.exc, DeserializationError)
+
+
+async def test_hang_up_before_greeting():
+    """The server hanging up instead of greeting: ConnectError(EOFError)."""
+    async with QMPTestServer(greeting=None) as server:
+        address = await server.start()
+        qmp = QMPClient()
+        connecting = asyncio.create_task(qmp.connect(address))
+        await server.wait_connected()
+        await server.hang_up()
+        with pytest.raises(ConnectError) as info:
+            await connecting
+        assert isinstance(info.value.exc, EOFError)
+        assert qmp.runstate is Runstate.IDLE
+
+
+async def test_greeting_timeout():
+    """session_timeout bounds the wait for a greeting."""
+    async with QMPTestServer(greeting=None) as server:
+        qmp = QMPClient()
+        qmp.session_timeout = 0.05
+        with pytest.raises(ConnectError) as info:
+            await qmp.connect(await server.start())
+        assert isinstance(info.value.exc, GreetingError)
+        assert 'No greeting within 0.05 seconds' in str(info.value)
+        assert qmp.runstate is Runstate.IDLE
+
+
+async def test_negotiation_timeout():
+    """session_timeout bounds the wait for the negotiation reply."""
+    async with QMPTestServer() as server:
+        server.on('qmp_capabilities', lambda args: NO_REPLY)
+        qmp = QMPClient()
+        qmp.session_timeout = 0.05
+        with pytest.raises(ConnectError) as info:
+            await qmp.connect(await server.start())
+        assert isinstance(info.value.exc, NegotiationError)
+        assert qmp.runstate is Runstate.IDLE
+
+
+async def test_negotiation_refused():
+    """An error reply to qmp_capabilities is a NegotiationError."""
+    async with QMPTestServer() as server:
+        server.on('qmp_capabilities', CommandError('GenericError', 'no'))
+        qmp = QMPClient()
+        with pytest.raises(ConnectError) as info:
+            await qmp.connect(await server.start())
+        assert isinstance(info.value.exc, NegotiationError)
+        assert isinstance(info.value.exc.exc, ExecuteError)
+        assert str(info.value).endswith('Negotiation failed: no')
+
+
+async def test_negotiation_bad_reply():
+    """A reply without return or error fails negotiation."""
+    async with QMPTestServer() as server:
+        server.on('qmp_capabilities', lambda args: NO_REPLY)
+        address = await server.start()
+        qmp = QMPClient()
+        connecting = asyncio.create_task(qmp.connect(address))
+        await server.wait_for_command('qmp_capabilities')
+        await server.send_message({'hello': 'there'})
+        with pytest.raises(ConnectError) as info:
+            await connecting
+        assert isinstance(info.value.exc.exc, BadReplyError)
+
+
+async def test_event_during_negotiation_is_kept():
+    """An event before the negotiation reply reaches the listeners."""
+    async with QMPTestServer() as server:
+        async def capabilities(args):
+            await server.emit_event('EARLY')
+            return {}
+        server.on('qmp_capabilities', capabilities)
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        assert (await qmp.events.get())['event'] == 'EARLY'
+        await qmp.disconnect()
+
+
+# -- executing -------------------------------------------------------
+
+async def test_execute_returns_value(client):
+    """execute() returns the 'return' member."""
+    assert await client.execute('query-status') == {'status': 'running',
+                                                    'running': True}
+
+
+async def test_execute_with_arguments(client, server):
+    """Arguments are sent as given, with an id the client picked."""
+    server.on('echo', lambda args: args)
+    assert await client.execute('echo', {'a': [1, 'x']}) == {'a': [1, 'x']}
+    sent = server.received[-1]
+    assert sent['execute'] == 'echo' and sent['arguments'] == {'a': [1, 'x']}
+    assert isinstance(sent['id'], str)
+
+
+async def test_execute_error(client, server):
+    """An error reply raises ExecuteError with the server's description."""
+    server.on('fail', CommandError('DeviceNotFound', 'no such device'))
+    with pytest.raises(ExecuteError) as info:
+        await client.execute('fail')
+    err = info.value
+    assert str(err) == 'no such device'
+    assert err.error_class == 'DeviceNotFound'
+    assert err.error.error.desc == 'no such device'
+    assert err.sent['execute'] == 'fail'
+    assert err.received['error']['class'] == 'DeviceNotFound'
+    assert await client.execute('query-status')  # still usable
+
+
+async def test_unknown_command(client):
+    """A command the server lacks is a CommandNotFound ExecuteError."""
+    with pytest.raises(ExecuteError) as info:
+        await client.execute('no-such-thing')
+    assert info.value.error_class == 'CommandNotFound'
+
+
+async def test_execute_msg_does_not_change_the_message(client, server):
+    """The client's id never leaks into the caller's Message."""
+    msg = QMPClient.make_execute_msg('query-status')
+    await client.execute_msg(msg)
+    await client.execute_msg(msg)
+    assert 'id' not in msg
+    ids = [m['id'] for m in server.received[-2:]]
+    assert len(set(ids)) == 2
+
+
+async def test_execute_msg_requires_execute(client):
+    """A message with neither execute nor exec-oob is a ValueError."""
+    with pytest.raises(ValueError):
+        await client.execute_msg(Message({'command': 'x'}))
+
+
+async def test_unserializable_arguments(client):
+    """Arguments JSON cannot carry fail in the caller; session goes on."""
+    with pytest.raises(SerializationError):
+        await client.execute('x', {'a': {1, 2}})
+    assert await client.execute('query-status')
+
+
+async def test_execute_when_not_connected():
+    """execute() on an idle client is a StateError."""
+    with pytest.raises(StateError, match='not connected'):
+        await QMPClient().execute('query-status')
+
+
+async def test_thousand_concurrent_executes(client, server):
+    """1,000 executes in flight at once each get their own reply."""
+    server.on('echo', lambda args: args['n'])
+    results = await asyncio.gather(
+        *(client.execute('echo', {'n': n}) for n in range(1000)))
+    assert results == list(range(1000))
+
+
+async def test_oob_reply_overtakes(client, server):
+    """An out-of-band reply routed before an earlier in-band one."""
+    gate = Gate('slow')
+    server.on('slow', gate)
+    server.on('fast', 'fast')
+    slow = asyncio.create_task(client.execute('slow'))
+    await gate.entered.wait()
+    assert await client.execute('fast', oob=True) == 'fast'
+    assert not slow.done()
+    gate.opened.set()
+    assert await slow == 'slow'
+    assert 'exec-oob' in server.received[-1]
+
+
+async def test_cancelled_execute_only_affects_itself(client, server, caplog):
+    """A timed-out execute leaves the session usable; its late reply is
+    dropped."""
+    gate = Gate('late')
+    server.on('slow', gate)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(client.execute('slow'), 0.05)
+    gate.opened.set()
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        assert await client.execute('query-status')
+    assert any('unknown id' in r.getMessage() for r in caplog.records)
+    assert client.runstate is Runstate.RUNNING
+
+
+async def test_disconnect_with_executes_pending(client, server):
+    """Our own disconnect() interrupts pending executes; raises nothing."""
+    gate = Gate()
+    server.on('slow', gate)
+    pending = [asyncio.create_task(client.execute('slow')) for _ in range(3)]
+    await gate.entered.wait()
+    await client.disconnect()
+    for task in pending:
+        with pytest.raises(ExecInterruptedError):
+            await task
+    assert client.runstate is Runstate.IDLE
+
+
+async def test_server_hang_up_interrupts_executes(client, server):
+    """A hang-up interrupts pending executes; disconnect() says EOFError."""
+    gate = Gate()
+    server.on('slow', gate)
+    pending = asyncio.create_task(client.execute('slow'))
+    await gate.entered.wait()
+    await server.hang_up()
+    with pytest.raises(ExecInterruptedError, match='EOFError'):
+        await pending
+    with pytest.raises(EOFError):
+        await client.disconnect()
+    with pytest.raises(StateError):
+        await client.execute('query-status')
+
+
+async def test_reconnect(server):
+    """The same client connects again after a disconnect."""
+    qmp = QMPClient()
+    for _ in range(3):
+        await qmp.connect(server.address)
+        assert await qmp.execute('query-status')
+        await qmp.disconnect()
+        await server.wait_disconnected()
+    assert server.connections == 3
+
+
+async def test_connect_to_preconnected_socket():
+    """connect() works over a socket the caller already connected."""
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        sock = await server.socketpair()
+        qmp = QMPClient()
+        await qmp.connect(sock)
+        assert await qmp.execute('query-status') == {'status': 'running'}
+        await qmp.disconnect()
+
+
+async def test_server_connects_to_us(tmp_path):
+    """accept() takes a server that dials in, as QEMU's client mode."""
+    path = str(tmp_path / 'listen.sock')
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        qmp = QMPClient()
+        await qmp.start_server(path)
+        await server.connect_to(path)
+        await qmp.accept()
+        assert await qmp.execute('query-status') == {'status': 'running'}
+        await qmp.disconnect()
+
+
+async def test_tcp(tmp_path):
+    """The whole session works over TCP."""
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        address = await server.start(('127.0.0.1', 0))
+        qmp = QMPClient()
+        await qmp.connect(address)
+        assert await qmp.execute('query-status') == {'status': 'running'}
+        with pytest.raises(QMPError, match='UNIX socket'):
+            qmp.send_fd_scm(0)
+        await qmp.disconnect()
+
+
+# -- routing and bad replies ---------------------------------------------
+
+async def test_unknown_id_is_dropped(client, server, caplog):
+    """A reply with an unknown id is logged and dropped."""
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        await server.send_message({'return': {}, 'id': 'nobody'})
+        assert await client.execute('query-status')
+    assert any("'nobody'" in r.getMessage() for r in caplog.records)
+
+
+async def test_idless_error_ends_session(client, server):
+    """An id-less error with nothing id-less pending: ServerParseError."""
+    gate = Gate()
+    server.on('slow', gate)
+    pending = asyncio.create_task(client.execute('slow'))
+    await gate.entered.wait()
+    await server.reply_without_id('Invalid JSON')
+    with pytest.raises(ExecInterruptedError):
+        await pending
+    with pytest.raises(ServerParseError) as info:
+        await client.disconnect()
+    assert info.value.msg['error']['desc'] == 'Invalid JSON'
+
+
+async def test_idless_error_goes_to_idless_raw(client, server):
+    """An id-less error is the reply of a pending id-less execution."""
+    server.on('bad', CommandError('GenericError', 'parse'))
+    reply = await client._raw({'execute': 'bad'}, assign_id=False)
+    assert reply == {'error': {'class': 'GenericError', 'desc': 'parse'}}
+    assert client.runstate is Runstate.RUNNING
+
+
+@pytest.mark.parametrize('reply', [
+    {'hello': 1},
+    {'error': {'class': 1, 'desc': 'x'}},
+    {'error': 'just a string'},
+])
+async def test_bad_reply_raises_for_that_caller(client, server, reply):
+    """A routed reply that is not a reply: BadReplyError, session goes on."""
+    server.on('weird', lambda args: NO_REPLY)
+    pending = asyncio.create_task(client.execute('weird'))
+    sent = await server.wait_for_command('weird')
+    await server.send_message({**reply, 'id': sent['id']})
+    with pytest.raises(BadReplyError) as info:
+        await pending
+    assert info.value.sent['execute'] == 'weird'
+    assert await client.execute('query-status')
+
+
+async def test_events_and_replies_interleaved(client, server):
+    """Events between replies are delivered in order, replies routed."""
+    async def noisy(args):
+        await server.emit_event('BEFORE', {'n': args['n']})
+        return args['n']
+    server.on('noisy', noisy)
+    results = [await client.execute('noisy', {'n': n}) for n in range(5)]
+    assert results == list(range(5))
+    events = [await client.events.get() for _ in range(5)]
+    assert [e['data']['n'] for e in events] == list(range(5))
+
+
+async def test_garbage_keeps_what_came_before(client, server):
+    """Garbage ends the session with DeserializationError; what arrived
+    before it is still delivered."""
+    await server.send_raw(
+        QMPTestServer.event_bytes('FIRST') + b'\xff\xfe not json\n')
+    await wait_disconnecting(client)
+    assert (await client.events.get())['event'] == 'FIRST'
+    with pytest.raises(DeserializationError):
+        await client.disconnect()
+    assert client.runstate is Runstate.IDLE
+
+
+async def test_guest_agent_delimiter_byte(client, server):
+    """A reply preceded by 0xFF (guest-sync-delimited) is understood."""
+    server.on('sync', lambda args: NO_REPLY)
+    pending = asyncio.create_task(client.execute('sync'))
+    sent = await server.wait_for_command('sync')
+    await server.send_raw(b'\xff{"return": 42, "id": "%s"}\n'
+                          % sent['id'].encode())
+    assert await pending == 42
+
+
+async def test_event_without_name_is_dropped(client, server, caplog):
+    """An event whose name is not a string is logged and dropped."""
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        await server.send_message({'event': 5})
+        await server.emit_event('GOOD')
+        assert (await client.events.get())['event'] == 'GOOD'
+    assert any('without a name' in r.getMessage() for r in caplog.records)
+
+
+# -- the raw path ----------------------------------------------------------
+
+async def test_raw_with_own_id(client, server):
+    """_raw() keeps a caller's id and returns the whole reply."""
+    reply = await client._raw({'execute': 'query-status', 'id': [1, 'a']},
+                              assign_id=False)
+    assert reply['id'] == [1, 'a'] and 'return' in reply
+
+
+async def test_raw_assigned_id_is_removed(client):
+    """With assign_id, the reply comes back without the client's id."""
+    reply = await client._raw(Message({'execute': 'query-status'}))
+    assert 'id' not in reply
+
+
+async def test_raw_error_is_returned(client, server):
+    """_raw() returns error replies instead of raising."""
+    server.on('fail', CommandError('GenericError', 'no'))
+    reply = await client._raw({'execute': 'fail'})
+    assert reply['error']['desc'] == 'no'
+
+
+@pytest.mark.parametrize('msg, assign', [
+    ({'hello': 1}, True),
+    ({'exec-oob': 'x'}, False),
+    ({'execute': 'x', 'id': '__qmp#1'}, False),
+])
+async def test_raw_validation(client, msg, assign):
+    """_raw() refuses messages it could not route."""
+    with pytest.raises(ValueError):
+        await client._raw(msg, assign_id=assign)
+
+
+async def test_raw_duplicate_id_refused(client, server):
+    """Two executions waiting on the same id would be ambiguous."""
+    server.on('slow', lambda args: NO_REPLY)
+    first = asyncio.create_task(
+        client._raw({'execute': 'slow', 'id': 7}, assign_id=False))
+    await server.wait_for_command('slow')
+    with pytest.raises(QMPError, match='already waiting'):
+        await client._raw({'execute': 'x', 'id': 7}, assign_id=False)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+
+# -- fd passing ------------------------------------------------------------
+
+async def test_send_fd_scm_over_unix(client, server):
+    """send_fd_scm() works on a UNIX socket and keeps the fd open."""
+    rfd, wfd = socket.socketpair()
+    with rfd, wfd:
+        client.send_fd_scm(rfd.fileno())
+        assert rfd.fileno() >= 0
+    assert await client.execute('query-status')
+
+
+def test_send_fd_scm_when_not_connected():
+    """send_fd_scm() needs a running session."""
+    with pytest.raises(StateError):
+        QMPClient().send_fd_scm(0)

@@ -1,0 +1,241 @@
+"""EventListener and the Events mix-in."""
+
+import asyncio
+import logging
+
+import pytest
+
+from qemu.qmp import EventListener, Message, QMPClient
+from qemu.qmp.events import (
+    DEFAULT_BUILTIN_BACKLOG,
+    DEFAULT_HISTORY_SIZE,
+    ListenerError,
+)
+from qemu.qmp.testing import QMPTestServer
+
+
+def event(name, **data):
+    return Message({'event': name, 'data': data})
+
+
+async def feed(listener, *events):
+    for evt in events:
+        await listener.put(evt)
+
+
+@pytest.mark.parametrize('names, accepted', [
+    (None, ['A', 'B', 'C']),
+    ('B', ['B']),
+    (('A', 'C'), ['A', 'C']),
+    (iter(['C']), ['C']),
+])
+async def test_names(names, accepted):
+    """names may be a str, an iterable, or None for every event."""
+    listener = EventListener(names)
+    await feed(listener, event('A'), event('B'), event('C'))
+    assert [e['event'] for e in listener.clear()] == accepted
+
+
+async def test_filter_after_names():
+    """The filter applies to events whose name matched."""
+    listener = EventListener('JOB', lambda e: e['data']['id'] == 'j1')
+    await feed(listener, event('JOB', id='j0'), event('JOB', id='j1'),
+               event('OTHER', id='j1'))
+    assert listener.clear() == [event('JOB', id='j1')]
+
+
+async def test_fifo_get_and_empty():
+    """get() returns events in order; empty() tells if it would wait."""
+    listener = EventListener()
+    assert listener.empty()
+    await feed(listener, event('A'), event('B'))
+    assert not listener.empty()
+    assert (await listener.get())['event'] == 'A'
+    assert (await listener.get())['event'] == 'B'
+    assert listener.empty()
+
+
+async def test_get_waits_for_put():
+    """A waiting get() wakes when an event arrives."""
+    listener = EventListener()
+    getter = asyncio.create_task(listener.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    await listener.put(event('A'))
+    assert (await getter)['event'] == 'A'
+
+
+async def test_concurrent_getters_each_get_one():
+    """Several waiting readers each receive a distinct event."""
+    listener = EventListener()
+    getters = [asyncio.create_task(listener.get()) for _ in range(3)]
+    await asyncio.sleep(0)
+    await feed(listener, event('A'), event('B'), event('C'))
+    names = sorted(e['event'] for e in await asyncio.gather(*getters))
+    assert names == ['A', 'B', 'C']
+
+
+async def test_cancelled_getter_loses_nothing():
+    """An event handed to a reader that was cancelled goes to the next."""
+    listener = EventListener()
+    first = asyncio.create_task(listener.get())
+    second = asyncio.create_task(listener.get())
+    await asyncio.sleep(0)
+    await listener.put(event('A'))
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (await second)['event'] == 'A'
+
+
+async def test_clear_returns_discarded_and_history_persists():
+    """clear() returns what it dropped; history keeps everything."""
+    listener = EventListener()
+    await feed(listener, event('STOP'), event('RESUME'))
+    discarded = listener.clear()
+    assert [e['event'] for e in discarded] == ['STOP', 'RESUME']
+    assert listener.empty()
+    assert [e['event'] for e in listener.history] == ['STOP', 'RESUME']
+    assert isinstance(listener.history, tuple)
+
+
+async def test_history_is_bounded():
+    """history keeps the newest history_size events."""
+    listener = EventListener(history_size=3)
+    await feed(listener, *(event('E', n=n) for n in range(5)))
+    assert [e['data']['n'] for e in listener.history] == [2, 3, 4]
+    assert len(listener.clear()) == 5  # pending is not bounded
+    assert EventListener().history_size == DEFAULT_HISTORY_SIZE
+    listener.history_size = None
+    await feed(listener, *(event('E', n=n) for n in range(5)))
+    assert len(listener.history) == 8
+
+
+async def test_max_pending_drops_oldest_with_warning(caplog):
+    """A bounded listener drops the oldest events and says so."""
+    listener = EventListener(max_pending=2)
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp.events'):
+        await feed(listener, *(event('E', n=n) for n in range(5)))
+    assert [e['data']['n'] for e in listener.clear()] == [3, 4]
+    assert listener.dropped == 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings and 'dropped' in warnings[0]
+    assert len(warnings) < 3  # not one line per drop
+
+
+async def test_subclass_accept():
+    """Overriding accept() changes what the stream holds."""
+    class Odd(EventListener):
+        def accept(self, event):
+            return event['data']['n'] % 2 == 1
+
+    listener = Odd()
+    await feed(listener, *(event('E', n=n) for n in range(4)))
+    assert [e['data']['n'] for e in listener.clear()] == [1, 3]
+
+
+async def test_async_iteration():
+    """A listener is an async iterator over its events."""
+    listener = EventListener()
+    await feed(listener, event('A'), event('B'))
+    seen = []
+    async for evt in listener:
+        seen.append(evt['event'])
+        if len(seen) == 2:
+            break
+    assert seen == ['A', 'B']
+
+
+def test_repr():
+    """repr() shows names and pending count."""
+    assert repr(EventListener('A')) == "<EventListener names=['A'] pending=0>"
+
+
+# -- Events mix-in, through a client -----------------------------------
+
+async def test_register_and_remove(client, server):
+    """Registered listeners get copies; removal clears them."""
+    mine = EventListener()
+    client.register_listener(mine)
+    with pytest.raises(ListenerError):
+        client.register_listener(mine)
+    await server.emit_event('STOP')
+    assert (await mine.get()) == (await client.events.get())
+    await server.emit_event('RESUME')
+    await client.events.get()
+    client.remove_listener(mine)
+    assert mine.empty()  # pending RESUME was cleared
+    with pytest.raises(ListenerError):
+        client.remove_listener(mine)
+
+
+async def test_listener_context(client, server):
+    """listener() is active only inside its block."""
+    with client.listener(('STOP', 'RESUME')) as listener:
+        await server.emit_event('STOP')
+        await server.emit_event('OTHER')
+        await server.emit_event('RESUME')
+        assert (await listener.get())['event'] == 'STOP'
+        assert (await listener.get())['event'] == 'RESUME'
+        await server.emit_event('STOP')
+        await client.events.get()
+    assert listener not in client._listeners
+    assert listener.empty()
+
+
+async def test_listen_context_many(client, server):
+    """listen() activates several listeners and removes them after."""
+    a, b = EventListener('A'), EventListener('B')
+    with client.listen(a, b):
+        await server.emit_event('B')
+        await server.emit_event('A')
+        assert (await a.get())['event'] == 'A'
+        assert (await b.get())['event'] == 'B'
+    assert a not in client._listeners and b not in client._listeners
+
+
+async def test_listen_rolls_back_on_error(client):
+    """If one listener is already active, none stays registered."""
+    a, b = EventListener(), EventListener()
+    client.register_listener(b)
+    with pytest.raises(ListenerError):
+        with client.listen(a, b):
+            pass  # pragma: no cover
+    assert a not in client._listeners and b in client._listeners
+
+
+async def test_overridden_put_is_awaited(client, server):
+    """A listener with its own put() gets every event through it."""
+    class Counting(EventListener):
+        count = 0
+
+        async def put(self, event):
+            Counting.count += 1
+            await super().put(event)
+
+    with client.listen(Counting()):
+        await server.emit_event('X')
+        await client.events.get()
+    assert Counting.count == 1
+
+
+async def test_builtin_backlog_is_bounded_user_listener_is_not():
+    """Unread events: the built-in listener keeps a bounded backlog and a
+    bounded history; a user's listener keeps every event."""
+    flood = DEFAULT_BUILTIN_BACKLOG + 2000
+    async with QMPTestServer() as server:
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        mine = EventListener()
+        qmp.register_listener(mine)
+        data = b''.join(QMPTestServer.event_bytes('E', {'n': n})
+                        for n in range(flood))
+        await server.send_raw(data + QMPTestServer.event_bytes('LAST'))
+        while True:
+            if (await mine.get())['event'] == 'LAST':
+                break
+        assert len(qmp.events.clear()) == DEFAULT_BUILTIN_BACKLOG
+        assert qmp.events.dropped == flood + 1 - DEFAULT_BUILTIN_BACKLOG
+        assert len(qmp.events.history) == DEFAULT_HISTORY_SIZE
+        assert mine.dropped == 0
+        await qmp.disconnect()
