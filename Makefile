@@ -51,7 +51,7 @@ check: develop system-deps
 	$(MAKE) check-only
 
 lint:
-	$(PYTHON) -m flake8 qemu tests bench
+	$(PYTHON) -m flake8 qemu tests $(wildcard bench)
 
 typecheck:
 	$(PYTHON) -m mypy -p qemu
