@@ -477,6 +477,9 @@ class AsyncProtocol(Generic[T]):
         self._dc_task = None
         self._bh_errors = []
         self._set_state(Runstate.IDLE)
+        # The next session may run in another event loop (the legacy
+        # wrapper's thread restarts); its waiters were woken just now.
+        self._runstate_changed = None
 
     # ------------------------------------------------------------------
     # Transport hooks
