@@ -383,12 +383,12 @@ def test_require_decorator():
         Thing().act()
 
 
-def test_accept_without_start_server_on_connecting_object():
+async def test_accept_without_start_server_on_connecting_object():
     """accept() in CONNECTING without a listener is a QMPError."""
     proto = LineProtocol()
     proto._runstate = Runstate.CONNECTING
     with pytest.raises(QMPError, match='start_server'):
-        asyncio.run(proto.accept())
+        await proto.accept()
 
 
 async def test_no_message_formatting_without_debug(sock_path, caplog):
