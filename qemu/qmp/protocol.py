@@ -220,6 +220,9 @@ class AsyncProtocol(Generic[T]):
         self._bh_errors: List[Exception] = []
         # While the writer task sends a batch, _write() collects here.
         self._write_batch: Optional[List[bytes]] = None
+        # Whether the next queued message may skip the writer task; see
+        # _queue_message().
+        self._write_now = False
         # Cached per session so hot paths test one attribute per message.
         self._debug = False
 
@@ -379,6 +382,7 @@ class AsyncProtocol(Generic[T]):
         self._bh_errors = []
         self._lines = LineBuffer(self._limit)
         self._debug = self.logger.isEnabledFor(logging.DEBUG)
+        self._write_now = True
 
     @upper_half
     async def _session_guard(self, coro: Awaitable[None], emsg: str) -> None:
@@ -667,6 +671,24 @@ class AsyncProtocol(Generic[T]):
             self.logger.debug("< %s", msg)
         return msg
 
+    @upper_half
+    async def _queue_message(self, msg: T) -> None:
+        """
+        Send ``msg`` after every message queued before it.
+
+        Normally the message goes to `_outgoing` and the writer task sends
+        it with whatever else was queued in the same loop iteration.  But
+        when nothing is queued, everything earlier is already in the
+        transport, so one message per chunk received is written at once:
+        a caller doing one command at a time then saves a task switch per
+        command, and concurrent callers still share the writer's batch.
+        """
+        if self._write_now and self._outgoing.empty():
+            self._write_now = False
+            await self._send(msg)
+        else:
+            self._outgoing.put_nowait(msg)
+
     def _write(self, data: bytes) -> None:
         """
         Write bytes to the stream (for `_do_send` implementations).
@@ -695,6 +717,7 @@ class AsyncProtocol(Generic[T]):
         while line is None:
             assert self._reader is not None
             data = await self._reader.read(_sockets.READ_SIZE)
+            self._write_now = True
             if not data:
                 tail = lines.take_tail()
                 if tail:

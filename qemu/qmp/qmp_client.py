@@ -526,14 +526,14 @@ class QMPClient(AsyncProtocol[Message], Events):
         if exec_id is None:
             future = pending.add_idless()
             try:
-                self._outgoing.put_nowait(wire)
+                await self._queue_message(wire)
                 return await future
             finally:
                 pending.discard_idless(future)
         key = _id_key(exec_id)
         future = pending.add(key)
         try:
-            self._outgoing.put_nowait(wire)
+            await self._queue_message(wire)
             return await future
         finally:
             # On cancellation the late reply finds no one and is dropped.
