@@ -220,9 +220,6 @@ class AsyncProtocol(Generic[T]):
         self._bh_errors: List[Exception] = []
         # While the writer task sends a batch, _write() collects here.
         self._write_batch: Optional[List[bytes]] = None
-        # Whether the next queued message may skip the writer task; see
-        # _queue_message().
-        self._write_now = False
         # Cached per session so hot paths test one attribute per message.
         self._debug = False
 
@@ -382,7 +379,6 @@ class AsyncProtocol(Generic[T]):
         self._bh_errors = []
         self._lines = LineBuffer(self._limit)
         self._debug = self.logger.isEnabledFor(logging.DEBUG)
-        self._write_now = True
 
     @upper_half
     async def _session_guard(self, coro: Awaitable[None], emsg: str) -> None:
@@ -672,19 +668,21 @@ class AsyncProtocol(Generic[T]):
         return msg
 
     @upper_half
-    async def _queue_message(self, msg: T) -> None:
+    async def _queue_message(self, msg: T, alone: bool = False) -> None:
         """
         Send ``msg`` after every message queued before it.
 
         Normally the message goes to `_outgoing` and the writer task sends
-        it with whatever else was queued in the same loop iteration.  But
-        when nothing is queued, everything earlier is already in the
-        transport, so one message per chunk received is written at once:
-        a caller doing one command at a time then saves a task switch per
-        command, and concurrent callers still share the writer's batch.
+        it with whatever else was queued in the same loop iteration, in one
+        write.  A caller that knows no other message will join the batch
+        (``alone``) has it written at once when nothing is queued, since
+        everything earlier is then already in the transport: one task
+        switch less per message.
+
+        :param msg: The message.
+        :param alone: No other message is expected to be sent alongside.
         """
-        if self._write_now and self._outgoing.empty():
-            self._write_now = False
+        if alone and self._outgoing.empty():
             await self._send(msg)
         else:
             self._outgoing.put_nowait(msg)
@@ -717,7 +715,6 @@ class AsyncProtocol(Generic[T]):
         while line is None:
             assert self._reader is not None
             data = await self._reader.read(_sockets.READ_SIZE)
-            self._write_now = True
             if not data:
                 tail = lines.take_tail()
                 if tail:

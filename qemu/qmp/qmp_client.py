@@ -526,14 +526,15 @@ class QMPClient(AsyncProtocol[Message], Events):
         if exec_id is None:
             future = pending.add_idless()
             try:
-                await self._queue_message(wire)
+                await self._queue_message(wire, alone=len(pending) == 1)
                 return await future
             finally:
                 pending.discard_idless(future)
         key = _id_key(exec_id)
         future = pending.add(key)
         try:
-            await self._queue_message(wire)
+            # A lone execution has nobody to share a write with.
+            await self._queue_message(wire, alone=len(pending) == 1)
             return await future
         finally:
             # On cancellation the late reply finds no one and is dropped.

@@ -1,0 +1,282 @@
+"""
+Benchmarks: this checkout against the reference library, side by side.
+
+``make bench`` (or ``python bench/run.py [--reps N] [--output FILE]``):
+
+1. makes ``bench/.venv-ref`` with PyPI ``qemu.qmp==0.0.6``, once;
+2. starts the stand-in server (``server.py``) in its own process;
+3. runs every scenario of ``workload.py`` in fresh processes, alternating
+   reference and checkout, ``--reps`` times each, and the bare-socket
+   floor (``floor.py``);
+4. does the same against real ``qemu-system-x86_64`` when installed;
+5. prints a table of medians and writes it to BENCHMARKS.rst.
+
+Client CPU is the workload process's own CPU time (time.process_time), so
+the server's work never counts.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import venv
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REF_VENV = os.path.join(HERE, '.venv-ref')
+REF_VERSION = '0.0.6'
+REF_PYTHON = os.path.join(REF_VENV, 'bin', 'python')
+
+SCENARIOS = [
+    ('sequential', 'sequential execute (one at a time)'),
+    ('pipelined', '64 concurrent executes in flight'),
+    ('events', 'events through a listener (async for)'),
+    ('big', '8 MiB reply'),
+    ('cycles', 'connect + negotiate + disconnect'),
+    ('flood', '300,000 unread events (RSS growth)'),
+]
+QEMU_SCENARIOS = [
+    ('qemu-sequential', 'real QEMU: sequential query-status'),
+    ('qemu-concurrent', 'real QEMU: 64 concurrent query-status'),
+]
+
+
+def ensure_reference():
+    if not os.path.exists(REF_PYTHON):
+        print(f"creating {REF_VENV} with qemu.qmp=={REF_VERSION} ...")
+        venv.create(REF_VENV, with_pip=True)
+    check = subprocess.run(
+        [REF_PYTHON, '-c', 'import qemu.qmp, importlib.metadata as m;'
+         'print(m.version("qemu.qmp"))'],
+        capture_output=True, text=True)
+    if check.stdout.strip() != REF_VERSION:
+        subprocess.run([REF_PYTHON, '-m', 'pip', 'install', '-q',
+                        f'qemu.qmp=={REF_VERSION}'], check=True)
+
+
+def interpreters():
+    """(label, python, environment) for the reference and this checkout."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ('PYTHONPATH', 'PYTHONASYNCIODEBUG',
+                          'PYTHONDEVMODE')}
+    # The same interpreter and site for both: this tree comes first on
+    # sys.path, so its qemu.qmp shadows the reference's.
+    ours = dict(clean, PYTHONPATH=ROOT)
+    return [('reference', REF_PYTHON, clean), ('checkout', REF_PYTHON, ours)]
+
+
+# On a machine with cores to spare, the server gets one and every client
+# the other, so that run-to-run differences are not scheduling luck.
+CORES = sorted(os.sched_getaffinity(0))
+SERVER_CORES = {CORES[-1]} if len(CORES) > 1 else set(CORES)
+CLIENT_CORES = {CORES[0]}
+
+
+def pin(cores):
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def run_script(python, env, script, scenario, address):
+    out = subprocess.run(
+        [python, os.path.join(HERE, script), scenario, address],
+        env=env, cwd=HERE, capture_output=True, text=True, timeout=600,
+        preexec_fn=pin(CLIENT_CORES))
+    if out.returncode:
+        raise RuntimeError(f"{script} {scenario} with {python} failed:\n"
+                           f"{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start_server(path):
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'),
+                             path], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=pin(SERVER_CORES))
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != 'ready':
+        raise RuntimeError("stand-in server did not start")
+    return proc
+
+
+def start_qemu(tmp):
+    qemu = shutil.which('qemu-system-x86_64')
+    path = os.path.join(tmp, 'qemu.sock')
+    pidfile = os.path.join(tmp, 'qemu.pid')
+    subprocess.run([qemu, '-M', 'none', '-nodefaults', '-display', 'none',
+                    '-daemonize', '-pidfile', pidfile, '-qmp',
+                    f'unix:{path},server=on,wait=off'], check=True,
+                   preexec_fn=pin(SERVER_CORES))
+    with open(pidfile) as pid:
+        return path, int(pid.read())
+
+
+def import_time(python, env, reps):
+    code = ('import time; t = time.perf_counter(); import qemu.qmp; '
+            'print(time.perf_counter() - t)')
+    times = []
+    for _ in range(reps):
+        out = subprocess.run([python, '-c', code], env=env, cwd=HERE,
+                             capture_output=True, text=True, check=True)
+        times.append(float(out.stdout))
+    return min(times)
+
+
+def median(results, key):
+    return statistics.median(r[key] for r in results)
+
+
+def summarize(name, label, runs):
+    row = {'name': name, 'label': label}
+    for lib, results in runs.items():
+        ops = results[0]['ops']
+        row[lib] = {
+            'ops_per_s': ops / median(results, 'wall'),
+            'cpu_us': median(results, 'cpu') / ops * 1e6,
+            'rss_mb': (median(results, 'rss_growth') / 2**20
+                       if results[0]['rss_growth'] is not None else None),
+        }
+    return row
+
+
+def measure(reps):
+    rows = []
+    libs = interpreters()
+    with tempfile.TemporaryDirectory(prefix='qmp-bench-') as tmp:
+        path = os.path.join(tmp, 'bench.sock')
+        server = start_server(path)
+        try:
+            for name, label in SCENARIOS:
+                runs = {lib: [] for lib, _, _ in libs}
+                for _ in range(reps):
+                    for lib, python, env in libs:
+                        runs[lib].append(
+                            run_script(python, env, 'workload.py', name,
+                                       path))
+                rows.append(summarize(name, label, runs))
+                print(format_row(rows[-1]), flush=True)
+            floor = {}
+            for name in ('pipelined', 'events'):
+                results = [run_script(REF_PYTHON, libs[1][2], 'floor.py',
+                                      name, path) for _ in range(reps)]
+                floor[name] = median(results, 'cpu') / results[0]['ops'] * 1e6
+        finally:
+            server.kill()
+            server.wait()
+
+        if shutil.which('qemu-system-x86_64'):
+            for name, label in QEMU_SCENARIOS:
+                runs = {lib: [] for lib, _, _ in libs}
+                for _ in range(reps):
+                    for lib, python, env in libs:
+                        qemu_path, pid = start_qemu(tmp)
+                        try:
+                            runs[lib].append(run_script(
+                                python, env, 'workload.py', name, qemu_path))
+                        finally:
+                            os.kill(pid, 9)
+                rows.append(summarize(name, label, runs))
+                print(format_row(rows[-1]), flush=True)
+
+    imports = {lib: import_time(python, env, max(reps, 5))
+               for lib, python, env in libs}
+    return rows, floor, imports
+
+
+def format_row(row):
+    ref, ours = row['reference'], row['checkout']
+    if ref['rss_mb'] is not None:
+        return (f"{row['label']:<44} RSS +{ref['rss_mb']:8.1f} MB  "
+                f"+{ours['rss_mb']:8.1f} MB  "
+                f"{ref['rss_mb'] / max(ours['rss_mb'], 0.1):6.1f}x less")
+    return (f"{row['label']:<44} {ref['ops_per_s']:9.0f} "
+            f"{ours['ops_per_s']:9.0f} ops/s  "
+            f"{ref['cpu_us']:7.1f} {ours['cpu_us']:7.1f} us/op  "
+            f"{ref['cpu_us'] / ours['cpu_us']:5.2f}x less CPU  "
+            f"{ours['ops_per_s'] / ref['ops_per_s']:5.2f}x ops/s")
+
+
+def machine():
+    model = 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as info:
+            for line in info:
+                if line.startswith('model name'):
+                    model = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores; {platform.system()} "
+            f"{platform.release()}; Python {platform.python_version()}")
+
+
+def report(rows, floor, imports, reps):
+    lines = [
+        'Benchmarks', '==========', '',
+        f"Measured {datetime.date.today().isoformat()} on {machine()}.",
+        'The server runs on one core and each client on another.',
+        f"Reference: PyPI ``qemu.qmp=={REF_VERSION}``; checkout: this tree. "
+        f"Medians of {reps} interleaved runs, each in a fresh process.", '',
+        'Reproduce with ``make bench`` (``python bench/run.py``).', '',
+        'Client CPU is the client process\'s own CPU time per operation; '
+        'the stand-in server (``bench/server.py``) runs in another process.',
+        '',
+        '.. list-table::', '   :header-rows: 1', '',
+        '   * - scenario', '     - reference ops/s', '     - checkout ops/s',
+        '     - reference CPU us/op', '     - checkout CPU us/op',
+        '     - CPU ratio', '     - throughput ratio',
+    ]
+    for row in rows:
+        ref, ours = row['reference'], row['checkout']
+        if ref['rss_mb'] is not None:
+            lines += [f"   * - {row['label']}",
+                      f"     - +{ref['rss_mb']:.1f} MB", f"     - +"
+                      f"{ours['rss_mb']:.1f} MB", '     -', '     -',
+                      f"     - {ref['rss_mb'] / max(ours['rss_mb'], 0.1):.1f}x"
+                      " less memory", '     -']
+            continue
+        lines += [f"   * - {row['label']}",
+                  f"     - {ref['ops_per_s']:,.0f}",
+                  f"     - {ours['ops_per_s']:,.0f}",
+                  f"     - {ref['cpu_us']:.1f}",
+                  f"     - {ours['cpu_us']:.1f}",
+                  f"     - {ref['cpu_us'] / ours['cpu_us']:.2f}x less",
+                  f"     - {ours['ops_per_s'] / ref['ops_per_s']:.2f}x"]
+    lines += [
+        '', f"Import time (``import qemu.qmp``, best of runs): reference "
+        f"{imports['reference'] * 1000:.1f} ms, checkout "
+        f"{imports['checkout'] * 1000:.1f} ms.", '',
+        "Floor (blocking socket, JSON encode/decode only): pipelined "
+        f"{floor['pipelined']:.1f} us/op, events {floor['events']:.1f} "
+        "us/event.", '']
+    return '\n'.join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
+    parser.add_argument('--reps', type=int, default=3)
+    parser.add_argument('--output', default=os.path.join(ROOT,
+                                                         'BENCHMARKS.rst'))
+    args = parser.parse_args()
+    ensure_reference()
+    # pip byte-compiled the reference; do the same for this tree, or its
+    # import time would include compiling (PYTHONDONTWRITEBYTECODE).
+    subprocess.run([REF_PYTHON, '-m', 'compileall', '-q',
+                    os.path.join(ROOT, 'qemu')], check=True)
+    print(f"{'scenario':<44} {'reference':>9} {'checkout':>9}")
+    rows, floor, imports = measure(args.reps)
+    print(f"import qemu.qmp: reference {imports['reference'] * 1000:.1f} ms,"
+          f" checkout {imports['checkout'] * 1000:.1f} ms")
+    print(f"floor: pipelined {floor['pipelined']:.1f} us/op, events "
+          f"{floor['events']:.1f} us/event")
+    with open(args.output, 'w') as out:
+        out.write(report(rows, floor, imports, args.reps))
+    print(f"written to {args.output}")
+
+
+if __name__ == '__main__':
+    main()
