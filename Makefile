@@ -21,8 +21,8 @@ help:
 	@echo "  make check        set everything up, then flake8, mypy --strict"
 	@echo "                    and pytest; non-zero on any failure"
 	@echo "  make check-only   the same checks, without the set-up"
-	@echo "  make demo         a live QMP session: real QEMU when installed,"
-	@echo "                    the built-in test server otherwise"
+	@echo "  make demo         a live qmp-shell session: real QEMU when"
+	@echo "                    installed, the built-in test server otherwise"
 	@echo "  make bench        benchmarks against the reference library"
 	@echo "  make clean        remove build, cache and venv files"
 
@@ -64,7 +64,7 @@ test:
 check-only: lint typecheck test
 
 demo: develop
-	@$(PYTHON) -m qemu.qmp.demo
+	@$(PYTHON) -m qemu.qmp.qmp_shell --demo
 
 bench: develop
 	$(PYTHON) bench/run.py

@@ -1,9 +1,11 @@
 """
-A live QMP session in one command: ``python3 -m qemu.qmp.demo``.
+Demonstrations: a scripted tour, and a fake QEMU for ``qmp-shell --demo``.
 
-It starts ``qemu-system-x86_64`` (no guest, no display) when it is
-installed, or the library's own test server otherwise, then connects,
-queries, stops and resumes the machine and prints what it sees.
+``python3 -m qemu.qmp.demo`` starts ``qemu-system-x86_64`` (no guest, no
+display) when it is installed, or the library's own test server otherwise,
+then connects, queries, stops and resumes the machine and prints what it
+sees.  `FakeQEMU` runs that test server in a thread of its own, for the
+blocking shell.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import List
+from types import TracebackType
+from typing import List, Optional, Type
 
 from . import QMPClient, QMPError
+from ._sockets import SocketAddrT
+from .legacy import _LoopThread
 from .testing import CommandError, QMPTestServer
 
 
@@ -35,7 +40,30 @@ def _fake_server() -> QMPTestServer:
     server.on('query-version', {'qemu': {'major': 7, 'minor': 2,
                                          'micro': 0}, 'package': 'demo'})
     server.on('quit', CommandError('GenericError', 'demo server stays'))
+    server.on('query-commands', lambda args: [
+        {'name': name} for name in sorted(server.handlers)])
     return server
+
+
+class FakeQEMU:
+    """
+    The demo test server in a background thread; a context manager.
+
+    ``with FakeQEMU() as address:`` gives the address to connect to.
+    """
+
+    def __init__(self) -> None:
+        self._thread = _LoopThread('fake-qemu')
+        self._server = _fake_server()
+
+    def __enter__(self) -> SocketAddrT:
+        return self._thread.run(self._server.start(), 10)
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc_val: Optional[BaseException],
+                 exc_tb: Optional[TracebackType]) -> None:
+        self._thread.run(self._server.close(), 10)
+        self._thread.stop()
 
 
 async def _session(qmp: QMPClient, lines: List[str]) -> None:

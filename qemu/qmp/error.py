@@ -20,7 +20,8 @@ that raises it; this map shows the whole tree in one place::
     ├── ExecuteError                          qmp_client.py
     ├── ExecInterruptedError                  qmp_client.py
     ├── ListenerError                         events.py
-    └── QMPBadPortError                       legacy.py
+    ├── QMPBadPortError                       legacy.py
+    └── QMPShellError                         qmp_shell.py
 
 ``tests/unit/test_errors.py`` walks ``QMPError.__subclasses__()`` and fails
 when this map and the code disagree.

@@ -10,41 +10,9 @@ import pytest
 
 from qemu.qmp import ConnectError, ExecuteError
 from qemu.qmp.error import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError, _LoopThread
-from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
-
-
-class ThreadedServer:
-    """A QMPTestServer in an event loop of its own thread, like QEMU."""
-
-    def __init__(self, greeting='default'):
-        self.thread = _LoopThread('fake-server')
-        self.server = (QMPTestServer() if greeting == 'default'
-                       else QMPTestServer(greeting))
-        self.server.on('query-status', {'status': 'running'})
-        self.server.on('echo', lambda args: args)
-        self.server.on('fail', CommandError('GenericError', 'it failed'))
-
-    def run(self, coro):
-        return self.thread.run(coro, 10)
-
-    def start(self):
-        return self.run(self.server.start())
-
-    def emit(self, *names):
-        for name in names:
-            self.run(self.server.emit_event(name))
-
-    def close(self):
-        self.run(self.server.close())
-        self.thread.stop()
-
-
-@pytest.fixture
-def fake():
-    srv = ThreadedServer()
-    yield srv
-    srv.close()
+from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
+from qemu.qmp.testing import NO_REPLY
+from tests.conftest import ThreadedServer
 
 
 @pytest.fixture
