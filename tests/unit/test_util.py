@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import threading
 
 from qemu.qmp import util
 
@@ -50,4 +51,11 @@ def test_asyncio_run():
     """asyncio_run runs a coroutine to completion."""
     async def answer():
         return 42
-    assert util.asyncio_run(answer()) == 42
+    # In a thread of its own: on Python 3.9, asyncio.run() in the test's
+    # thread would replace (and leak) pytest-asyncio's event loop.
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(util.asyncio_run(answer())))
+    thread.start()
+    thread.join(10)
+    assert results == [42]
