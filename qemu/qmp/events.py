@@ -104,6 +104,8 @@ class EventListener:
         self._getters: Deque[asyncio.Future[None]] = deque()
         self._history: Deque[Message] = deque(maxlen=history_size)
         self._history_trimmed = False
+        # Iteration may skip get() when a subclass did not replace it.
+        self._plain_get = type(self).get is EventListener.get
 
     def __repr__(self) -> str:
         names = sorted(self.names) if self.names else 'ALL'
@@ -241,6 +243,8 @@ class EventListener:
         return self
 
     async def __anext__(self) -> Message:
+        if self._plain_get and self._pending:
+            return self._pending.popleft()
         return await self.get()
 
 
@@ -261,12 +265,22 @@ class Events:
         # What the reader task walks for each event: (listener, fast),
         # where fast means put() is not overridden and can be skipped.
         self._dispatch: Tuple[Tuple[EventListener, bool], ...] = ()
+        # True when no listener overrides put(): events are then handed
+        # out without creating a coroutine per event.
+        self._dispatch_is_sync = True
         self._update_dispatch()
 
     def _update_dispatch(self) -> None:
         self._dispatch = tuple(
             (listener, type(listener).put is EventListener.put)
             for listener in self._listeners)
+        self._dispatch_is_sync = all(fast for _, fast in self._dispatch)
+
+    def _event_dispatch_sync(self, msg: Message) -> None:
+        """Give an event to every listener; none overrides put()."""
+        for listener, _ in self._dispatch:
+            if listener.accept(msg):
+                listener._deliver(msg)
 
     async def _event_dispatch(self, msg: Message) -> None:
         """Give an event to every registered listener (reader task)."""

@@ -20,7 +20,29 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_decode = _decoder.decode
+_raw_decode = _decoder.raw_decode
+
+
+def _decode_line(text: str) -> object:
+    """
+    Decode one JSON value followed by nothing but whitespace.
+
+    `json.JSONDecoder.decode` runs two whitespace regexes around
+    ``raw_decode``; a server line has none in front, so try without them
+    and fall back to ``decode`` for anything unusual (it also gives the
+    standard error messages).
+    """
+    try:
+        obj, end = _raw_decode(text)
+    except ValueError:
+        return _decode(text)
+    if end != len(text) and not text[end:].isspace():
+        return _decode(text)  # raises "Extra data"
+    return obj
+
+
 _encode_compact = json.JSONEncoder(separators=(',', ':'),
                                    allow_nan=False).encode
 _encode_pretty = json.JSONEncoder(indent=2).encode
@@ -153,6 +175,18 @@ class Message(MutableMapping[str, object]):
                 _encode(self._obj)
 
     @classmethod
+    def _adopt(cls, obj: Dict[str, object]) -> 'Message':
+        """
+        Make a message of ``obj`` itself, without copying or checking it.
+
+        For dicts the library just built and hands over.
+        """
+        msg = cls.__new__(cls)
+        msg._obj = obj
+        msg._raw = None
+        return msg
+
+    @classmethod
     def _for_wire(cls, obj: Dict[str, object]) -> 'Message':
         """
         Make a message from ``obj`` and encode it now, once.
@@ -178,7 +212,7 @@ class Message(MutableMapping[str, object]):
         :raise UnexpectedTypeError: JSON, but not an object.
         """
         try:
-            obj = _decode(data.decode('utf-8'))
+            obj = _decode_line(data.decode('utf-8'))
         except (ValueError, UnicodeDecodeError) as err:
             # JSONDecodeError and UnicodeDecodeError are both ValueErrors;
             # naming the second documents the non-UTF-8 case.

@@ -667,26 +667,6 @@ class AsyncProtocol(Generic[T]):
             self.logger.debug("< %s", msg)
         return msg
 
-    @upper_half
-    async def _queue_message(self, msg: T, alone: bool = False) -> None:
-        """
-        Send ``msg`` after every message queued before it.
-
-        Normally the message goes to `_outgoing` and the writer task sends
-        it with whatever else was queued in the same loop iteration, in one
-        write.  A caller that knows no other message will join the batch
-        (``alone``) has it written at once when nothing is queued, since
-        everything earlier is then already in the transport: one task
-        switch less per message.
-
-        :param msg: The message.
-        :param alone: No other message is expected to be sent alongside.
-        """
-        if alone and self._outgoing.empty():
-            await self._send(msg)
-        else:
-            self._outgoing.put_nowait(msg)
-
     def _write(self, data: bytes) -> None:
         """
         Write bytes to the stream (for `_do_send` implementations).

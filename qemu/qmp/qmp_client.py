@@ -170,6 +170,10 @@ class BadReplyError(_MsgProtocolError):
         self.sent: Message = sent
 
 
+# Marks a member missing from a message (None is a valid JSON value).
+_ABSENT = object()
+
+
 def _id_key(exec_id: object) -> Hashable:
     """A dict key for a JSON id; objects and arrays are keyed by content."""
     if isinstance(exec_id, (str, int, float)) or exec_id is None:
@@ -206,14 +210,14 @@ class _PendingReplies:
         return future
 
     def discard(self, key: Hashable, future: asyncio.Future[Message]) -> None:
-        if self.by_id.get(key) is future:
+        """Forget ``future`` (id-less when ``key`` is `None`), if waiting."""
+        if key is None:
+            try:
+                self.idless.remove(future)
+            except ValueError:
+                pass
+        elif self.by_id.get(key) is future:
             del self.by_id[key]
-
-    def discard_idless(self, future: asyncio.Future[Message]) -> None:
-        try:
-            self.idless.remove(future)
-        except ValueError:
-            pass
 
     def resolve(self, key: Hashable, msg: Message) -> bool:
         """Hand ``msg`` to the execution waiting on ``key``, if any."""
@@ -424,7 +428,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         obj: Dict[str, object] = {'exec-oob' if oob else 'execute': cmd}
         if arguments is not None:
             obj['arguments'] = arguments
-        return Message(obj, eager=False)
+        return Message._adopt(obj)
 
     @upper_half
     async def execute(self, cmd: str,
@@ -521,20 +525,24 @@ class QMPClient(AsyncProtocol[Message], Events):
         return reply
 
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
-        """Queue ``wire`` and wait for the reply routed to ``exec_id``."""
+        """Send ``wire`` and wait for the reply routed to ``exec_id``."""
         pending = self._pending
+        key: Hashable = None
         if exec_id is None:
             future = pending.add_idless()
-            try:
-                await self._queue_message(wire, alone=len(pending) == 1)
-                return await future
-            finally:
-                pending.discard_idless(future)
-        key = _id_key(exec_id)
-        future = pending.add(key)
+        else:
+            key = exec_id if type(exec_id) is str else _id_key(exec_id)
+            future = pending.add(key)
         try:
-            # A lone execution has nobody to share a write with.
-            await self._queue_message(wire, alone=len(pending) == 1)
+            if len(pending) == 1 and self._outgoing.empty():
+                # Nobody to share a write with, and everything sent
+                # earlier is already in the transport: skip the writer
+                # task, one task switch less per command.
+                await self._send(wire)
+            else:
+                # The writer sends everything queued in this loop
+                # iteration in one write.
+                self._outgoing.put_nowait(wire)
             return await future
         finally:
             # On cancellation the late reply finds no one and is dropped.
@@ -639,9 +647,9 @@ class QMPClient(AsyncProtocol[Message], Events):
         :raise ServerParseError: An error reply without an id arrived and
             no id-less execution waits for one.
         """
-        if 'id' in msg:
-            exec_id = msg['id']
-            key = exec_id if isinstance(exec_id, str) else _id_key(exec_id)
+        exec_id = msg.get('id', _ABSENT)
+        if exec_id is not _ABSENT:
+            key = exec_id if type(exec_id) is str else _id_key(exec_id)
             if not self._pending.resolve(key, msg):
                 # The QMP spec: clients drop replies with an unknown id.
                 # It may also be the late reply of a cancelled execute().
@@ -649,9 +657,13 @@ class QMPClient(AsyncProtocol[Message], Events):
                                     exec_id)
             return
 
-        if 'event' in msg:
-            if isinstance(msg['event'], str):
-                await self._event_dispatch(msg)
+        name = msg.get('event', _ABSENT)
+        if name is not _ABSENT:
+            if type(name) is str:
+                if self._dispatch_is_sync:
+                    self._event_dispatch_sync(msg)
+                else:
+                    await self._event_dispatch(msg)
             else:
                 self.logger.warning("Dropping event without a name: %s",
                                     msg)

@@ -70,7 +70,8 @@ def test_lazy_valid_message():
 
 
 @pytest.mark.parametrize('raw', [b'{', b'nope', b'{"a": 1}}', b'',
-                                 b'{"a": NaN}', b'{"a": Infinity}'])
+                                 b'{"a": NaN}', b'{"a": Infinity}',
+                                 b'{} {}', b'{"a": 1} x\n'])
 def test_invalid_json(raw):
     """Invalid JSON raises DeserializationError, caused by the JSON error."""
     with pytest.raises(DeserializationError) as info:
@@ -78,6 +79,12 @@ def test_invalid_json(raw):
     assert info.value.raw == raw
     assert isinstance(info.value.__cause__, ValueError)
     assert isinstance(info.value, ProtocolError)
+
+
+def test_surrounding_whitespace_is_fine():
+    """Whitespace around the object (CRLF, leading spaces) is accepted."""
+    assert Message(b'  {"a": 1}\r\n') == {'a': 1}
+    assert Message(b'\t{"a": 1} \n') == {'a': 1}
 
 
 def test_non_utf8():
