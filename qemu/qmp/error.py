@@ -13,6 +13,7 @@ that raises it; this map shows the whole tree in one place::
     │   ├── GreetingError                     qmp_client.py
     │   ├── NegotiationError                  qmp_client.py
     │   ├── ServerParseError                  qmp_client.py
+    │   ├── TruncatedMessageError             qmp_client.py
     │   └── BadReplyError                     qmp_client.py
     ├── SerializationError                    message.py
     ├── StateError                            protocol.py

@@ -34,7 +34,7 @@ from .util import bottom_half, exception_summary, pretty_traceback, upper_half
 
 __all__ = ['QMPClient', 'ExecuteError', 'ExecInterruptedError',
            'GreetingError', 'NegotiationError', 'ServerParseError',
-           'BadReplyError']
+           'BadReplyError', 'TruncatedMessageError']
 
 
 class _WrappedProtocolError(ProtocolError):
@@ -149,6 +149,24 @@ class ServerParseError(_MsgProtocolError):
     :param error_message: Human-readable string describing the error.
     :param msg: The QMP `Message` that caused the error.
     """
+
+
+class TruncatedMessageError(ProtocolError, EOFError):
+    """
+    The server closed the connection in the middle of a message.
+
+    It is an `EOFError` too, since the session ended because the server
+    hung up; the unfinished bytes are in `raw`.
+
+    :param raw: The bytes of the unfinished message.
+    """
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(
+            f"the server closed the connection in the middle of a "
+            f"message ({len(raw)} bytes of it were discarded)", raw)
+        #: The bytes received of the unfinished message.
+        self.raw: bytes = raw
 
 
 class BadReplyError(_MsgProtocolError):
@@ -626,13 +644,21 @@ class QMPClient(AsyncProtocol[Message], Events):
         :raise MessageTooLongError: The line is longer than ``readbuflen``.
         :raise DeserializationError: The line is not UTF-8 JSON.
         :raise UnexpectedTypeError: The line is JSON, but not an object.
+        :raise TruncatedMessageError: The server hung up mid-message.
         """
         line = await self._readline()
         if line.startswith(b'\xff'):
             # The guest agent's resynchronisation marker (answer to
             # guest-sync-delimited); never part of valid UTF-8 JSON.
             line = line.lstrip(b'\xff')
-        return Message(line)
+        if line.endswith(b'\n'):
+            return Message(line)
+        # The last bytes before end of stream: a whole message without
+        # its newline is fine, anything else was cut short.
+        try:
+            return Message(line)
+        except ProtocolError as err:
+            raise TruncatedMessageError(line) from err
 
     def _do_send(self, msg: Message) -> None:
         # QEMU parses a JSON stream and needs no delimiter; the newline
