@@ -157,3 +157,24 @@ async def test_kill_mid_command(qemu):
     with pytest.raises((EOFError, OSError)):
         await qmp.disconnect()
     assert qmp.runstate is Runstate.IDLE
+
+
+async def test_quit_with_commands_pending(qemu):
+    """quit while other commands wait: each either got its reply or
+    ExecInterruptedError; disconnect() reports why; IDLE after."""
+    qmp = QMPClient()
+    await qmp.connect(qemu.address)
+    # quit goes out first; QEMU may or may not answer what follows it
+    # before it exits.
+    quit_reply = asyncio.ensure_future(qmp.execute('quit'))
+    pending = [asyncio.ensure_future(qmp.execute('query-qmp-schema'))
+               for _ in range(30)]
+    results = await asyncio.gather(quit_reply, *pending,
+                                   return_exceptions=True)
+    for result in results:
+        assert not isinstance(result, BaseException) or \
+            isinstance(result, ExecInterruptedError), result
+    # EOF, or a reset when QEMU exits with our commands still unread.
+    with pytest.raises((EOFError, ConnectionResetError)):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
