@@ -252,7 +252,10 @@ def report(rows, floor, imports, reps):
         f"{imports['checkout'] * 1000:.1f} ms.", '',
         "Floor (blocking socket, JSON encode/decode only): pipelined "
         f"{floor['pipelined']:.1f} us/op, events {floor['events']:.1f} "
-        "us/event.", '']
+        "us/event.", '',
+        'What bounds these figures, and what was found on the way: '
+        '``docs/performance.rst``.  Memory over a long session: '
+        '``python bench/soak.py``.', '']
     return '\n'.join(lines)
 
 
