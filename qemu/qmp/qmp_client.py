@@ -396,25 +396,13 @@ class QMPClient(AsyncProtocol[Message], Events):
             await self._writer.drain()
             reply = await asyncio.wait_for(self._recv_reply(),
                                            self.session_timeout)
+            self._reply_value(reply, msg)
         except asyncio.TimeoutError as err:
             raise NegotiationError(
                 f"No reply to qmp_capabilities within "
                 f"{self.session_timeout} seconds", err) from err
-        except ProtocolError as err:
+        except (ProtocolError, ExecuteError) as err:
             raise NegotiationError("Negotiation failed", err) from err
-
-        if 'error' in reply:
-            try:
-                error = ErrorResponse(reply)
-            except (KeyError, TypeError) as err:
-                raise NegotiationError(
-                    "Negotiation failed", BadReplyError(
-                        "malformed error reply", reply, msg)) from err
-            raise NegotiationError("Negotiation failed",
-                                   ExecuteError(error, msg, reply))
-        if 'return' not in reply:
-            raise NegotiationError("Negotiation failed", BadReplyError(
-                "reply has neither 'return' nor 'error'", reply, msg))
 
     async def _recv_reply(self) -> Message:
         """Receive until a non-event arrives; events are dispatched."""
@@ -539,7 +527,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         reply = await self._exchange(exec_id, wire)
         if assign_id:
             del reply['id']
-        self._check_reply(reply, wire)
+        self._error_of(reply, wire)
         return reply
 
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
@@ -567,21 +555,25 @@ class QMPClient(AsyncProtocol[Message], Events):
             pending.discard(key, future)
 
     @staticmethod
-    def _check_reply(reply: Message, sent: Message) -> None:
-        """:raise BadReplyError: ``reply`` is not a valid reply."""
+    def _error_of(reply: Message, sent: Message) -> Optional[ErrorResponse]:
+        """
+        Check ``reply``: `None` for a 'return', the parsed 'error' else.
+
+        :raise BadReplyError: ``reply`` is not a valid reply.
+        """
         if 'return' in reply:
-            return
+            return None
         if 'error' not in reply:
             raise BadReplyError(
                 "reply has neither 'return' nor 'error'", reply, sent)
         try:
-            ErrorResponse(reply)
+            return ErrorResponse(reply)
         except (KeyError, TypeError) as err:
             raise BadReplyError(f"malformed error reply: {err}",
                                 reply, sent) from err
 
-    @staticmethod
-    def _reply_value(reply: Message, sent: Message) -> object:
+    @classmethod
+    def _reply_value(cls, reply: Message, sent: Message) -> object:
         """
         Return the 'return' member of ``reply``.
 
@@ -592,14 +584,8 @@ class QMPClient(AsyncProtocol[Message], Events):
             return reply['return']
         except KeyError:
             pass
-        if 'error' not in reply:
-            raise BadReplyError(
-                "reply has neither 'return' nor 'error'", reply, sent)
-        try:
-            error = ErrorResponse(reply)
-        except (KeyError, TypeError) as err:
-            raise BadReplyError(f"malformed error reply: {err}",
-                                reply, sent) from err
+        error = cls._error_of(reply, sent)
+        assert error is not None
         raise ExecuteError(error, sent, reply)
 
     @upper_half
