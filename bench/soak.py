@@ -21,17 +21,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from qemu.qmp import QMPClient  # noqa: E402  (after the path fix-up)
+from workload import rss  # noqa: E402
 
 WIDTH = 64
 BURST = 512
 
 
 def rss_mb():
-    with open('/proc/self/status') as status:
-        for line in status:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return rss() / 2**20
 
 
 def open_fds():

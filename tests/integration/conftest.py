@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, List
 
@@ -43,15 +44,22 @@ class Daemon:
             pass
 
 
-async def start_daemon(argv: List[str]) -> None:
-    """Run ``argv`` and wait until it has daemonized."""
+@asynccontextmanager
+async def running(argv: List[str], address, pidfile: Path
+                  ) -> AsyncIterator[Daemon]:
+    """Run ``argv`` and wait until it has daemonized; kill it on exit."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
                            f"{err.decode(errors='replace')}")
+    peer = Daemon(address, pidfile)
+    try:
+        yield peer
+    finally:
+        peer.kill()
 
 
 def free_port() -> int:
@@ -68,13 +76,11 @@ async def qemu(tmp_path) -> AsyncIterator[Daemon]:
     """QEMU with an OOB-capable monitor on a UNIX socket."""
     binary = require_binary('qemu-system-x86_64')
     path, pidfile = tmp_path / 'qmp.sock', tmp_path / 'qemu.pid'
-    await start_daemon([
-        binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
-        '-chardev', f'socket,id=m0,path={path},server=on,wait=off',
-        '-mon', 'chardev=m0,mode=control'])
-    daemon = Daemon(str(path), pidfile)
-    yield daemon
-    daemon.kill()
+    async with running([
+            binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+            '-chardev', f'socket,id=m0,path={path},server=on,wait=off',
+            '-mon', 'chardev=m0,mode=control'], str(path), pidfile) as peer:
+        yield peer
 
 
 @pytest.fixture
@@ -82,12 +88,11 @@ async def qemu_tcp(tmp_path) -> AsyncIterator[Daemon]:
     """QEMU with its monitor on a loopback TCP port."""
     binary = require_binary('qemu-system-x86_64')
     port, pidfile = free_port(), tmp_path / 'qemu.pid'
-    await start_daemon([
-        binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
-        '-qmp', f'tcp:127.0.0.1:{port},server=on,wait=off'])
-    daemon = Daemon(('127.0.0.1', port), pidfile)
-    yield daemon
-    daemon.kill()
+    async with running([
+            binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+            '-qmp', f'tcp:127.0.0.1:{port},server=on,wait=off'],
+            ('127.0.0.1', port), pidfile) as peer:
+        yield peer
 
 
 @pytest.fixture
@@ -95,13 +100,11 @@ async def storage_daemon(tmp_path) -> AsyncIterator[Daemon]:
     """qemu-storage-daemon with a QMP monitor."""
     binary = require_binary('qemu-storage-daemon')
     path, pidfile = tmp_path / 'qsd.sock', tmp_path / 'qsd.pid'
-    await start_daemon([
-        binary, '--daemonize', '--pidfile', str(pidfile),
-        '--chardev', f'socket,path={path},server=on,wait=off,id=c0',
-        '--monitor', 'chardev=c0'])
-    daemon = Daemon(str(path), pidfile)
-    yield daemon
-    daemon.kill()
+    async with running([
+            binary, '--daemonize', '--pidfile', str(pidfile),
+            '--chardev', f'socket,path={path},server=on,wait=off,id=c0',
+            '--monitor', 'chardev=c0'], str(path), pidfile) as peer:
+        yield peer
 
 
 @pytest.fixture
@@ -111,8 +114,7 @@ async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
     path, pidfile = tmp_path / 'qga.sock', tmp_path / 'qga.pid'
     state = tmp_path / 'qga-state'
     state.mkdir()
-    await start_daemon([binary, '-d', '-m', 'unix-listen', '-p', str(path),
-                        '-t', str(state), '-f', str(pidfile)])
-    daemon = Daemon(str(path), pidfile)
-    yield daemon
-    daemon.kill()
+    async with running([binary, '-d', '-m', 'unix-listen', '-p', str(path),
+                        '-t', str(state), '-f', str(pidfile)],
+                       str(path), pidfile) as peer:
+        yield peer
