@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 from ssl import SSLContext
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple, Union, cast
 
 
 #: A UNIX socket path or a ``(host, port)`` TCP address.
@@ -113,8 +113,10 @@ async def accept(listener: socket.socket, ssl: Optional[SSLContext],
     try:
         reader = asyncio.StreamReader(limit=limit)
         protocol = asyncio.StreamReaderProtocol(reader)
-        transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock=conn, ssl=ssl)
+        # Typeshed declares this on AbstractEventLoop from 3.10 on only;
+        # every 3.9 loop has it too.
+        transport, _ = await cast(asyncio.BaseEventLoop, loop) \
+            .connect_accepted_socket(lambda: protocol, sock=conn, ssl=ssl)
     except BaseException:
         conn.close()
         raise
