@@ -445,8 +445,13 @@ def _fail(message: str) -> NoReturn:
 
 
 def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
-              connect: bool = True) -> int:
-    """Connect (unless told not to), then run the command or the REPL."""
+              connect: bool = True, quit_after: bool = False) -> int:
+    """
+    Connect (unless told not to), then run the command or the REPL.
+
+    With ``quit_after``, ask the server to quit when done (for a QEMU
+    the shell started itself).
+    """
     if connect:
         try:
             qmp.connect(negotiate=not args.skip_negotiation)
@@ -476,6 +481,11 @@ def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
     finally:
         if logfile is not None:
             logfile.close()
+        if quit_after:
+            try:
+                qmp.cmd('quit')
+            except Exception:  # pylint: disable=broad-except
+                pass  # already gone; the caller stops it anyway
         try:
             qmp.close()
         except EOFError:
@@ -540,7 +550,7 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
         except Exception as err:  # pylint: disable=broad-except
             qmp.close()
             _fail(f"{qemu[0]} did not connect: {err}")
-        return run_shell(qmp, args, connect=False)
+        return run_shell(qmp, args, connect=False, quit_after=True)
     finally:
         if proc is not None:
             if proc.poll() is None:

@@ -122,6 +122,7 @@ def test_shell_wrap_cleans_up():
     assert json.loads(lines[0])['running'] is True
     assert json.loads(lines[1]) == {'name': tag}
     assert qemu_processes(tag) == []
+    assert 'terminating on signal' not in result.stderr  # quit, not killed
 
 
 def test_demo_with_qemu():
