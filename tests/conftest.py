@@ -58,7 +58,7 @@ def require_binary(name: str) -> str:
     if path is None:
         if IN_CI:
             pytest.fail(f"{name} is required in CI but is not installed")
-        pytest.skip(f"{name} is not installed")
+        pytest.skip(reason=f"{name} is not installed")
     return path
 
 

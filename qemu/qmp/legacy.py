@@ -333,16 +333,42 @@ class QEMUMonitorProtocol:
             seconds.
         :return: The event as a dict, or `None`.
         :raise asyncio.TimeoutError: The wait ran out.
+        :raise EOFError: No event is pending and the connection is gone,
+            so none can come: waiting would never end.
         """
         timeout = self._timeout_of(wait)
+        return self._runner.run(self._next_event(timeout), None)
+
+    async def _next_event(self, timeout: Optional[float]
+                          ) -> Optional[QMPMessage]:
+        """The oldest event; wait up to ``timeout`` while connected."""
         events = self._qmp.events
+        if not events.empty():
+            return dict(await events.get())
+        if timeout == 0.0:
+            return None
+        if self._qmp.runstate is not Runstate.RUNNING:
+            raise EOFError("not connected: no event can arrive")
 
-        async def pull() -> Optional[QMPMessage]:
-            if timeout == 0.0 and events.empty():
-                return None
-            return dict(await asyncio.wait_for(events.get(), timeout))
+        getter = asyncio.ensure_future(events.get())
+        ended = asyncio.ensure_future(self._session_ended())
+        try:
+            await asyncio.wait((getter, ended), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # A cancelled get() passes its wake-up on: no event is lost.
+            for task in (getter, ended):
+                task.cancel()
+            await asyncio.gather(getter, ended, return_exceptions=True)
+        if not getter.cancelled():
+            return dict(getter.result())
+        if not ended.cancelled():
+            raise EOFError("the connection closed while waiting for an event")
+        raise asyncio.TimeoutError
 
-        return self._runner.run(pull(), None)
+    async def _session_ended(self) -> None:
+        while self._qmp.runstate is Runstate.RUNNING:
+            await self._qmp.runstate_changed()
 
     def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
         """

@@ -137,6 +137,47 @@ def test_pull_event_wait_modes(qmp, fake):
     assert qmp.pull_event(wait=5)['event'] == 'RESUME'
 
 
+def test_pull_event_on_a_dead_connection(qmp, fake):
+    """Waiting for an event when the server hangs up: events already
+    received come first, then EOFError at once instead of a hang."""
+    async def die(args):
+        await fake.server.emit_event('LAST')
+        await fake.server.hang_up()
+        return NO_REPLY
+    fake.server.on('die', die)
+    waiter_result = []
+    waiter = threading.Thread(target=lambda: waiter_result.append(
+        pytest.raises(EOFError, qmp.pull_event, wait=True)))
+    with pytest.raises(Exception):
+        qmp.cmd('die')
+    assert qmp.pull_event(wait=True)['event'] == 'LAST'
+    waiter.start()
+    waiter.join(10)
+    assert waiter_result and not waiter.is_alive()
+    with pytest.raises(EOFError):
+        qmp.pull_event(wait=5.0)
+    assert qmp.pull_event(wait=False) is None
+
+
+def test_pull_event_wakes_when_connection_dies(qmp, fake):
+    """A thread blocked in pull_event(wait=True) gets EOFError when the
+    server hangs up meanwhile."""
+    errors = []
+
+    def wait_forever():
+        try:
+            qmp.pull_event(wait=True)
+        except EOFError as err:
+            errors.append(err)
+
+    waiter = threading.Thread(target=wait_forever)
+    waiter.start()
+    fake.run(fake.server.wait_connected())
+    fake.run(fake.server.hang_up())
+    waiter.join(10)
+    assert not waiter.is_alive() and len(errors) == 1
+
+
 def test_get_and_clear_events(qmp, fake):
     """get_events() returns and clears; clear_events() discards."""
     assert qmp.get_events() == []
