@@ -102,6 +102,11 @@ Handler = Union[object, Callable[[Dict[str, Any]], Any]]
 _encode = json.JSONEncoder(separators=(',', ':')).encode
 
 
+def _line(msg: Mapping[str, Any]) -> bytes:
+    """``msg`` as one wire line, CRLF-terminated like QEMU's."""
+    return _encode(msg).encode() + b'\r\n'
+
+
 class QMPTestServer:
     """
     A QMP server for one client at a time, for tests.
@@ -295,7 +300,7 @@ class QMPTestServer:
 
     async def send_message(self, message: Mapping[str, object]) -> None:
         """Send any JSON object, followed by CRLF like QEMU."""
-        await self.send_raw(_encode(message).encode() + b'\r\n')
+        await self.send_raw(_line(message))
 
     async def emit_event(self, name: str,
                          data: Optional[Mapping[str, object]] = None) -> None:
@@ -317,7 +322,7 @@ class QMPTestServer:
                           'microseconds': int(now * 1e6) % 1000000}}
         if data is not None:
             event['data'] = data
-        return _encode(event).encode() + b'\r\n'
+        return _line(event)
 
     async def reply_without_id(self, desc: str = "Invalid JSON") -> None:
         """Send an error without an id, as QEMU does for bad input."""
@@ -383,7 +388,7 @@ class QMPTestServer:
         await self._notify()
         try:
             if self.greeting is not None:
-                writer.write(_encode(self.greeting).encode() + b'\r\n')
+                writer.write(_line(self.greeting))
             while True:
                 line = await reader.readline()
                 if not line:
@@ -482,7 +487,7 @@ class QMPTestServer:
     @staticmethod
     def _send(writer: asyncio.StreamWriter, msg: Mapping[str, Any]) -> None:
         if not writer.is_closing():
-            writer.write(_encode(msg).encode() + b'\r\n')
+            writer.write(_line(msg))
 
 
 def _error(class_: str, desc: str) -> Dict[str, Any]:
