@@ -9,11 +9,11 @@ that raises it; this map shows the whole tree in one place::
     ├── ProtocolError                         error.py
     │   ├── DeserializationError              message.py
     │   ├── UnexpectedTypeError               message.py
-    │   ├── MessageTooLongError               framing.py
+    │   ├── MessageTooLongError               codec.py
+    │   ├── TruncatedMessageError             codec.py
     │   ├── GreetingError                     qmp_client.py
     │   ├── NegotiationError                  qmp_client.py
     │   ├── ServerParseError                  qmp_client.py
-    │   ├── TruncatedMessageError             qmp_client.py
     │   └── BadReplyError                     qmp_client.py
     ├── SerializationError                    message.py
     ├── StateError                            protocol.py

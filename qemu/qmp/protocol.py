@@ -42,7 +42,7 @@ from typing import (
 from . import _sockets
 from ._sockets import SocketAddrT
 from .error import QMPError
-from .framing import LineBuffer
+from .codec import LineBuffer
 from .util import bottom_half, exception_summary, upper_half
 
 
@@ -702,7 +702,7 @@ class AsyncProtocol(Generic[T]):
                 raise EOFError
             lines.feed(data)
             line = lines.next_line()
-        return line
+        return line + b'\n'
 
     async def _do_recv(self) -> T:
         """Abstract: read one message from the stream and return it."""

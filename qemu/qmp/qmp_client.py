@@ -24,6 +24,8 @@ from typing import (
     Union,
 )
 
+from . import _sockets
+from .codec import DEFAULT_LIMIT, Codec, TruncatedMessageError
 from .error import ProtocolError, QMPError
 from .events import Events
 from .message import Message
@@ -149,24 +151,6 @@ class ServerParseError(_MsgProtocolError):
     :param error_message: Human-readable string describing the error.
     :param msg: The QMP `Message` that caused the error.
     """
-
-
-class TruncatedMessageError(ProtocolError, EOFError):
-    """
-    The server closed the connection in the middle of a message.
-
-    It is an `EOFError` too, since the session ended because the server
-    hung up; the unfinished bytes are in `raw`.
-
-    :param raw: The bytes of the unfinished message.
-    """
-
-    def __init__(self, raw: bytes) -> None:
-        super().__init__(
-            f"the server closed the connection in the middle of a "
-            f"message ({len(raw)} bytes of it were discarded)", raw)
-        #: The bytes received of the unfinished message.
-        self.raw: bytes = raw
 
 
 class BadReplyError(_MsgProtocolError):
@@ -305,7 +289,7 @@ class QMPClient(AsyncProtocol[Message], Events):
     logger = logging.getLogger(__name__)
 
     # Read buffer limit; 10 MiB like QEMU's own Python tooling.
-    _limit = 10 * 1024 * 1024
+    _limit = DEFAULT_LIMIT
 
     # Prefix of ids the client assigns; raw-path callers must not use it.
     _ID_PREFIX = '__qmp#'
@@ -334,6 +318,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._greeting: Optional[Greeting] = None
         self._ids = count(1)
         self._pending = _PendingReplies()
+        # The wire format of the current session; made anew by each one.
+        self._codec = Codec(readbuflen)
 
     @property
     def greeting(self) -> Optional[Greeting]:
@@ -359,6 +345,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         self._greeting = None
         self._pending = _PendingReplies()
+        self._codec = Codec(self._limit)
 
         if self.await_greeting or self.negotiate:
             self._greeting = await self._get_greeting()
@@ -624,7 +611,7 @@ class QMPClient(AsyncProtocol[Message], Events):
 
     async def _do_recv(self) -> Message:
         """
-        Read one message from the server.
+        Read one message from the server (through the session's `Codec`).
 
         :raise EOFError: The server hung up.
         :raise MessageTooLongError: The line is longer than ``readbuflen``.
@@ -632,24 +619,16 @@ class QMPClient(AsyncProtocol[Message], Events):
         :raise UnexpectedTypeError: The line is JSON, but not an object.
         :raise TruncatedMessageError: The server hung up mid-message.
         """
-        line = await self._readline()
-        if line.startswith(b'\xff'):
-            # The guest agent's resynchronisation marker (answer to
-            # guest-sync-delimited); never part of valid UTF-8 JSON.
-            line = line.lstrip(b'\xff')
-        if line.endswith(b'\n'):
-            return Message(line)
-        # The last bytes before end of stream: a whole message without
-        # its newline is fine, anything else was cut short.
-        try:
-            return Message(line)
-        except ProtocolError as err:
-            raise TruncatedMessageError(line) from err
+        codec = self._codec
+        msg = codec.next_message()
+        while msg is None:
+            assert self._reader is not None
+            codec.feed(await self._reader.read(_sockets.READ_SIZE))
+            msg = codec.next_message()
+        return msg
 
     def _do_send(self, msg: Message) -> None:
-        # QEMU parses a JSON stream and needs no delimiter; the newline
-        # makes the stream readable line by line for logs and peers.
-        self._write(bytes(msg) + b'\n')
+        self._write(Codec.encode(msg))
 
     @bottom_half
     async def _on_message(self, msg: Message) -> None:

@@ -16,9 +16,10 @@ import logging
 import pytest
 
 from qemu.qmp import ExecInterruptedError, QMPClient, Runstate
-from qemu.qmp.framing import MessageTooLongError
+from qemu.qmp.codec import MessageTooLongError
 from qemu.qmp.message import DeserializationError, UnexpectedTypeError
-from qemu.qmp.qmp_client import ServerParseError, TruncatedMessageError
+from qemu.qmp.codec import TruncatedMessageError
+from qemu.qmp.qmp_client import ServerParseError
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
 from tests.conftest import assert_no_tasks_left
 

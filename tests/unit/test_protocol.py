@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from qemu.qmp.error import QMPError
-from qemu.qmp.framing import MessageTooLongError
+from qemu.qmp.codec import MessageTooLongError
 from qemu.qmp.protocol import (
     AsyncProtocol,
     ConnectError,

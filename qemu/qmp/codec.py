@@ -1,0 +1,309 @@
+"""
+The QMP wire format, both directions, with no I/O.
+
+A QMP peer sends JSON objects in UTF-8, each ended by a newline.  `Codec`
+turns whatever a socket delivered (any split, any number of messages) into
+`Message`\\ s, in order, and turns a message into the bytes to send.  Every
+decision about what a message on the wire is lives here:
+
+- the longest line accepted (`MessageTooLongError`, for that line only);
+- the guest agent's 0xFF resynchronisation byte (`SYNC_BYTE`), skipped in
+  front of a message;
+- blank lines between messages, skipped;
+- the end of the stream: a last message without its newline is accepted,
+  an unfinished one raises `TruncatedMessageError`, then `EOFError`;
+- JSON decoding and encoding (through `Message`).
+
+Both clients use it: `QMPClient`'s reader task and the blocking
+`qemu.qmp.legacy.QEMUMonitorProtocol`.  `LineBuffer` is its framing layer,
+also used on its own by `AsyncProtocol._readline`.
+
+>>> codec = Codec()
+>>> codec.feed(b'{"event": "STOP"}\\r\\n{"return": {}, "id": 1}\\r\\n{"ret')
+>>> codec.next_message()
+Message({'event': 'STOP'})
+>>> codec.next_message()
+Message({'return': {}, 'id': 1})
+>>> codec.next_message() is None   # the rest has not arrived yet
+True
+>>> codec.encode({'execute': 'query-status'})
+b'{"execute":"query-status"}\\n'
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, List, Mapping, Optional
+
+from .error import ProtocolError
+from .message import Message
+
+
+__all__ = ['Codec', 'LineBuffer', 'MessageTooLongError',
+           'TruncatedMessageError', 'SYNC_BYTE', 'DEFAULT_LIMIT']
+
+#: The byte the guest agent puts before its reply to
+#: ``guest-sync-delimited``, and a client sends to make the agent drop any
+#: partial input.  It never occurs in UTF-8 text.
+SYNC_BYTE = b'\xff'
+
+#: The longest message `Codec` accepts by default, newline included.
+DEFAULT_LIMIT = 10 * 1024 * 1024
+
+# What a line may hold besides a message: whitespace (QEMU ends lines with
+# CRLF) and the guest agent's sync bytes.
+_FILLER = b' \t\r\n' + SYNC_BYTE
+
+
+class MessageTooLongError(ProtocolError):
+    """
+    The peer sent a line longer than the configured limit.
+
+    The over-long line is discarded; lines after it can still be read.
+
+    :param limit: The limit, in bytes, that was exceeded.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"message exceeds readbuflen ({limit} bytes); "
+            f"pass a larger readbuflen to the client to accept it",
+            limit)
+        #: The limit, in bytes.
+        self.limit: int = limit
+
+
+class TruncatedMessageError(ProtocolError, EOFError):
+    """
+    The peer closed the connection in the middle of a message.
+
+    It is an `EOFError` too, since the session ended because the peer hung
+    up; the unfinished bytes are in `raw`.
+
+    :param raw: The bytes of the unfinished message.
+    """
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(
+            f"the server closed the connection in the middle of a "
+            f"message ({len(raw)} bytes of it were discarded)", raw)
+        #: The bytes received of the unfinished message.
+        self.raw: bytes = raw
+
+
+class LineBuffer:
+    """
+    Split a byte stream into newline-terminated lines, bounded in length.
+
+    >>> buf = LineBuffer(limit=100)
+    >>> buf.feed(b'{"a": 1}\\n{"b"')
+    >>> buf.next_line()
+    b'{"a": 1}'
+    >>> buf.next_line() is None
+    True
+    >>> buf.feed(b': 2}\\n')
+    >>> buf.next_line()
+    b'{"b": 2}'
+
+    Strategy: each chunk is split in one pass with `bytes.split`; complete
+    lines wait in a deque, and an unfinished tail is kept as a list of
+    pieces, so a long line arriving in many chunks is joined once, not
+    re-copied on every chunk.  Lengths are only checked for chunks that
+    could break the limit.  A line over the limit is dropped as it arrives
+    (memory stays bounded) and leaves `None` in its place in the deque, so
+    that `next_line` raises in stream order, then goes on with the next
+    line.
+
+    :param limit: The longest line accepted, newline included.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lines: Deque[Optional[bytes]] = deque()
+        self._tail: List[bytes] = []
+        self._tail_len = 0
+        # Inside an over-long line: drop bytes up to its newline.
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        """
+        Add bytes received from the peer.
+
+        :param data: The bytes, in any split.
+        """
+        if self._skipping:
+            end = data.find(b'\n')
+            if end < 0:
+                return
+            self._skipping = False
+            data = data[end + 1:]
+        if b'\n' not in data:
+            if data:
+                self._tail.append(data)
+                self._tail_len += len(data)
+                if self._tail_len > self.limit:
+                    self._drop_tail()
+            return
+        if self._tail:
+            self._tail.append(data)
+            data = b''.join(self._tail)
+            self._tail.clear()
+        lines = data.split(b'\n')
+        rest = lines.pop()
+        if len(data) > self.limit:
+            limit = self.limit
+            # >= because the newline split() removed counts too.
+            self._lines.extend([None if len(line) >= limit else line
+                                for line in lines])
+        else:
+            self._lines.extend(lines)
+        self._tail_len = len(rest)
+        if rest:
+            self._tail.append(rest)
+            if self._tail_len > self.limit:
+                self._drop_tail()
+
+    def _drop_tail(self) -> None:
+        self._lines.append(None)
+        self._tail.clear()
+        self._tail_len = 0
+        self._skipping = True
+
+    def next_line(self) -> Optional[bytes]:
+        """
+        Return the next complete line, without its newline.
+
+        :return: The line, or `None` if no complete line is buffered.
+        :raise MessageTooLongError: The next line was over the limit; it
+            is gone, and the call after this one returns the line after.
+        """
+        if not self._lines:
+            return None
+        line = self._lines.popleft()
+        if line is None:
+            raise MessageTooLongError(self.limit)
+        return line
+
+    def take_tail(self) -> bytes:
+        """
+        Return and forget an unterminated last line (used at end of stream).
+
+        :return: The bytes received after the last newline, maybe empty.
+        """
+        tail = b''.join(self._tail)
+        self._tail.clear()
+        self._tail_len = 0
+        return tail
+
+
+class Codec:
+    """
+    Decode a QMP byte stream into messages; encode messages to send.
+
+    Feed it what the socket delivered with `feed`, ``b''`` at end of
+    stream, and take messages with `next_message` until it returns `None`
+    (it needs more bytes).  Errors are raised in stream order, after every
+    message that came before them.  A bad line is consumed by the error it
+    raises, so a caller that wishes to go on may call `next_message`
+    again; the clients in this package end the session instead.
+
+    >>> codec = Codec(limit=64)
+    >>> codec.feed(b'\\xff{"return": 42}\\n' + b'x' * 100 + b'\\n')
+    >>> codec.next_message()   # the guest agent's sync byte is skipped
+    Message({'return': 42})
+    >>> try:
+    ...     codec.next_message()
+    ... except MessageTooLongError as err:
+    ...     print(err.limit)
+    64
+    >>> codec.feed(b'{"event": "SHUTDOWN"}')
+    >>> codec.feed(b'')   # end of stream: a last message needs no newline
+    >>> codec.next_message()
+    Message({'event': 'SHUTDOWN'})
+    >>> codec.next_message()
+    Traceback (most recent call last):
+      ...
+    EOFError
+
+    :param limit: The longest message accepted, newline included.
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self._framing = LineBuffer(limit)
+        # The same deque LineBuffer fills; read directly on the hot path.
+        self._lines = self._framing._lines
+        self._at_eof = False
+        self._tail_taken = False
+
+    @property
+    def limit(self) -> int:
+        """The longest message accepted, newline included."""
+        return self._framing.limit
+
+    def feed(self, data: bytes) -> None:
+        """
+        Add bytes received from the peer; ``b''`` means end of stream.
+
+        :param data: The bytes, in any split.
+        """
+        if data:
+            self._framing.feed(data)
+        else:
+            self._at_eof = True
+
+    def next_message(self) -> Optional[Message]:
+        """
+        Return the next message, or `None` until more bytes are fed.
+
+        :return: The next `Message`, or `None`.
+        :raise MessageTooLongError: The next line is over the limit.
+        :raise DeserializationError: The next line is not UTF-8 JSON.
+        :raise UnexpectedTypeError: The next line is JSON but not an object.
+        :raise TruncatedMessageError: The stream ended inside a message.
+        :raise EOFError: The stream ended and every message was returned.
+        """
+        lines = self._lines
+        while lines:
+            line = lines.popleft()
+            if line is None:
+                raise MessageTooLongError(self.limit)
+            if line[:1] == SYNC_BYTE:
+                line = line.lstrip(SYNC_BYTE)
+            try:
+                return Message(line)
+            except ProtocolError:
+                if line.strip(_FILLER):
+                    raise
+                # A blank line is only whitespace between messages.
+        if self._at_eof:
+            return self._end_of_stream()
+        return None
+
+    def _end_of_stream(self) -> Optional[Message]:
+        """The last message, if one came without its newline, else EOF."""
+        if self._tail_taken:
+            raise EOFError
+        self._tail_taken = True
+        tail = self._framing.take_tail()
+        if not tail.strip(_FILLER):
+            raise EOFError
+        try:
+            return Message(tail.lstrip(SYNC_BYTE))
+        except ProtocolError as err:
+            raise TruncatedMessageError(tail) from err
+
+    @staticmethod
+    def encode(msg: Mapping[str, object]) -> bytes:
+        """
+        Return the bytes that send ``msg``: compact JSON and a newline.
+
+        QEMU parses a JSON stream and needs no delimiter; the newline makes
+        the stream readable line by line, for logs and for other peers.
+
+        :param msg: A `Message`, or any mapping JSON can encode.
+        :return: The wire bytes.
+        :raise SerializationError: ``msg`` holds a value JSON cannot carry.
+        """
+        if not isinstance(msg, Message):
+            msg = Message(msg, eager=False)
+        return bytes(msg) + b'\n'
