@@ -10,11 +10,9 @@ the reader task routes each reply to its caller by id.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections import deque
-from itertools import count
 from typing import (
     Deque,
     Dict,
@@ -25,6 +23,7 @@ from typing import (
 )
 
 from . import _sockets
+from ._ids import IdMaker, check_caller_id, reply_key
 from .codec import DEFAULT_LIMIT, Codec, TruncatedMessageError
 from .error import ProtocolError, QMPError
 from .events import Events
@@ -176,11 +175,47 @@ class BadReplyError(_MsgProtocolError):
 _ABSENT = object()
 
 
-def _id_key(exec_id: object) -> Hashable:
-    """A dict key for a JSON id; objects and arrays are keyed by content."""
-    if isinstance(exec_id, (str, int, float)) or exec_id is None:
-        return exec_id
-    return ('json', json.dumps(exec_id, sort_keys=True))
+def check_reply(reply: Message, sent: Message) -> Optional[ErrorResponse]:
+    """
+    Check a reply: `None` for a 'return', the parsed 'error' otherwise.
+
+    Both clients judge replies with this, so they agree on what is one.
+
+    :param reply: The reply received.
+    :param sent: The command it answers (for the error, if any).
+    :return: `None`, or the error reply as an `ErrorResponse`.
+    :raise BadReplyError: ``reply`` is neither a 'return' nor a valid
+        'error'.
+    """
+    if 'return' in reply:
+        return None
+    if 'error' not in reply:
+        raise BadReplyError(
+            "reply has neither 'return' nor 'error'", reply, sent)
+    try:
+        return ErrorResponse(reply)
+    except (KeyError, TypeError) as err:
+        raise BadReplyError(f"malformed error reply: {err}",
+                            reply, sent) from err
+
+
+def reply_value(reply: Message, sent: Message) -> object:
+    """
+    Return the 'return' member of a reply; raise its error otherwise.
+
+    :param reply: The reply received.
+    :param sent: The command it answers (for the error, if any).
+    :return: The command's return value.
+    :raise ExecuteError: ``reply`` is an error.
+    :raise BadReplyError: ``reply`` is not a valid reply.
+    """
+    try:
+        return reply['return']
+    except KeyError:
+        pass
+    error = check_reply(reply, sent)
+    assert error is not None
+    raise ExecuteError(error, sent, reply)
 
 
 class _PendingReplies:
@@ -291,9 +326,6 @@ class QMPClient(AsyncProtocol[Message], Events):
     # Read buffer limit; 10 MiB like QEMU's own Python tooling.
     _limit = DEFAULT_LIMIT
 
-    # Prefix of ids the client assigns; raw-path callers must not use it.
-    _ID_PREFIX = '__qmp#'
-
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
         super().__init__(name, readbuflen)
@@ -316,7 +348,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         self.session_timeout: Optional[float] = None
 
         self._greeting: Optional[Greeting] = None
-        self._ids = count(1)
+        self._make_id = IdMaker()
         self._pending = _PendingReplies()
         # The wire format of the current session; made anew by each one.
         self._codec = Codec(readbuflen)
@@ -383,7 +415,7 @@ class QMPClient(AsyncProtocol[Message], Events):
             await self._writer.drain()
             reply = await asyncio.wait_for(self._recv_reply(),
                                            self.session_timeout)
-            self._reply_value(reply, msg)
+            reply_value(reply, msg)
         except asyncio.TimeoutError as err:
             raise NegotiationError(
                 f"No reply to qmp_capabilities within "
@@ -464,10 +496,10 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         if not ('execute' in msg or 'exec-oob' in msg):
             raise ValueError("Requires 'execute' or 'exec-oob' message")
-        exec_id = f"{self._ID_PREFIX}{next(self._ids):05d}"
+        exec_id = self._make_id()
         wire = msg._wire_copy(id=exec_id)
         reply = await self._exchange(exec_id, wire)
-        return self._reply_value(reply, wire)
+        return reply_value(reply, wire)
 
     @upper_half
     @require(Runstate.RUNNING)
@@ -496,14 +528,11 @@ class QMPClient(AsyncProtocol[Message], Events):
             raise ValueError("Requires 'execute' or 'exec-oob' message")
 
         if assign_id:
-            exec_id: object = f"{self._ID_PREFIX}{next(self._ids):05d}"
+            exec_id: object = self._make_id()
             wire = msg._wire_copy(id=exec_id)
         elif 'id' in msg:
             exec_id = msg['id']
-            if isinstance(exec_id, str) \
-                    and exec_id.startswith(self._ID_PREFIX):
-                raise ValueError(f"ids starting with {self._ID_PREFIX!r} "
-                                 "are reserved for the client")
+            check_caller_id(exec_id)
             wire = msg._wire_copy()
         else:
             if 'exec-oob' in msg:
@@ -514,7 +543,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         reply = await self._exchange(exec_id, wire)
         if assign_id:
             del reply['id']
-        self._error_of(reply, wire)
+        check_reply(reply, wire)
         return reply
 
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
@@ -524,7 +553,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         if exec_id is None:
             future = pending.add_idless()
         else:
-            key = exec_id if type(exec_id) is str else _id_key(exec_id)
+            key = reply_key(exec_id)
             future = pending.add(key)
         try:
             if len(pending) == 1 and self._outgoing.empty():
@@ -540,40 +569,6 @@ class QMPClient(AsyncProtocol[Message], Events):
         finally:
             # On cancellation the late reply finds no one and is dropped.
             pending.discard(key, future)
-
-    @staticmethod
-    def _error_of(reply: Message, sent: Message) -> Optional[ErrorResponse]:
-        """
-        Check ``reply``: `None` for a 'return', the parsed 'error' else.
-
-        :raise BadReplyError: ``reply`` is not a valid reply.
-        """
-        if 'return' in reply:
-            return None
-        if 'error' not in reply:
-            raise BadReplyError(
-                "reply has neither 'return' nor 'error'", reply, sent)
-        try:
-            return ErrorResponse(reply)
-        except (KeyError, TypeError) as err:
-            raise BadReplyError(f"malformed error reply: {err}",
-                                reply, sent) from err
-
-    @classmethod
-    def _reply_value(cls, reply: Message, sent: Message) -> object:
-        """
-        Return the 'return' member of ``reply``.
-
-        :raise ExecuteError: ``reply`` is an error.
-        :raise BadReplyError: ``reply`` is not a valid reply.
-        """
-        try:
-            return reply['return']
-        except KeyError:
-            pass
-        error = cls._error_of(reply, sent)
-        assert error is not None
-        raise ExecuteError(error, sent, reply)
 
     @upper_half
     @require(Runstate.RUNNING)
@@ -640,7 +635,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         exec_id = msg.get('id', _ABSENT)
         if exec_id is not _ABSENT:
-            key = exec_id if type(exec_id) is str else _id_key(exec_id)
+            key = reply_key(exec_id)
             if not self._pending.resolve(key, msg):
                 # The QMP spec: clients drop replies with an unknown id.
                 # It may also be the late reply of a cancelled execute().
