@@ -18,8 +18,7 @@ from typing import AsyncIterator, Iterator, List
 import pytest
 
 from qemu.qmp import QMPClient, Runstate
-from qemu.qmp.legacy import _LoopThread
-from qemu.qmp.testing import CommandError, QMPTestServer
+from qemu.qmp.testing import CommandError, QMPTestServer, ServerThread
 
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
@@ -95,30 +94,20 @@ async def client(server: QMPTestServer) -> AsyncIterator[QMPClient]:
     assert_no_tasks_left()
 
 
-class ThreadedServer:
-    """A QMPTestServer in an event loop of its own thread, like QEMU."""
+class ThreadedServer(ServerThread):
+    """A QMPTestServer in an event loop of its own thread, like QEMU,
+    answering query-status, echo (its arguments) and fail (an error)."""
 
     def __init__(self, greeting='default'):
-        self.thread = _LoopThread('fake-server')
-        self.server = (QMPTestServer() if greeting == 'default'
-                       else QMPTestServer(greeting))
+        super().__init__(QMPTestServer() if greeting == 'default'
+                         else QMPTestServer(greeting))
         self.server.on('query-status', {'status': 'running'})
         self.server.on('echo', lambda args: args)
         self.server.on('fail', CommandError('GenericError', 'it failed'))
 
-    def run(self, coro):
-        return self.thread.run(coro, 10)
-
-    def start(self):
-        return self.run(self.server.start())
-
     def emit(self, *names):
         for name in names:
             self.run(self.server.emit_event(name))
-
-    def close(self):
-        self.run(self.server.close())
-        self.thread.stop()
 
 
 @pytest.fixture

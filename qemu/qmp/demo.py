@@ -20,8 +20,7 @@ from typing import List, Optional, Type
 
 from . import QMPClient, QMPError
 from ._sockets import SocketAddrT
-from .legacy import _LoopThread
-from .testing import CommandError, QMPTestServer
+from .testing import CommandError, QMPTestServer, ServerThread
 
 
 def _fake_server() -> QMPTestServer:
@@ -53,17 +52,15 @@ class FakeQEMU:
     """
 
     def __init__(self) -> None:
-        self._thread = _LoopThread('fake-qemu')
-        self._server = _fake_server()
+        self._thread = ServerThread(_fake_server())
 
     def __enter__(self) -> SocketAddrT:
-        return self._thread.run(self._server.start(), 10)
+        return self._thread.start()
 
     def __exit__(self, exc_type: Optional[Type[BaseException]],
                  exc_val: Optional[BaseException],
                  exc_tb: Optional[TracebackType]) -> None:
-        self._thread.run(self._server.close(), 10)
-        self._thread.stop()
+        self._thread.close()
 
 
 async def _session(qmp: QMPClient, lines: List[str]) -> None:

@@ -33,6 +33,23 @@ finishes.
 
 ``QMPTestServer(greeting=None)`` behaves like the guest agent: no greeting
 and no negotiation.
+
+For a blocking client (`qemu.qmp.legacy.QEMUMonitorProtocol`) or a test
+without an event loop, `ServerThread` runs the server in an event loop of
+its own thread::
+
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+    from qemu.qmp.testing import QMPTestServer, ServerThread
+
+    def test_blocking():
+        server = QMPTestServer()
+        server.on('query-status', {'status': 'running'})
+        with ServerThread(server) as thread:
+            with QEMUMonitorProtocol(thread.address) as qmp:
+                qmp.connect()
+                assert qmp.cmd('query-status') == {'status': 'running'}
+                thread.run(server.emit_event('STOP'))
+                assert qmp.pull_event(wait=5)['event'] == 'STOP'
 """
 
 from __future__ import annotations
@@ -45,6 +62,7 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 from ssl import SSLContext
 from typing import (
@@ -56,14 +74,17 @@ from typing import (
     Mapping,
     Optional,
     Set,
+    TypeVar,
     Union,
 )
 
 from ._sockets import SocketAddrT
 
 
-__all__ = ['QMPTestServer', 'CommandError', 'NO_REPLY', 'DEFAULT_GREETING',
-           'Handler']
+__all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
+           'DEFAULT_GREETING', 'Handler']
+
+_T = TypeVar('_T')
 
 #: A greeting like QEMU 7.2's.
 DEFAULT_GREETING: Mapping[str, object] = {
@@ -492,3 +513,103 @@ class QMPTestServer:
 
 def _error(class_: str, desc: str) -> Dict[str, Any]:
     return {'error': {'class': class_, 'desc': desc}}
+
+
+class ServerThread:
+    """
+    Run a `QMPTestServer` in an event loop of a thread of its own.
+
+    For blocking clients and tests that have no event loop.  Use it as a
+    context manager (it starts the server on entry and stops everything
+    on exit), or call `start` and `close`.  The thread is a daemon: a
+    forgotten `close` never keeps the interpreter from exiting.
+
+    :param server: The server to run; a new default one if omitted.
+    """
+
+    def __init__(self, server: Optional[QMPTestServer] = None) -> None:
+        #: The server this thread runs.
+        self.server: QMPTestServer = server if server is not None \
+            else QMPTestServer()
+        #: Where the server listens, once started.
+        self.address: Optional[SocketAddrT] = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._serve_forever, daemon=True,
+            name='qmp-test-server')
+        self._thread.start()
+
+    def _serve_forever(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            # Whatever is still scheduled gets to see its cancellation.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(
+                asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, _T],
+            timeout: Optional[float] = 10.0) -> _T:
+        """
+        Run a coroutine in the server's event loop and return its result.
+
+        For the server's own coroutines, e.g.
+        ``thread.run(server.emit_event('STOP'))``.
+
+        :param coro: The coroutine.
+        :param timeout: Seconds to wait for it, or `None`.
+        :return: What the coroutine returned.
+        :raise concurrent.futures.TimeoutError: It took longer.
+        """
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def call(self, func: Callable[[], _T],
+             timeout: Optional[float] = 10.0) -> _T:
+        """
+        Call a plain function in the server's thread; return its result.
+
+        For the server's synchronous methods, e.g.
+        ``thread.call(server.reset)``.
+        """
+        async def call_it() -> _T:
+            return func()
+        return self.run(call_it(), timeout)
+
+    def start(self, address: Optional[SocketAddrT] = None,
+              ssl: Optional[SSLContext] = None) -> SocketAddrT:
+        """
+        Start the server listening (see `QMPTestServer.start`).
+
+        :return: The address to connect to.
+        """
+        self.address = self.run(self.server.start(address, ssl))
+        return self.address
+
+    def close(self) -> None:
+        """Close the server, stop the event loop and join the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self.run(self.server.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def __enter__(self) -> 'ServerThread':
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -257,7 +257,7 @@ def test_close_after_reset_raises_eof(fake):
     monitor = QEMUMonitorProtocol(fake.start(), nickname='legacy')
     monitor.connect()
     fake.run(fake.server.wait_connected())
-    fake.thread.call(fake.server.reset)
+    fake.call(fake.server.reset)
     with pytest.raises(EOFError):
         monitor.close()
 
