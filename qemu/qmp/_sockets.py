@@ -1,10 +1,13 @@
 """
-Transport plumbing for `AsyncProtocol`: open, listen, accept.
+Transport plumbing for both clients: open, listen, accept.
 
 Private.  Every function takes an address in one of the accepted forms (a
 UNIX socket path, a ``(host, port)`` tuple, or a `socket.socket` that is
-already connected) and hands back asyncio streams.  Only `OSError` and
-`ssl.SSLError` (itself an `OSError`) are expected out of here.
+already connected).  The coroutines hand back asyncio streams, for
+`AsyncProtocol`; the ``*_blocking`` functions hand back blocking sockets,
+for the legacy client.  Only `OSError` and `ssl.SSLError` (itself an
+`OSError`) are expected out of here, plus `TypeError` for an address of
+the wrong type.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import os
 import socket
 import stat
 from ssl import SSLContext
-from typing import Optional, Tuple, Union, cast
+from typing import Any, Optional, Sequence, Tuple, Union, cast
 
 
 #: A UNIX socket path or a ``(host, port)`` TCP address.
 SocketAddrT = Union[str, Tuple[str, int]]
 
 Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+# One result of getaddrinfo(): family, type, proto, canonname, sockaddr.
+AddrInfo = Tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 
 # How many bytes one read takes from the stream at most; large enough that a
 # burst of messages is split into lines in one pass.
@@ -56,6 +62,31 @@ def _tcp_address(address: object) -> Tuple[str, int]:
         f"or a connected socket.socket, not {address!r}")
 
 
+def connect_blocking(address: Union[SocketAddrT, socket.socket]
+                     ) -> socket.socket:
+    """
+    Connect to ``address`` and return a blocking socket.
+
+    A `socket.socket` given as the address is returned as it is, in
+    blocking mode.
+
+    :raise OSError: The connection failed.
+    :raise TypeError: ``address`` is none of the accepted forms.
+    """
+    if isinstance(address, socket.socket):
+        address.setblocking(True)
+        return address
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection(_tcp_address(address))
+
+
 async def listen(address: SocketAddrT) -> socket.socket:
     """
     Create a non-blocking socket listening on ``address``.
@@ -67,29 +98,54 @@ async def listen(address: SocketAddrT) -> socket.socket:
     :raise OSError: The address could not be bound.
     """
     if isinstance(address, str):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            _remove_stale_socket(address)
-            sock.bind(address)
-            os.chmod(address, 0o600)
-        except BaseException:
-            sock.close()
-            raise
+        sock = _bind_unix(address)
     else:
         host, port = _tcp_address(address)
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-        family, type_, proto, _, sockaddr = infos[0]
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-        except BaseException:
-            sock.close()
-            raise
+        sock = _bind_tcp(await loop.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
     sock.setblocking(False)
     sock.listen(1)
+    return sock
+
+
+def listen_blocking(address: SocketAddrT) -> socket.socket:
+    """
+    Create a blocking socket listening on ``address``; see `listen`.
+
+    :raise OSError: The address could not be bound.
+    """
+    if isinstance(address, str):
+        sock = _bind_unix(address)
+    else:
+        host, port = _tcp_address(address)
+        sock = _bind_tcp(socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE))
+    sock.listen(1)
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _remove_stale_socket(path)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_tcp(infos: Sequence[AddrInfo]) -> socket.socket:
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
     return sock
 
 
@@ -121,6 +177,25 @@ async def accept(listener: socket.socket, ssl: Optional[SSLContext],
         conn.close()
         raise
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def accept_blocking(listener: socket.socket,
+                    timeout: Optional[float]) -> socket.socket:
+    """
+    Wait up to ``timeout`` seconds for one peer; return a blocking socket.
+
+    The listener stays open, whether a peer came or not.
+
+    :raise socket.timeout: Nobody connected in time.
+    :raise OSError: Accepting failed.
+    """
+    listener.settimeout(timeout)
+    try:
+        conn, _ = listener.accept()
+    except BlockingIOError:  # a zero timeout: nobody was waiting
+        raise socket.timeout("timed out") from None
+    conn.setblocking(True)
+    return conn
 
 
 def close_listener(listener: socket.socket) -> None:

@@ -1,15 +1,22 @@
 """
-(Legacy) blocking QMP wrapper.
+(Legacy) blocking QMP client.
 
 `QEMUMonitorProtocol` gives scripts and QEMU's own test harness the old
-synchronous interface on top of `QMPClient`.  New code should use
-`QMPClient` directly.
+synchronous interface.  It runs no event loop and no thread: it talks over
+a blocking socket through the same `Codec` as `QMPClient`.  So:
 
-Each instance runs a private asyncio event loop in a thread of its own and
-hands it every call.  So the wrapper is safe to use from several threads at
-once (one thread may block in `QEMUMonitorProtocol.pull_event` while another
-runs commands), and it works even from a thread whose own event loop is
-already running.  Replies and events come back as plain `dict`\\ s.
+- a script that never calls `QEMUMonitorProtocol.close` still exits at
+  once, with its own exit status;
+- Ctrl-C during a command raises `KeyboardInterrupt` at once, and closes
+  the connection (a reply can no longer be matched with certainty);
+- any number of threads may share one instance: each gets the replies to
+  its own commands, and one may block in `QEMUMonitorProtocol.pull_event`
+  while others run commands;
+- it works from any thread, including one whose event loop is running
+  (it blocks that loop while it waits, like any blocking call).
+
+Replies and events are plain `dict`\\ s.  New code can also use `QMPClient`
+with asyncio.
 
 Example::
 
@@ -18,6 +25,11 @@ Example::
     with QEMUMonitorProtocol('/tmp/qmp.sock') as qmp:
         qmp.connect()
         print(qmp.cmd('query-status'))
+
+When the session ends (QEMU quit, or died), a command waiting for its reply
+raises `ExecInterruptedError`, a later command raises `StateError`, and
+waiting for an event raises `EOFError` once the events that arrived before
+the end were returned.  `QEMUMonitorProtocol.close` never raises.
 """
 
 from __future__ import annotations
@@ -25,29 +37,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
+import time
 from types import TracebackType
-from typing import (
-    Any,
-    Callable,
-    Coroutine,
-    Dict,
-    List,
-    Optional,
-    Type,
-    TypeVar,
-    Union,
-)
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
-from .error import QMPError
-from .protocol import Runstate, SocketAddrT
-from .qmp_client import QMPClient
+from . import _sockets
+from ._blocking import BlockingConnection
+from ._ids import IdMaker, check_caller_id
+from .codec import DEFAULT_LIMIT, Codec
+from .error import ProtocolError, QMPError
+from .message import Message
+from .models import Greeting
+from .protocol import ConnectError, Runstate, SocketAddrT, StateError
+from .qmp_client import (
+    ExecInterruptedError,
+    ExecuteError,
+    GreetingError,
+    NegotiationError,
+    check_reply,
+    reply_value,
+)
+from .util import exception_summary
 
 
 __all__ = ['QEMUMonitorProtocol', 'QMPBadPortError', 'QMPMessage',
            'QMPObject', 'QMPReturnValue']
-
-_T = TypeVar('_T')
 
 #: QMPMessage is an entire QMP message of any kind.
 QMPMessage = Dict[str, Any]
@@ -58,95 +72,13 @@ QMPReturnValue = object
 #: QMPObject is any object in a QMP message.
 QMPObject = Dict[str, object]
 
-logger = logging.getLogger(__name__)
+_Self = TypeVar('_Self', bound='QEMUMonitorProtocol')
+
+_logger = logging.getLogger(__name__)
 
 
 class QMPBadPortError(QMPError):
     """Unable to parse socket address: Port was non-numerical."""
-
-
-class _LoopThread:
-    """
-    An event loop running in a daemon thread of its own.
-
-    Started on first use and stopped by `stop`; it can start again after.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._lock = threading.Lock()
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
-
-    def _ensure_running(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=self._run, args=(loop,), daemon=True,
-                    name=f"qmp-legacy-{self._name}")
-                thread.start()
-                self._loop, self._thread = loop, thread
-            return self._loop
-
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            # Let whatever is still scheduled see its cancellation.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(
-                asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            asyncio.set_event_loop(None)
-            loop.close()
-
-    def run(self, coro: Coroutine[Any, Any, _T],
-            timeout: Optional[float]) -> _T:
-        """
-        Run ``coro`` on the loop thread and block until it is done.
-
-        :raise asyncio.TimeoutError: ``timeout`` seconds passed first; the
-            coroutine was cancelled.
-        :raise QMPError: Called from the loop thread itself.
-        """
-        loop = self._ensure_running()
-        if threading.current_thread() is self._thread:
-            coro.close()  # never to run: no "never awaited" warning
-            raise QMPError("QEMUMonitorProtocol cannot be called from its "
-                           "own event loop thread (from an event callback?)")
-
-        async def bounded() -> _T:
-            return await asyncio.wait_for(coro, timeout)
-
-        future = asyncio.run_coroutine_threadsafe(bounded(), loop)
-        try:
-            return future.result()
-        except BaseException:
-            # Interrupted (e.g. KeyboardInterrupt): stop the coroutine too.
-            future.cancel()
-            raise
-
-    def call(self, func: Callable[[], _T]) -> _T:
-        """Run a plain function on the loop thread and return its result."""
-        async def call_it() -> _T:
-            return func()
-        return self.run(call_it(), None)
-
-    def stop(self) -> None:
-        """Stop the loop and join its thread (not from the thread itself)."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        if threading.current_thread() is not thread:
-            thread.join()
 
 
 class QEMUMonitorProtocol:
@@ -155,33 +87,69 @@ class QEMUMonitorProtocol:
 
     :param address: A UNIX socket path, a ``(host, port)`` tuple, or an
         already connected `socket.socket` (such as one end of a
-        `socket.socketpair`).
+        `socket.socketpair`), which this object then owns and closes.
     :param server: Listen at ``address`` now, so the caller can start QEMU
-        pointing at it; then call `accept`.
-    :param nickname: Optional nickname used for logging.
+        pointing at it; then call `accept`.  With ``sock``, `accept` uses
+        that connected socket instead.
+    :param nickname: Optional nickname used for logging: messages go to
+        the ``qemu.qmp.legacy.NICKNAME`` logger.
+    :param sock: A connected socket to use instead of ``address`` (the
+        form QEMU's newer test harness uses, with ``server=True``).
     :raise ConnectError: ``server`` is true and listening failed.
+    :raise ValueError: Neither ``address`` nor ``sock`` was given, or
+        ``server`` with a socket as ``address``.
     """
 
-    def __init__(self, address: Union[SocketAddrT, socket.socket],
+    def __init__(self,
+                 address: Optional[Union[SocketAddrT, socket.socket]] = None,
                  server: bool = False,
-                 nickname: Optional[str] = None) -> None:
+                 nickname: Optional[str] = None,
+                 *,
+                 sock: Optional[socket.socket] = None) -> None:
         # Every attribute is set before anything can fail: a subclass with
-        # a catch-all __getattr__ must never see a missing one.
-        self._qmp = QMPClient(nickname)
-        # Commands and events through this wrapper lose nothing.
-        self._qmp.events.max_pending = None
-        self._address = address
+        # a catch-all __getattr__ must never see a missing one, in
+        # __del__ above all.
+        self.logger = _logger.getChild(nickname) if nickname else _logger
+        self._address: Optional[Union[SocketAddrT, socket.socket]] = \
+            address if sock is None else sock
+        self._given_socket = sock is not None or \
+            isinstance(address, socket.socket)
+        self._server = server
         self._timeout: Optional[float] = None
-        self._runner = _LoopThread(nickname or 'qmp')
-        if server:
-            if isinstance(address, socket.socket):
-                raise ValueError("server=True needs an address to listen "
-                                 "on, not a connected socket")
-            self._runner.run(self._qmp.start_server(address), None)
+        self._listener: Optional[socket.socket] = None
+        self._conn: Optional[BlockingConnection] = None
+        self._make_id = IdMaker()
+        if self._address is None:
+            raise ValueError("give an address (or a connected sock)")
+        if server and isinstance(address, socket.socket):
+            raise ValueError("server=True needs an address to listen "
+                             "on, not a connected socket")
+        if server and not self._given_socket:
+            assert not isinstance(self._address, socket.socket)
+            try:
+                self._listener = _sockets.listen_blocking(self._address)
+            except (OSError, TypeError) as err:
+                raise ConnectError(
+                    f"Failed to listen on {self._address_text()}",
+                    err) from err
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} address={self._address!r} "
-                f"runstate={self._qmp.runstate.name}>")
+                f"runstate={self._runstate().name}>")
+
+    def _runstate(self) -> Runstate:
+        conn = self._conn
+        if conn is not None and not conn.ended:
+            return Runstate.RUNNING
+        if conn is not None:
+            return Runstate.DISCONNECTING
+        return Runstate.CONNECTING if self._listener else Runstate.IDLE
+
+    def _address_text(self) -> str:
+        address = self._address
+        if isinstance(address, tuple) and len(address) == 2:
+            return f"{address[0]}:{address[1]}"
+        return str(address)
 
     # ------------------------------------------------------------------
     # Connecting
@@ -211,60 +179,177 @@ class QEMUMonitorProtocol:
             return (components[0], port)
         return address
 
-    def _greeting_dict(self) -> Optional[Dict[str, Any]]:
-        greeting = self._qmp.greeting
-        return greeting._asdict() if greeting is not None else None
-
     def connect(self, negotiate: bool = True) -> Optional[Dict[str, Any]]:
         """
         Connect to the QMP monitor, and negotiate unless told not to.
 
-        :param negotiate: Await the greeting and negotiate capabilities.
+        :param negotiate: Await the greeting and negotiate capabilities
+            (the guest agent does neither: pass `False`).
         :return: The greeting as a dict, or `None` without negotiation.
-        :raise ConnectError: The connection failed.
+        :raise StateError: Already connected, or listening (`accept`).
+        :raise ConnectError: The connection or the negotiation failed; it
+            wraps the root cause.
         """
-        self._qmp.await_greeting = negotiate
-        self._qmp.negotiate = negotiate
-        self._runner.run(self._qmp.connect(self._address), None)
-        return self._greeting_dict()
+        self._require_idle("connect")
+        if self._listener is not None:
+            raise StateError("Listening for QEMU: call accept(), not "
+                             "connect().", Runstate.CONNECTING,
+                             Runstate.IDLE)
+        assert self._address is not None
+        try:
+            sock = _sockets.connect_blocking(self._address)
+        except (OSError, TypeError) as err:
+            raise ConnectError(
+                f"Failed to connect to {self._address_text()}",
+                err) from err
+        return self._start_session(sock, negotiate, None)
 
     def accept(self, timeout: Optional[float] = 15.0) -> Dict[str, Any]:
         """
         Wait for QEMU to connect to us, then negotiate.
 
-        :param timeout: Seconds to wait; `None` waits forever.
+        On a timeout the listening socket stays open, so calling `accept`
+        again goes on waiting at the same address.
+
+        :param timeout: Seconds to wait for QEMU to connect, greet and
+            negotiate; `None` waits forever.
         :return: The greeting as a dict.
-        :raise ConnectError: Accepting or negotiating failed.
+        :raise StateError: Not constructed with ``server=True``, or
+            already connected.
         :raise asyncio.TimeoutError: Nobody connected in time.
+        :raise ConnectError: Accepting or negotiating failed.
         """
-        self._qmp.await_greeting = True
-        self._qmp.negotiate = True
-        self._runner.run(self._qmp.accept(), timeout)
-        greeting = self._greeting_dict()
+        self._require_idle("accept")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._server and self._given_socket:
+            sock = self._address
+            assert isinstance(sock, socket.socket)
+        elif self._listener is None:
+            raise StateError("accept() needs a listening socket: construct "
+                             "with server=True.", Runstate.IDLE,
+                             Runstate.CONNECTING)
+        else:
+            sock = self._accept(self._listener, timeout)
+        greeting = self._start_session(sock, True, deadline)
         assert greeting is not None
+        if self._listener is not None:
+            _sockets.close_listener(self._listener)
+            self._listener = None
         return greeting
+
+    def _accept(self, listener: socket.socket,
+                timeout: Optional[float]) -> socket.socket:
+        try:
+            return _sockets.accept_blocking(listener, timeout)
+        except socket.timeout:
+            raise asyncio.TimeoutError(
+                f"nobody connected to {self._address_text()} within "
+                f"{timeout} seconds") from None
+        except OSError as err:
+            raise ConnectError(f"Failed to accept a connection on "
+                               f"{self._address_text()}", err) from err
+
+    def _require_idle(self, what: str) -> None:
+        conn = self._conn
+        if conn is not None and not conn.ended:
+            raise StateError(f"{what}(): the client is already connected.",
+                             Runstate.RUNNING, Runstate.IDLE)
+
+    def _start_session(self, sock: socket.socket, negotiate: bool,
+                       deadline: Optional[float]) -> Optional[QMPMessage]:
+        """Greet and negotiate on ``sock``; the session then runs."""
+        conn = BlockingConnection(sock, DEFAULT_LIMIT, self.logger)
+        try:
+            greeting = None
+            if negotiate:
+                greeting = self._greet(conn, deadline)
+                self._negotiate(conn, greeting, deadline)
+        except BaseException as err:
+            conn.close()
+            if isinstance(err, Exception) \
+                    and not isinstance(err, asyncio.TimeoutError):
+                raise ConnectError("Failed to establish session",
+                                   err) from err
+            raise
+        previous, self._conn = self._conn, conn
+        if previous is not None:
+            previous.close()
+        return greeting
+
+    @staticmethod
+    def _greet(conn: BlockingConnection,
+               deadline: Optional[float]) -> QMPMessage:
+        msg = conn.greeting(deadline)
+        try:
+            Greeting(msg)
+        except (KeyError, TypeError) as err:
+            raise GreetingError("Did not understand Greeting", err) from err
+        return dict(msg)
+
+    def _negotiate(self, conn: BlockingConnection, greeting: QMPMessage,
+                   deadline: Optional[float]) -> None:
+        enable = ['oob'] if 'oob' in greeting['QMP']['capabilities'] else []
+        exec_id = self._make_id()
+        msg = {'execute': 'qmp_capabilities', 'arguments': {'enable': enable},
+               'id': exec_id}
+        try:
+            reply = conn.execute(Codec.encode(msg), exec_id, deadline)
+            reply_value(reply, Message(msg, eager=False))
+        except (ProtocolError, ExecuteError) as err:
+            raise NegotiationError("Negotiation failed", err) from err
+        except ExecInterruptedError as err:
+            cause = err.__cause__
+            raise cause if isinstance(cause, Exception) else err
 
     # ------------------------------------------------------------------
     # Commands
     # ------------------------------------------------------------------
 
+    def _connection(self) -> BlockingConnection:
+        conn = self._conn
+        if conn is None:
+            raise StateError("Not connected: call connect() or accept() "
+                             "first.", self._runstate(), Runstate.RUNNING)
+        return conn
+
+    def _deadline(self) -> Optional[float]:
+        timeout = self._timeout
+        return None if timeout is None else time.monotonic() + timeout
+
     def cmd_obj(self, qmp_cmd: QMPMessage) -> QMPMessage:
         """
         Send a QMP command as given and return the whole reply.
 
-        An error reply is returned, not raised.  A reply never carries an
-        id unless ``qmp_cmd`` had one.
+        An error reply is returned, not raised.  A command without an id
+        gets one of the client's own for routing, removed from the reply.
 
         :param qmp_cmd: The command, as a dict.
         :return: The reply, as a dict.
+        :raise ValueError: ``qmp_cmd`` has neither 'execute' nor
+            'exec-oob', or an id the client reserves for itself.
+        :raise SerializationError: ``qmp_cmd`` cannot be encoded as JSON.
         :raise asyncio.TimeoutError: No reply within `settimeout` seconds;
             the connection stays usable.
         :raise ExecInterruptedError: The connection ended first.
+        :raise StateError: Not connected.
         """
-        reply = self._runner.run(
-            self._qmp._raw(qmp_cmd, assign_id='id' not in qmp_cmd),
-            self._timeout)
-        return dict(reply)
+        conn = self._connection()
+        if 'execute' not in qmp_cmd and 'exec-oob' not in qmp_cmd:
+            raise ValueError("Requires 'execute' or 'exec-oob' message")
+        ours = 'id' not in qmp_cmd
+        if ours:
+            exec_id: object = self._make_id()
+            wire = {**qmp_cmd, 'id': exec_id}
+        else:
+            exec_id = qmp_cmd['id']
+            check_caller_id(exec_id)
+            wire = qmp_cmd
+        reply = conn.execute(Codec.encode(wire), exec_id, self._deadline())
+        check_reply(reply, Message(wire, eager=False))
+        result = dict(reply)
+        if ours:
+            del result['id']
+        return result
 
     def cmd_raw(self, name: str,
                 args: Optional[Dict[str, object]] = None) -> QMPMessage:
@@ -288,8 +373,16 @@ class QEMUMonitorProtocol:
         :return: The 'return' member of the reply.
         :raise ExecuteError: The server replied with an error.
         :raise asyncio.TimeoutError: No reply within `settimeout` seconds.
+        :raise ExecInterruptedError: The connection ended first.
+        :raise StateError: Not connected.
         """
-        return self._runner.run(self._qmp.execute(cmd, kwds), self._timeout)
+        conn = self._connection()
+        exec_id = self._make_id()
+        msg = {'execute': cmd, 'arguments': kwds, 'id': exec_id}
+        reply = conn.execute(Codec.encode(msg), exec_id, self._deadline())
+        if 'return' in reply:
+            return reply['return']
+        return reply_value(reply, Message(msg, eager=False))
 
     # deprecated in 0.1.0 - 2026-11-22: older releases' name for cmd()
     command = cmd
@@ -298,17 +391,27 @@ class QEMUMonitorProtocol:
         """
         Set the timeout for `cmd`, `cmd_obj` and `cmd_raw`.
 
+        A command that times out raises `asyncio.TimeoutError`; the
+        connection stays usable, and the reply, if it comes later, is
+        dropped.  Only if the server stopped reading and the command was
+        sent in part is the connection closed, since the stream is broken.
+
         :param timeout: Seconds, or `None` to wait indefinitely.
         """
         self._timeout = timeout
 
     def send_fd_scm(self, fd: int) -> None:
         """
-        Send a file descriptor to QEMU (see `QMPClient.send_fd_scm`).
+        Send a file descriptor to QEMU (SCM_RIGHTS), for ``getfd`` or
+        ``add-fd``.  The descriptor is not closed here.
 
-        :param fd: The descriptor; it is not closed.
+        :param fd: The descriptor.
+        :raise OSError: ``fd`` is not an open descriptor (EBADF); nothing
+            was sent.
+        :raise QMPError: Not a UNIX socket.
+        :raise StateError: Not connected.
         """
-        self._runner.call(lambda: self._qmp.send_fd_scm(fd))
+        self._connection().send_fd(fd)
 
     # ------------------------------------------------------------------
     # Events
@@ -321,7 +424,7 @@ class QEMUMonitorProtocol:
             return None
         if wait is False:
             return 0.0
-        return float(wait)
+        return max(0.0, float(wait))
 
     def pull_event(self,
                    wait: Union[bool, float] = False) -> Optional[QMPMessage]:
@@ -337,38 +440,22 @@ class QEMUMonitorProtocol:
             so none can come: waiting would never end.
         """
         timeout = self._timeout_of(wait)
-        return self._runner.run(self._next_event(timeout), None)
-
-    async def _next_event(self, timeout: Optional[float]
-                          ) -> Optional[QMPMessage]:
-        """The oldest event; wait up to ``timeout`` while connected."""
-        events = self._qmp.events
-        if not events.empty():
-            return dict(await events.get())
-        if timeout == 0.0:
-            return None
-        if self._qmp.runstate is not Runstate.RUNNING:
+        conn = self._conn
+        if conn is None:
+            if timeout == 0.0:
+                return None
             raise EOFError("not connected: no event can arrive")
-
-        getter = asyncio.ensure_future(events.get())
-        ended = asyncio.ensure_future(self._session_ended())
-        try:
-            await asyncio.wait((getter, ended), timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # A cancelled get() passes its wake-up on: no event is lost.
-            for task in (getter, ended):
-                task.cancel()
-            await asyncio.gather(getter, ended, return_exceptions=True)
-        if not getter.cancelled():
-            return dict(getter.result())
-        if not ended.cancelled():
-            raise EOFError("the connection closed while waiting for an event")
-        raise asyncio.TimeoutError
-
-    async def _session_ended(self) -> None:
-        while self._qmp.runstate is Runstate.RUNNING:
-            await self._qmp.runstate_changed()
+        if timeout == 0.0:
+            try:
+                event = conn.next_event(time.monotonic())
+            except EOFError:
+                return None
+            return dict(event) if event is not None else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = conn.next_event(deadline)
+        if event is None:
+            raise asyncio.TimeoutError(f"no event within {timeout} seconds")
+        return dict(event)
 
     def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
         """
@@ -377,16 +464,21 @@ class QEMUMonitorProtocol:
         :param wait: If nothing is pending, wait as for `pull_event`.
         :return: The events, oldest first (maybe empty).
         :raise asyncio.TimeoutError: The wait ran out.
+        :raise EOFError: Nothing is pending, ``wait`` asked to wait, and
+            the connection is gone.
         """
-        events = self._runner.call(self._qmp.events.clear)
+        conn = self._conn
+        events = conn.take_events() if conn is not None else []
         if events:
             return [dict(event) for event in events]
         event = self.pull_event(wait)
         return [event] if event is not None else []
 
     def clear_events(self) -> None:
-        """Discard all pending events."""
-        self._runner.call(self._qmp.events.clear)
+        """Discard all pending events (every event received so far)."""
+        conn = self._conn
+        if conn is not None:
+            conn.take_events()
 
     # ------------------------------------------------------------------
     # Closing
@@ -394,20 +486,22 @@ class QEMUMonitorProtocol:
 
     def close(self) -> None:
         """
-        Disconnect, and stop the background thread.
+        Close the connection and stop listening; never raises.
 
-        :raise EOFError: QEMU had closed the connection (it quit or was
-            killed) or the connection broke; callers that expected it
-            ignore this.
+        Closing after QEMU quit or died is the normal end of a session, not
+        an error.  Commands other threads still wait on raise
+        `ExecInterruptedError`.  Events received before closing can still
+        be read.  `connect` may be called again afterwards.
         """
-        try:
-            self._runner.run(self._qmp.disconnect(), None)
-        except OSError as err:
-            raise EOFError(f"connection lost: {err}") from err
-        finally:
-            self._runner.stop()
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+        listener = self._listener
+        if listener is not None:
+            self._listener = None
+            _sockets.close_listener(listener)
 
-    def __enter__(self) -> 'QEMUMonitorProtocol':
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]],
@@ -416,17 +510,21 @@ class QEMUMonitorProtocol:
         self.close()
 
     def __del__(self) -> None:
-        # Only look at our own attributes: a subclass's __getattr__ would
-        # answer for missing ones.
-        runner = self.__dict__.get('_runner')
-        qmp = self.__dict__.get('_qmp')
-        if runner is None:
-            return
+        # Only our own attributes: a subclass's __getattr__ would answer
+        # for missing ones.  Runs at interpreter exit too, so it only
+        # closes sockets; it never waits on anything.
+        state = self.__dict__
+        conn = state.get('_conn')
+        listener = state.get('_listener')
         try:
-            if isinstance(qmp, QMPClient) and \
-                    qmp.runstate is not Runstate.IDLE:
-                runner.run(qmp.disconnect(), None)
-        except Exception:  # pylint: disable=broad-except
-            pass  # nobody to report to; the peer is gone or going
-        finally:
-            runner.stop()
+            if isinstance(conn, BlockingConnection) and not conn.closed:
+                state['logger'].warning(
+                    "QEMUMonitorProtocol garbage collected without a prior "
+                    "call to close(); closing it now")
+                conn.close()
+            if isinstance(listener, socket.socket):
+                _sockets.close_listener(listener)
+        except Exception as err:  # pylint: disable=broad-except
+            # Nobody to report to at this point; say it at DEBUG at most.
+            _logger.debug("While closing in __del__: %s",
+                          exception_summary(err))

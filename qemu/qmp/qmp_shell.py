@@ -445,16 +445,18 @@ def _fail(message: str) -> NoReturn:
 
 
 def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
-              connect: bool = True, quit_after: bool = False) -> int:
+              connect: bool = True, quit_after: bool = False,
+              greeting: Optional[Dict[str, Any]] = None) -> int:
     """
     Connect (unless told not to), then run the command or the REPL.
 
     With ``quit_after``, ask the server to quit when done (for a QEMU
-    the shell started itself).
+    the shell started itself).  ``greeting`` is the server's greeting when
+    the caller connected already.
     """
     if connect:
         try:
-            qmp.connect(negotiate=not args.skip_negotiation)
+            greeting = qmp.connect(negotiate=not args.skip_negotiation)
         except QMPError as err:
             _fail(f"could not connect: {err}")
     logfile = open(args.logfile, 'a') if args.logfile else None
@@ -472,8 +474,7 @@ def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
         if sys.stdin.isatty():
             shell.load_completions()
             if not args.json_output:
-                greeting = qmp._qmp.greeting
-                version = greeting.QMP.version.get('qemu') \
+                version = greeting['QMP']['version'].get('qemu') \
                     if greeting else None
                 print(f"Welcome to the QMP shell (QEMU {version}); "
                       "Ctrl-D to leave.")
@@ -486,10 +487,7 @@ def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
                 qmp.cmd('quit')
             except Exception:  # pylint: disable=broad-except
                 pass  # already gone; the caller stops it anyway
-        try:
-            qmp.close()
-        except EOFError:
-            pass
+        qmp.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -546,11 +544,12 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
             qmp.close()
             _fail(f"could not start {qemu[0]}: {err}")
         try:
-            qmp.accept(30.0)
+            greeting = qmp.accept(30.0)
         except Exception as err:  # pylint: disable=broad-except
             qmp.close()
             _fail(f"{qemu[0]} did not connect: {err}")
-        return run_shell(qmp, args, connect=False, quit_after=True)
+        return run_shell(qmp, args, connect=False, quit_after=True,
+                         greeting=greeting)
     finally:
         if proc is not None:
             if proc.poll() is None:

@@ -1,16 +1,30 @@
-"""The blocking wrapper, against the fake server running in a thread."""
+"""The blocking client, against the fake server running in a thread."""
 
 import asyncio
+import errno
 import gc
+import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 
-from qemu.qmp import ConnectError, ExecuteError
+from qemu.qmp import (
+    ConnectError,
+    ExecInterruptedError,
+    ExecuteError,
+    StateError,
+)
+from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
+from qemu.qmp.message import DeserializationError, SerializationError
+from qemu.qmp.qmp_client import BadReplyError, ServerParseError
 from qemu.qmp.testing import NO_REPLY
 from tests.conftest import ThreadedServer
 
@@ -20,16 +34,17 @@ def qmp(fake):
     monitor = QEMUMonitorProtocol(fake.start(), nickname='legacy')
     monitor.connect()
     yield monitor
-    try:
-        monitor.close()
-    except EOFError:
-        pass
+    monitor.close()
 
 
-def legacy_threads():
-    return [t for t in threading.enumerate()
-            if t.name == 'qmp-legacy-legacy']
+def on_async(fake, name, handler):
+    """Register an async handler that runs in the server's loop."""
+    fake.server.on(name, handler)
 
+
+# ---------------------------------------------------------------------
+# Connecting
+# ---------------------------------------------------------------------
 
 def test_connect_returns_greeting(fake):
     """connect() negotiates and returns the greeting as a dict."""
@@ -37,6 +52,7 @@ def test_connect_returns_greeting(fake):
     greeting = monitor.connect()
     assert greeting['QMP']['capabilities'] == ['oob']
     assert type(greeting) is dict
+    assert fake.server.negotiated
     monitor.close()
 
 
@@ -53,27 +69,44 @@ def test_connect_without_negotiation():
         agent.close()
 
 
-def test_cmd(qmp):
-    """cmd() returns the value and raises ExecuteError on error."""
-    assert qmp.cmd('query-status') == {'status': 'running'}
-    assert qmp.cmd('echo', a=1, b='x') == {'a': 1, 'b': 'x'}
-    with pytest.raises(ExecuteError, match='it failed'):
-        qmp.cmd('fail')
-    assert qmp.command('query-status') == {'status': 'running'}
+def test_connect_failure_names_the_address(tmp_path):
+    """A missing socket is a ConnectError naming the path and the cause."""
+    path = str(tmp_path / 'missing.sock')
+    monitor = QEMUMonitorProtocol(path)
+    with pytest.raises(ConnectError) as info:
+        monitor.connect()
+    assert isinstance(info.value.exc, FileNotFoundError)
+    assert f"Failed to connect to {path}: " in str(info.value)
+    monitor.close()
 
 
-def test_cmd_raw_and_obj(qmp):
-    """cmd_raw/cmd_obj return whole replies as dicts, errors included,
-    without the id the client added."""
-    reply = qmp.cmd_raw('fail')
-    assert reply == {'error': {'class': 'GenericError',
-                               'desc': 'it failed'}}
-    assert type(reply) is dict
-    assert qmp.cmd_raw('echo', {'x': 1}) == {'return': {'x': 1}}
-    assert qmp.cmd_obj({'execute': 'query-status'}) == \
-        {'return': {'status': 'running'}}
-    assert qmp.cmd_obj({'execute': 'query-status', 'id': 'mine'}) == \
-        {'return': {'status': 'running'}, 'id': 'mine'}
+def test_connect_twice_is_a_state_error(qmp):
+    """connect() on a connected client raises StateError."""
+    with pytest.raises(StateError, match='already connected'):
+        qmp.connect()
+
+
+def test_reconnect_after_close(fake):
+    """After close(), connect() opens a new session."""
+    monitor = QEMUMonitorProtocol(fake.start())
+    monitor.connect()
+    monitor.close()
+    monitor.connect()
+    assert monitor.cmd('query-status') == {'status': 'running'}
+    monitor.close()
+    assert fake.server.connections == 2
+
+
+def test_bad_greeting_is_a_connect_error():
+    """A greeting that is not QMP fails connect() with ConnectError."""
+    bad = ThreadedServer(greeting={'hello': 'world'})
+    try:
+        monitor = QEMUMonitorProtocol(bad.start())
+        with pytest.raises(ConnectError, match='Greeting'):
+            monitor.connect()
+        monitor.close()
+    finally:
+        bad.close()
 
 
 def test_parse_address():
@@ -86,31 +119,13 @@ def test_parse_address():
         QEMUMonitorProtocol.parse_address('host:x')
 
 
-def test_server_mode_and_accept(fake, tmp_path):
-    """server=True listens at construction; accept() takes QEMU's call."""
-    path = str(tmp_path / 'harness.sock')
-    monitor = QEMUMonitorProtocol(path, server=True)
-    assert os.path.exists(path)
-    fake.run(fake.server.connect_to(path))
-    greeting = monitor.accept(5.0)
-    assert 'QMP' in greeting
-    assert monitor.cmd('query-status') == {'status': 'running'}
+def test_address_forms_typecheck():
+    """A bad address type fails at connect() with ConnectError."""
+    monitor = QEMUMonitorProtocol(socket.socket)  # type: ignore[arg-type]
+    with pytest.raises(ConnectError) as info:
+        monitor.connect()
+    assert isinstance(info.value.exc, TypeError)
     monitor.close()
-
-
-def test_accept_timeout(tmp_path):
-    """accept(timeout) gives up with TimeoutError when nobody calls."""
-    monitor = QEMUMonitorProtocol(str(tmp_path / 's'), server=True)
-    with pytest.raises(asyncio.TimeoutError):
-        monitor.accept(0.05)
-    monitor.close()
-    assert not os.path.exists(str(tmp_path / 's'))
-
-
-def test_server_mode_bad_address(tmp_path):
-    """Listening somewhere impossible fails at construction."""
-    with pytest.raises(ConnectError):
-        QEMUMonitorProtocol(str(tmp_path / 'no' / 'dir'), server=True)
 
 
 def test_preconnected_socket(fake):
@@ -120,7 +135,265 @@ def test_preconnected_socket(fake):
     monitor.connect()
     assert monitor.cmd('query-status') == {'status': 'running'}
     monitor.close()
+    assert sock.fileno() == -1  # the client owned it and closed it
 
+
+def test_sock_keyword_with_server_mode(fake):
+    """QEMU's newer harness: QEMUMonitorProtocol(sock=s, server=True),
+    then accept() negotiates on that socket."""
+    sock = fake.run(fake.server.socketpair())
+    monitor = QEMUMonitorProtocol(address=None, sock=sock, server=True,
+                                  nickname='harness')
+    assert 'QMP' in monitor.accept(5.0)
+    assert monitor.cmd('query-status') == {'status': 'running'}
+    monitor.close()
+
+
+def test_no_address_at_all():
+    """Neither address nor sock is a ValueError."""
+    with pytest.raises(ValueError):
+        QEMUMonitorProtocol()
+
+
+def test_server_mode_and_accept(fake, tmp_path):
+    """server=True listens at construction; accept() takes QEMU's call
+    and removes the socket file."""
+    path = str(tmp_path / 'harness.sock')
+    monitor = QEMUMonitorProtocol(path, server=True)
+    assert os.path.exists(path)
+    assert oct(os.stat(path).st_mode & 0o777) == '0o600'
+    fake.run(fake.server.connect_to(path))
+    greeting = monitor.accept(5.0)
+    assert 'QMP' in greeting
+    assert not os.path.exists(path)
+    assert monitor.cmd('query-status') == {'status': 'running'}
+    monitor.close()
+
+
+def test_accept_timeout_then_retry(fake, tmp_path):
+    """accept(timeout) gives up with TimeoutError when nobody calls, keeps
+    listening, and a retry accepts QEMU at the same address."""
+    path = str(tmp_path / 's')
+    monitor = QEMUMonitorProtocol(path, server=True)
+    with pytest.raises(asyncio.TimeoutError, match='nobody connected'):
+        monitor.accept(0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        monitor.accept(0)
+    assert os.path.exists(path)
+    fake.run(fake.server.connect_to(path))
+    assert 'QMP' in monitor.accept(5.0)
+    assert monitor.cmd('query-status') == {'status': 'running'}
+    monitor.close()
+
+
+def test_close_while_listening_removes_the_socket(tmp_path):
+    """close() before anyone connected stops listening and cleans up."""
+    path = str(tmp_path / 's')
+    monitor = QEMUMonitorProtocol(path, server=True)
+    monitor.close()
+    assert not os.path.exists(path)
+    with pytest.raises(StateError, match='server=True'):
+        monitor.accept(0.05)
+
+
+def test_accept_without_server_mode(fake):
+    """accept() on a client not constructed with server=True."""
+    monitor = QEMUMonitorProtocol(fake.start())
+    with pytest.raises(StateError, match='server=True'):
+        monitor.accept(1)
+    monitor.close()
+
+
+def test_connect_in_server_mode(tmp_path):
+    """connect() on a listening client says to call accept()."""
+    monitor = QEMUMonitorProtocol(str(tmp_path / 's'), server=True)
+    with pytest.raises(StateError, match='accept'):
+        monitor.connect()
+    monitor.close()
+
+
+def test_server_mode_bad_address(tmp_path):
+    """Listening somewhere impossible fails at construction."""
+    with pytest.raises(ConnectError, match='Failed to listen on'):
+        QEMUMonitorProtocol(str(tmp_path / 'no' / 'dir'), server=True)
+    with socket.socket() as sock, pytest.raises(ValueError):
+        QEMUMonitorProtocol(sock, server=True)
+
+
+def test_tcp(fake):
+    """The client works over TCP; fd passing is refused."""
+    host, port = fake.run(fake.server.start(('127.0.0.1', 0)))
+    monitor = QEMUMonitorProtocol(
+        QEMUMonitorProtocol.parse_address(f'{host}:{port}'))
+    monitor.connect()
+    assert monitor.cmd('query-status')
+    with pytest.raises(QMPError, match='UNIX socket'):
+        monitor.send_fd_scm(0)
+    monitor.close()
+
+
+# ---------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------
+
+def test_cmd(qmp):
+    """cmd() returns the value and raises ExecuteError on error."""
+    assert qmp.cmd('query-status') == {'status': 'running'}
+    assert qmp.cmd('echo', a=1, b='x') == {'a': 1, 'b': 'x'}
+    with pytest.raises(ExecuteError, match='it failed') as info:
+        qmp.cmd('fail')
+    assert info.value.error_class == 'GenericError'
+    assert qmp.command('query-status') == {'status': 'running'}
+
+
+def test_cmd_raw_and_obj(qmp, fake):
+    """cmd_raw/cmd_obj return whole replies as dicts, errors included,
+    without the id the client added, with the caller's own id."""
+    reply = qmp.cmd_raw('fail')
+    assert reply == {'error': {'class': 'GenericError',
+                               'desc': 'it failed'}}
+    assert type(reply) is dict
+    assert qmp.cmd_raw('echo', {'x': 1}) == {'return': {'x': 1}}
+    assert qmp.cmd_obj({'execute': 'query-status'}) == \
+        {'return': {'status': 'running'}}
+    assert qmp.cmd_obj({'execute': 'query-status', 'id': 'mine'}) == \
+        {'return': {'status': 'running'}, 'id': 'mine'}
+    assert fake.server.received[-1]['id'] == 'mine'
+
+
+@pytest.mark.parametrize('exec_id', [None, 0, 1.5, True, [1, 'a'],
+                                     {'k': None}, ''])
+def test_any_json_id_routes(qmp, exec_id):
+    """Ids of every JSON type, null included, get their reply at once."""
+    reply = qmp.cmd_obj({'execute': 'echo', 'arguments': {'v': 1},
+                         'id': exec_id})
+    assert reply == {'return': {'v': 1}, 'id': exec_id}
+
+
+def test_bad_commands_are_refused_before_sending(qmp, fake):
+    """No 'execute', a reserved id, or a value JSON cannot carry: a clear
+    error in the caller, nothing sent, the session fine."""
+    before = len(fake.server.received)
+    with pytest.raises(ValueError, match="'execute'"):
+        qmp.cmd_obj({'arguments': {}})
+    with pytest.raises(ValueError, match='reserved'):
+        qmp.cmd_obj({'execute': 'x', 'id': '__qmp#1'})
+    with pytest.raises(SerializationError):
+        qmp.cmd('echo', f=object())
+    with pytest.raises(SerializationError):
+        qmp.cmd('echo', f=float('nan'))
+    assert qmp.cmd('query-status') == {'status': 'running'}
+    assert len(fake.server.received) == before + 1
+
+
+def test_bad_reply_fails_its_command_only(qmp, fake):
+    """A reply with neither 'return' nor 'error' is a BadReplyError for
+    cmd_obj; the session goes on."""
+    async def weird(args):
+        msg = fake.server.received[-1]
+        await fake.server.send_message({'id': msg['id'], 'what': 1})
+        return NO_REPLY
+    fake.server.on('weird', weird)
+    with pytest.raises(BadReplyError, match="neither 'return' nor"):
+        qmp.cmd_obj({'execute': 'weird'})
+    assert qmp.cmd('query-status') == {'status': 'running'}
+
+
+def test_exec_oob(qmp, fake):
+    """exec-oob commands run, with the client's own id if none given."""
+    assert qmp.cmd_obj({'exec-oob': 'query-status'}) == \
+        {'return': {'status': 'running'}}
+
+
+def test_command_timeout_leaves_connection_usable(qmp, fake, caplog):
+    """A timed-out command raises asyncio.TimeoutError; its late reply is
+    dropped without a warning and the next command gets its own reply."""
+    release = []
+
+    async def slow(args):
+        await fake.server.wait_until(lambda: release)
+        return {'late': True}
+    fake.server.on('slow', slow)
+    qmp.settimeout(0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        qmp.cmd('slow')
+    qmp.settimeout(None)
+    with caplog.at_level(logging.DEBUG, logger='qemu.qmp'):
+        fake.call(lambda: release.append(True))
+        fake.run(fake.server._notify())
+        assert qmp.cmd('query-status') == {'status': 'running'}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any('stopped waiting' in r.getMessage() for r in caplog.records)
+
+
+def test_send_timeout_when_server_stops_reading(qmp, fake):
+    """With a timeout, a command the server never reads times out even
+    while sending; sent in part, the stream is broken, so the session
+    ends (and says so) rather than send half a message."""
+    fake.run(fake.server.wait_connected())
+    fake.call(fake.server.pause_reading)
+    qmp.settimeout(0.2)
+    with pytest.raises(asyncio.TimeoutError):
+        qmp.cmd('echo', blob='x' * (8 << 20))
+    with pytest.raises(StateError, match='half sent'):
+        qmp.cmd('query-status')
+    qmp.close()
+
+
+def test_unknown_reply_id_is_dropped_with_a_warning(qmp, fake, caplog):
+    """A reply nobody waits for is dropped (QMP spec) with a warning."""
+    fake.run(fake.server.send_message({'return': {}, 'id': 'nobody'}))
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        assert qmp.cmd('query-status') == {'status': 'running'}
+    assert any("unknown id 'nobody'" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_send_fd_scm(qmp, fake):
+    """send_fd_scm() passes a descriptor over the UNIX socket; the
+    session goes on."""
+    rfd, wfd = os.pipe()
+    try:
+        qmp.send_fd_scm(rfd)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+    assert qmp.cmd('query-status')
+
+
+def test_send_fd_scm_refuses_a_closed_descriptor(qmp, fake):
+    """A descriptor that is not open raises EBADF and sends nothing, even
+    when its number is free to be reused."""
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    os.close(wfd)
+    received = len(fake.server.received)
+    with pytest.raises(OSError) as info:
+        qmp.send_fd_scm(rfd)
+    assert info.value.errno == errno.EBADF
+    assert qmp.cmd('query-status')
+    assert len(fake.server.received) == received + 1
+    assert not fake.server.garbage
+
+
+def test_commands_before_connecting(fake):
+    """Commands, events and fds before connect() raise StateError or
+    return nothing."""
+    monitor = QEMUMonitorProtocol(fake.start())
+    with pytest.raises(StateError, match='Not connected'):
+        monitor.cmd('query-status')
+    with pytest.raises(StateError):
+        monitor.send_fd_scm(0)
+    assert monitor.pull_event() is None
+    assert monitor.get_events() == []
+    with pytest.raises(EOFError):
+        monitor.pull_event(wait=True)
+    monitor.close()
+
+
+# ---------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------
 
 def test_pull_event_wait_modes(qmp, fake):
     """False and 0 do not wait; True and numbers do; timeouts raise."""
@@ -137,26 +410,68 @@ def test_pull_event_wait_modes(qmp, fake):
     assert qmp.pull_event(wait=5)['event'] == 'RESUME'
 
 
+def test_pull_event_without_waiting_reads_what_arrived(qmp, fake):
+    """pull_event(False) sees an event that reached the socket, though
+    no command has run since."""
+    fake.emit('STOP')
+    assert qmp.pull_event(wait=5.0)['event'] == 'STOP'
+    fake.emit('RESUME')
+    fake.run(fake.server.emit_event('SYNC'))
+    events = []
+    while len(events) < 2:
+        event = qmp.pull_event(wait=False)
+        if event is not None:
+            events.append(event['event'])
+    assert events == ['RESUME', 'SYNC']
+
+
+def test_get_and_clear_events(qmp, fake):
+    """get_events() returns and clears; clear_events() discards."""
+    assert qmp.get_events() == []
+    fake.emit('A', 'B')
+    qmp.cmd('query-status')  # both events arrived before this reply
+    assert [e['event'] for e in qmp.get_events()] == ['A', 'B']
+    assert qmp.get_events() == []
+    fake.emit('C')
+    qmp.cmd('query-status')
+    qmp.clear_events()
+    assert qmp.pull_event() is None
+    fake.emit('D')
+    assert [e['event'] for e in qmp.get_events(wait=5.0)] == ['D']
+    with pytest.raises(asyncio.TimeoutError):
+        qmp.get_events(wait=0.05)
+
+
+def test_events_during_a_command_are_kept(qmp, fake):
+    """Events that arrive while waiting for a reply stay, in order."""
+    async def noisy(args):
+        for n in range(3):
+            await fake.server.emit_event('TICK', {'n': n})
+        return {}
+    fake.server.on('noisy', noisy)
+    qmp.cmd('noisy')
+    assert [e['data']['n'] for e in qmp.get_events()] == [0, 1, 2]
+
+
 def test_pull_event_on_a_dead_connection(qmp, fake):
-    """Waiting for an event when the server hangs up: events already
-    received come first, then EOFError at once instead of a hang."""
+    """When the server hangs up: the command waiting gets
+    ExecInterruptedError, events already received come first, then
+    EOFError at once instead of a hang."""
     async def die(args):
         await fake.server.emit_event('LAST')
         await fake.server.hang_up()
         return NO_REPLY
     fake.server.on('die', die)
-    waiter_result = []
-    waiter = threading.Thread(target=lambda: waiter_result.append(
-        pytest.raises(EOFError, qmp.pull_event, wait=True)))
-    with pytest.raises(Exception):
+    with pytest.raises(ExecInterruptedError) as info:
         qmp.cmd('die')
+    assert isinstance(info.value.__cause__, EOFError)
     assert qmp.pull_event(wait=True)['event'] == 'LAST'
-    waiter.start()
-    waiter.join(10)
-    assert waiter_result and not waiter.is_alive()
+    with pytest.raises(EOFError):
+        qmp.pull_event(wait=True)
     with pytest.raises(EOFError):
         qmp.pull_event(wait=5.0)
     assert qmp.pull_event(wait=False) is None
+    assert qmp.get_events() == []
 
 
 def test_pull_event_wakes_when_connection_dies(qmp, fake):
@@ -178,106 +493,151 @@ def test_pull_event_wakes_when_connection_dies(qmp, fake):
     assert not waiter.is_alive() and len(errors) == 1
 
 
-def test_get_and_clear_events(qmp, fake):
-    """get_events() returns and clears; clear_events() discards."""
-    assert qmp.get_events() == []
-    fake.emit('A', 'B')
-    qmp.cmd('query-status')  # both events arrived before this reply
-    assert [e['event'] for e in qmp.get_events()] == ['A', 'B']
-    assert qmp.get_events() == []
-    fake.emit('C')
-    qmp.cmd('query-status')
-    qmp.clear_events()
-    assert qmp.pull_event() is None
-    fake.emit('D')
-    assert [e['event'] for e in qmp.get_events(wait=5.0)] == ['D']
+# ---------------------------------------------------------------------
+# Threads
+# ---------------------------------------------------------------------
 
+def test_16_threads_500_commands_and_an_event_thread(qmp, fake):
+    """16 threads run 500 commands each and check every reply, while one
+    thread blocks in pull_event(wait=True): every reply reaches its
+    sender, and the event thread sees every event once, in order."""
+    threads_n, per_thread, every = 16, 500, 10
+    expected_events = threads_n * (per_thread // every)
 
-def test_events_during_a_command_are_kept(qmp, fake):
-    """Events that arrive while waiting for a reply stay, in order."""
-    async def noisy(args):
-        for n in range(3):
-            await fake.server.emit_event('TICK', {'n': n})
-        return {}
-    fake.server.on('noisy', noisy)
-    qmp.cmd('noisy')
-    assert [e['data']['n'] for e in qmp.get_events()] == [0, 1, 2]
+    async def tick(args):
+        await fake.server.emit_event('TICK', {'t': args['t'],
+                                              'i': args['i']})
+        return args
+    fake.server.on('tick', tick)
+    errors, events = [], []
 
-
-def test_command_timeout_leaves_connection_usable(qmp, fake):
-    """A timed-out command raises; the next command works."""
-    fake.server.on('slow', lambda args: NO_REPLY)
-    qmp.settimeout(0.05)
-    with pytest.raises(asyncio.TimeoutError):
-        qmp.cmd('slow')
-    qmp.settimeout(None)
-    assert qmp.cmd('query-status') == {'status': 'running'}
-
-
-def test_threads_share_one_monitor(qmp, fake):
-    """Many threads use one monitor at once; one may block on events."""
-    results, errors = [], []
-
-    def worker(n):
+    def worker(t):
         try:
-            for i in range(30):
-                assert qmp.cmd('echo', n=n, i=i) == {'n': n, 'i': i}
-            results.append(n)
+            for i in range(per_thread):
+                name = 'tick' if i % every == 0 else 'echo'
+                assert qmp.cmd(name, t=t, i=i) == {'t': t, 'i': i}
         except Exception as err:  # reported below
             errors.append(err)
 
-    waiter_got = []
-    waiter = threading.Thread(
-        target=lambda: waiter_got.append(qmp.pull_event(wait=10)))
-    waiter.start()
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    def event_reader():
+        try:
+            while len(events) < expected_events:
+                event = qmp.pull_event(wait=True)
+                events.append((event['data']['t'], event['data']['i']))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    reader = threading.Thread(target=event_reader)
+    reader.start()
+    workers = [threading.Thread(target=worker, args=(t,))
+               for t in range(threads_n)]
+    for thread in workers:
+        thread.start()
+    for thread in workers + [reader]:
+        thread.join(60)
+        assert not thread.is_alive()
+    assert not errors
+    assert len(events) == len(set(events)) == expected_events
+    for t in range(threads_n):
+        mine = [i for tt, i in events if tt == t]
+        assert mine == list(range(0, per_thread, every))
+
+
+def test_close_from_another_thread(qmp, fake):
+    """close() while other threads wait: they get ExecInterruptedError
+    (and EOFError for events); later commands get StateError."""
+    fake.server.on('hang', lambda args: NO_REPLY)
+    outcomes = []
+
+    def run(func):
+        try:
+            func()
+        except (ExecInterruptedError, EOFError) as err:
+            outcomes.append(type(err))
+
+    threads = [threading.Thread(target=run, args=(lambda: qmp.cmd('hang'),)),
+               threading.Thread(target=run, args=(
+                   lambda: qmp.pull_event(wait=True),))]
     for thread in threads:
         thread.start()
+    fake.run(fake.server.wait_for_command('hang'))
+    qmp.close()
     for thread in threads:
-        thread.join(30)
-    fake.emit('DONE')
-    waiter.join(30)
-    assert not errors and sorted(results) == list(range(8))
-    assert waiter_got[0]['event'] == 'DONE'
+        thread.join(10)
+        assert not thread.is_alive()
+    assert sorted(outcomes, key=str) == [EOFError, ExecInterruptedError]
+    with pytest.raises(StateError, match='closed'):
+        qmp.cmd('query-status')
+    fake.run(fake.server.wait_disconnected())
 
 
-def test_close_after_peer_died_raises_only_eof(fake):
-    """After the server hangs up, close() raises EOFError and stops."""
-    monitor = QEMUMonitorProtocol(fake.start(), nickname='legacy')
+def test_no_thread_no_event_loop(fake):
+    """The blocking client starts no thread and no event loop."""
+    before = threading.active_count()
+    monitor = QEMUMonitorProtocol(fake.start())
     monitor.connect()
-    fake.run(fake.server.hang_up())
-    with pytest.raises(EOFError):
-        monitor.close()
-    assert not legacy_threads()
-    monitor.close()  # a second close is harmless
+    monitor.cmd('query-status')
+    assert threading.active_count() == before
+    monitor.close()
 
 
-def test_close_after_reset_raises_eof(fake):
-    """A connection reset also surfaces as EOFError from close()."""
-    monitor = QEMUMonitorProtocol(fake.start(), nickname='legacy')
+async def test_usable_inside_a_running_event_loop(fake):
+    """Called from a coroutine (a running loop in this thread), it works."""
+    monitor = QEMUMonitorProtocol(fake.start())
     monitor.connect()
-    fake.run(fake.server.wait_connected())
-    fake.call(fake.server.reset)
-    with pytest.raises(EOFError):
-        monitor.close()
+    assert monitor.cmd('query-status') == {'status': 'running'}
+    monitor.close()
 
 
-def test_context_manager(fake):
-    """with-blocks close the monitor."""
-    with QEMUMonitorProtocol(fake.start(), nickname='legacy') as monitor:
+# ---------------------------------------------------------------------
+# The end of a session
+# ---------------------------------------------------------------------
+
+def test_with_and_quit(fake):
+    """with + connect + quit: QEMU answers and hangs up, and leaving the
+    block raises nothing (the normal end of a session)."""
+    async def quit_(args):
+        fake.server._send(fake.server._writer, {
+            'return': {}, 'id': fake.server.received[-1]['id']})
+        await fake.server.emit_event('SHUTDOWN')
+        await fake.server.hang_up()
+        return NO_REPLY
+    fake.server.on('quit', quit_)
+    address = fake.start()
+    for _ in range(5):
+        with QEMUMonitorProtocol(address) as monitor:
+            monitor.connect()
+            assert monitor.cmd('quit') == {}
+            assert monitor.pull_event(wait=5)['event'] == 'SHUTDOWN'
+        fake.run(fake.server.wait_disconnected())
+
+
+def test_close_after_peer_died_raises_nothing(fake):
+    """After the server hangs up or resets, close() raises nothing; a
+    second close() is harmless."""
+    address = fake.start()
+    for kill in ('hang_up', 'reset'):
+        monitor = QEMUMonitorProtocol(address)
         monitor.connect()
-        monitor.cmd('query-status')
-    assert not legacy_threads()
+        fake.run(fake.server.wait_connected())
+        if kill == 'reset':
+            fake.call(fake.server.reset)
+        else:
+            fake.run(fake.server.hang_up())
+        with pytest.raises((ExecInterruptedError, StateError)):
+            monitor.cmd('query-status')
+        monitor.close()
+        monitor.close()
+        fake.run(fake.server.wait_disconnected())
 
 
 def test_garbage_collected_monitor_cleans_up(fake):
-    """Dropping a connected monitor disconnects it and stops its thread."""
+    """Dropping a connected monitor closes its socket (no
+    ResourceWarning: warnings are errors here)."""
     monitor = QEMUMonitorProtocol(fake.start(), nickname='legacy')
     monitor.connect()
-    assert legacy_threads()
     del monitor
     gc.collect()
-    assert not legacy_threads()
     fake.run(fake.server.wait_disconnected())
 
 
@@ -312,48 +672,131 @@ def test_failed_init_subclass_is_safe():
     gc.collect()
 
 
-async def test_usable_inside_a_running_event_loop(fake):
-    """Called from a coroutine (a running loop in this thread), it works."""
-    monitor = QEMUMonitorProtocol(fake.start())
-    monitor.connect()
-    assert monitor.cmd('query-status') == {'status': 'running'}
-    monitor.close()
+def hostile(fake, payload):
+    """A command whose only answer is ``payload``, raw."""
+    async def handler(args):
+        await fake.server.send_raw(payload)
+        return NO_REPLY
+    fake.server.on('hostile', handler)
 
 
-def test_send_fd_scm(qmp):
-    """send_fd_scm() passes a descriptor over the UNIX socket."""
-    rfd, wfd = os.pipe()
-    try:
-        qmp.send_fd_scm(rfd)
-    finally:
-        os.close(rfd)
-        os.close(wfd)
-    assert qmp.cmd('query-status')
+@pytest.mark.parametrize('payload, cause', [
+    (b'{"event": "EARLY"}\r\nnot json\r\n', DeserializationError),
+    (b'{"event": "EARLY"}\r\n{"error": {"class": "GenericError", '
+     b'"desc": "bad"}}\r\n', ServerParseError),
+    (b'{"event": "EARLY"}\r\n{"x": "' + b'y' * (11 << 20) + b'"}\r\n',
+     MessageTooLongError),
+])
+def test_bad_input_ends_the_session_cleanly(qmp, fake, payload, cause):
+    """Garbage, an id-less error, a huge message: the waiting command
+    gets ExecInterruptedError naming the cause, the event before the fault
+    is kept, later commands get StateError, close() is quiet."""
+    hostile(fake, payload)
+    with pytest.raises(ExecInterruptedError) as info:
+        qmp.cmd('hostile')
+    assert isinstance(info.value.__cause__, cause)
+    assert cause.__name__ in str(info.value)
+    assert qmp.pull_event()['event'] == 'EARLY'
+    with pytest.raises(StateError) as state:
+        qmp.cmd('query-status')
+    assert isinstance(state.value.__cause__, cause)
+    qmp.close()
 
 
-def test_calls_from_the_loop_thread_are_refused(qmp):
-    """Calling back into the wrapper from its own loop is a clear error."""
-    async def reenter():
-        return qmp.cmd('query-status')
-    with pytest.raises(QMPError, match='own event loop thread'):
-        qmp._runner.run(reenter(), 5)
+def test_hang_up_mid_message(qmp, fake):
+    """A hang-up in the middle of a reply: TruncatedMessageError."""
+    async def cut(args):
+        await fake.server.send_raw(b'{"return": {"a": ')
+        await fake.server.hang_up()
+        return NO_REPLY
+    fake.server.on('cut', cut)
+    with pytest.raises(ExecInterruptedError) as info:
+        qmp.cmd('cut')
+    assert isinstance(info.value.__cause__, TruncatedMessageError)
 
 
-def test_tcp(fake):
-    """The wrapper works over TCP; fd passing is refused."""
-    host, port = fake.run(fake.server.start(('127.0.0.1', 0)))
-    monitor = QEMUMonitorProtocol(
-        QEMUMonitorProtocol.parse_address(f'{host}:{port}'))
-    monitor.connect()
-    assert monitor.cmd('query-status')
-    with pytest.raises(QMPError, match='UNIX socket'):
-        monitor.send_fd_scm(0)
-    monitor.close()
+# ---------------------------------------------------------------------
+# Whole processes: exit without close(), Ctrl-C
+# ---------------------------------------------------------------------
+
+def client_process(address, body):
+    """Start a Python process running ``body`` with QEMUMonitorProtocol
+    imported and ``ADDRESS`` set; SIGINT gets its default handling."""
+    script = textwrap.dedent('''\
+        import sys
+        from qemu.qmp import StateError
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+        ADDRESS = sys.argv[1]
+    ''') + textwrap.dedent(body)
+    return subprocess.Popen(
+        [sys.executable, '-X', 'dev', '-c', script, address],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def test_address_forms_typecheck():
-    """A bad address type fails at connect() with ConnectError."""
-    monitor = QEMUMonitorProtocol(socket.socket)  # type: ignore[arg-type]
-    with pytest.raises(ConnectError):
-        monitor.connect()
-    monitor.close()
+@pytest.mark.parametrize('ending, status', [
+    ('', 0),
+    ('raise SystemExit(3)', 3),
+    ('raise ValueError("uncaught")', 1),
+])
+def test_script_that_never_closes_exits_promptly(fake, ending, status):
+    """A script that connects, runs a command and never calls close()
+    exits at once with its own status (also after an uncaught exception),
+    leaving no warning behind."""
+    address = fake.start()
+    proc = client_process(address, f'''
+        q = QEMUMonitorProtocol(ADDRESS)
+        q.connect()
+        print(q.cmd('query-status'))
+        {ending}
+    ''')
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == status, err
+    assert b"'running'" in out
+    if status != 1:
+        assert err == b''
+    fake.run(fake.server.wait_disconnected())
+
+
+def test_ctrl_c_during_a_command(fake):
+    """Ctrl-C while a command waits raises KeyboardInterrupt once; the
+    process exits; the session is closed."""
+    fake.server.on('hang', lambda args: NO_REPLY)
+    address = fake.start()
+    proc = client_process(address, '''
+        q = QEMUMonitorProtocol(ADDRESS)
+        q.connect()
+        q.cmd('hang')
+    ''')
+    fake.run(fake.server.wait_for_command('hang'))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGINT
+    assert err.count(b'KeyboardInterrupt') == 1
+    fake.run(fake.server.wait_disconnected())
+
+
+def test_ctrl_c_caught_leaves_a_closed_session(fake):
+    """A script that catches the KeyboardInterrupt finds the session
+    closed (StateError), not half-used, and exits normally."""
+    fake.server.on('hang', lambda args: NO_REPLY)
+    address = fake.start()
+    proc = client_process(address, '''
+        q = QEMUMonitorProtocol(ADDRESS)
+        q.connect()
+        try:
+            q.cmd('hang')
+        except KeyboardInterrupt:
+            print('interrupted')
+        try:
+            q.cmd('query-status')
+        except StateError as err:
+            print('then:', err)
+        q.close()
+    ''')
+    fake.run(fake.server.wait_for_command('hang'))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert out.decode().splitlines() == [
+        'interrupted', 'then: The connection was closed.']
