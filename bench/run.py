@@ -40,10 +40,12 @@ SCENARIOS = [
     ('big', '8 MiB reply'),
     ('cycles', 'connect + negotiate + disconnect'),
     ('flood', '300,000 unread events (RSS growth)'),
+    ('legacy', 'blocking client (legacy), one command at a time'),
 ]
 QEMU_SCENARIOS = [
     ('qemu-sequential', 'real QEMU: sequential query-status'),
     ('qemu-concurrent', 'real QEMU: 64 concurrent query-status'),
+    ('qemu-legacy', 'real QEMU: blocking client, sequential'),
 ]
 
 

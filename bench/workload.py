@@ -14,6 +14,7 @@ import sys
 import time
 
 from qemu.qmp import QMPClient
+from qemu.qmp.legacy import QEMUMonitorProtocol
 
 SEQUENTIAL = 20000
 PIPELINED = 64000
@@ -25,6 +26,8 @@ BIG_COUNT = 20
 CYCLES = 300
 QEMU_SEQUENTIAL = 5000
 QEMU_CONCURRENT = 5000
+LEGACY = 20000
+QEMU_LEGACY = 5000
 
 
 def rss():
@@ -104,6 +107,20 @@ async def cycles(address):
     return CYCLES
 
 
+def legacy(address, count=LEGACY):
+    """The blocking client, one command at a time (no event loop)."""
+    qmp = QEMUMonitorProtocol(address)
+    qmp.connect()
+    for _ in range(count):
+        qmp.cmd('query-status')
+    qmp.close()
+    return count
+
+
+def qemu_legacy(address):
+    return legacy(address, QEMU_LEGACY)
+
+
 async def qemu_sequential(address):
     return await sequential(address, QEMU_SEQUENTIAL)
 
@@ -117,12 +134,17 @@ SCENARIOS = {
     'flood': flood, 'big': big, 'cycles': cycles,
     'qemu-sequential': qemu_sequential, 'qemu-concurrent': qemu_concurrent,
 }
+# Blocking scenarios: plain functions, run without an event loop.
+BLOCKING = {'legacy': legacy, 'qemu-legacy': qemu_legacy}
 
 
 def main():
     scenario, address = sys.argv[1], sys.argv[2]
     wall, cpu = time.perf_counter(), time.process_time()
-    result = asyncio.run(SCENARIOS[scenario](address))
+    if scenario in BLOCKING:
+        result = BLOCKING[scenario](address)
+    else:
+        result = asyncio.run(SCENARIOS[scenario](address))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ops, growth = result if isinstance(result, tuple) else (result, None)
     print(json.dumps({'ops': ops, 'wall': wall, 'cpu': cpu,
