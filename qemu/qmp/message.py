@@ -120,6 +120,25 @@ class SerializationError(QMPError, ValueError):
         return self.error_message
 
 
+def _deserialize(data: bytes) -> Dict[str, object]:
+    """
+    Decode JSON-encoded bytes into a dict.
+
+    :raise DeserializationError: Not UTF-8, or not JSON.
+    :raise UnexpectedTypeError: JSON, but not an object.
+    """
+    try:
+        obj = _decode_line(data.decode('utf-8'))
+    except ValueError as err:
+        # UnicodeDecodeError, for bytes that are not UTF-8, is a
+        # ValueError like JSONDecodeError.
+        raise DeserializationError(
+            f"Failed to deserialize QMP message: {err}", data) from err
+    if type(obj) is not dict:
+        raise UnexpectedTypeError("QMP message is not a JSON object.", obj)
+    return obj
+
+
 class Message(MutableMapping[str, object]):
     """
     Represents a single QMP protocol message.
@@ -161,11 +180,15 @@ class Message(MutableMapping[str, object]):
         # _raw holds bytes not yet decoded (eager=False), or the wire
         # encoding of a message built by _for_wire().  It is never cached
         # otherwise: nested values can change under us.
-        self._obj: Optional[Dict[str, object]] = None
         self._raw: Optional[bytes] = None
+        if type(value) is bytes and eager:
+            # Every message received comes this way: keep it short.
+            self._obj: Optional[Dict[str, object]] = _deserialize(value)
+            return
+        self._obj = None
         if isinstance(value, (bytes, bytearray)):
             if eager:
-                self._obj = self._deserialize(bytes(value))
+                self._obj = _deserialize(bytes(value))
             else:
                 self._raw = bytes(value)
         else:
@@ -203,26 +226,6 @@ class Message(MutableMapping[str, object]):
 
     # -- conversion ----------------------------------------------------
 
-    @staticmethod
-    def _deserialize(data: bytes) -> Dict[str, object]:
-        """
-        Decode JSON-encoded bytes into a dict.
-
-        :raise DeserializationError: Not UTF-8, or not JSON.
-        :raise UnexpectedTypeError: JSON, but not an object.
-        """
-        try:
-            obj = _decode_line(data.decode('utf-8'))
-        except (ValueError, UnicodeDecodeError) as err:
-            # JSONDecodeError and UnicodeDecodeError are both ValueErrors;
-            # naming the second documents the non-UTF-8 case.
-            raise DeserializationError(
-                f"Failed to deserialize QMP message: {err}", data) from err
-        if not isinstance(obj, dict):
-            raise UnexpectedTypeError(
-                "QMP message is not a JSON object.", obj)
-        return obj
-
     def _wire_copy(self, **members: object) -> 'Message':
         """
         Copy this message, plus ``members``, encoded for the wire now.
@@ -236,7 +239,7 @@ class Message(MutableMapping[str, object]):
         obj = self._obj
         if obj is None:
             assert self._raw is not None
-            obj = self._obj = self._deserialize(self._raw)
+            obj = self._obj = _deserialize(self._raw)
             self._raw = None
         return obj
 

@@ -20,8 +20,10 @@ error and returns the object to IDLE, ready to connect again.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
+from collections import deque
 from enum import Enum
 from functools import wraps
 from ssl import SSLContext
@@ -29,15 +31,18 @@ from typing import (
     Any,
     Awaitable,
     Callable,
+    Deque,
     Dict,
     FrozenSet,
     Generic,
     List,
     Optional,
+    Tuple,
     TypeVar,
     Union,
     cast,
 )
+from weakref import WeakKeyDictionary
 
 from . import _sockets
 from ._sockets import SocketAddrT
@@ -69,8 +74,10 @@ class Runstate(Enum):
 
 # Every legal change of state.  _set_state() refuses anything else, so a
 # wrong transition is caught where it happens, not three steps later.
+# (IDLE -> DISCONNECTING: disconnect() when idle still goes through the
+# motions, as the reference library's does.)
 _NEXT_STATES: Dict[Runstate, FrozenSet[Runstate]] = {
-    Runstate.IDLE: frozenset({Runstate.CONNECTING}),
+    Runstate.IDLE: frozenset({Runstate.CONNECTING, Runstate.DISCONNECTING}),
     Runstate.CONNECTING: frozenset({Runstate.RUNNING,
                                     Runstate.DISCONNECTING}),
     Runstate.RUNNING: frozenset({Runstate.DISCONNECTING}),
@@ -127,44 +134,57 @@ class StateError(QMPError):
         return self.error_message
 
 
-# Why a call in the wrong state failed, keyed by (required, actual).
+# What a call in the wrong state is told, by the actual state; the
+# reference library's wording, which its users match on.
 _STATE_ERRORS = {
-    (Runstate.IDLE, Runstate.CONNECTING): "Client is already connecting.",
-    (Runstate.IDLE, Runstate.RUNNING): "Client is already connected.",
-    (Runstate.RUNNING, Runstate.IDLE): "Client is not connected.",
-    (Runstate.RUNNING, Runstate.CONNECTING):
-        "Client is still connecting; wait for connect() to finish.",
-    (Runstate.CONNECTING, Runstate.IDLE):
-        "accept() requires start_server() to be called first.",
-    (Runstate.CONNECTING, Runstate.RUNNING): "Client is already connected.",
+    Runstate.IDLE: "{name} is disconnected and idle.",
+    Runstate.CONNECTING: "{name} is currently connecting.",
+    Runstate.RUNNING: "{name} is already connected and running.",
+    Runstate.DISCONNECTING: ("{name} is disconnecting. "
+                             "Call disconnect() to return to IDLE state."),
 }
+
+
+def _check_state(proto: 'AsyncProtocol[Any]', required: Runstate) -> None:
+    state = proto.runstate
+    if state is not required:
+        emsg = _STATE_ERRORS[state].format(name=type(proto).__name__)
+        raise StateError(emsg, state, required)
 
 
 def require(required_state: Runstate) -> Callable[[F], F]:
     """
     Decorator: allow a method only in a certain `Runstate`.
 
+    A coroutine function stays a coroutine function, and checks the
+    runstate when it is awaited (not when the coroutine is created), so a
+    call prepared earlier sees the state it actually runs in.
+
     :param required_state: The `Runstate` required to invoke this method.
     :raise StateError: When the required `Runstate` is not met.
     """
     def _decorator(func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+            @wraps(func)
+            async def _async_wrapper(proto: 'AsyncProtocol[Any]',
+                                     *args: Any, **kwargs: Any) -> Any:
+                if proto._runstate is not required_state:
+                    _check_state(proto, required_state)
+                return await func(proto, *args, **kwargs)
+            return cast(F, _async_wrapper)
+
         @wraps(func)
         def _wrapper(proto: 'AsyncProtocol[Any]',
                      *args: Any, **kwargs: Any) -> Any:
-            if proto.runstate is not required_state:
-                state = proto.runstate
-                if state is Runstate.DISCONNECTING:
-                    emsg = ("Client is disconnecting. "
-                            "Call disconnect() to return to IDLE state.")
-                else:
-                    emsg = _STATE_ERRORS.get(
-                        (required_state, state),
-                        f"{func.__name__}() requires runstate "
-                        f"{required_state.name}, not {state.name}.")
-                raise StateError(emsg, state, required_state)
+            _check_state(proto, required_state)
             return func(proto, *args, **kwargs)
         return cast(F, _wrapper)
     return _decorator
+
+
+# How many runstate changes are remembered for runstate_changed(): enough
+# for a task to fall a few whole sessions behind without missing any.
+_RUNSTATE_HISTORY = 32
 
 
 class AsyncProtocol(Generic[T]):
@@ -199,10 +219,19 @@ class AsyncProtocol(Generic[T]):
                  readbuflen: int = _limit) -> None:
         self._name: Optional[str] = None
         self.name = name
-        self._limit = readbuflen
+        #: The longest message accepted from the peer, in bytes; read
+        #: when a session starts.
+        self.readbuflen = readbuflen
 
         self._runstate = Runstate.IDLE
-        self._runstate_changed: Optional[asyncio.Event] = None
+        # Every change, numbered, for runstate_changed(): the newest
+        # ones, each task's position in them, and who waits for the next.
+        self._runstate_count = 0
+        self._runstate_history: Deque[Tuple[int, Runstate]] = deque(
+            maxlen=_RUNSTATE_HISTORY)
+        self._runstate_seen: WeakKeyDictionary[
+            'asyncio.Task[Any]', int] = WeakKeyDictionary()
+        self._runstate_waiters: List[asyncio.Future[None]] = []
 
         # Session state, made anew by each connection.
         self._outgoing: asyncio.Queue[T]
@@ -211,6 +240,9 @@ class AsyncProtocol(Generic[T]):
         self._lines = LineBuffer(readbuflen)
         self._listener: Optional[socket.socket] = None
         self._accept_ssl: Optional[SSLContext] = None
+        # Set by _do_start_server, cleared by _do_accept: accept() needs
+        # it.  (The hook contract of the reference library's subclasses.)
+        self._accepted: Optional[asyncio.Event] = None
         self._reader_task: Optional[asyncio.Task[None]] = None
         self._writer_task: Optional[asyncio.Task[None]] = None
         #: Disconnect task.  It runs in its own task so that a disconnect
@@ -220,8 +252,6 @@ class AsyncProtocol(Generic[T]):
         self._bh_errors: List[Exception] = []
         # While the writer task sends a batch, _write() collects here.
         self._write_batch: Optional[List[bytes]] = None
-        # Cached per session so hot paths test one attribute per message.
-        self._debug = False
 
     def __repr__(self) -> str:
         name = f" name={self.name!r}" if self.name else ""
@@ -256,10 +286,36 @@ class AsyncProtocol(Generic[T]):
         """
         Wait for the `runstate` to change, then return the new one.
 
+        No change is ever lost: each task sees every change, in order.  A
+        task's first call returns the next change from then on; each later
+        call returns the change after the one its previous call returned,
+        at once if that change already happened.  So a watcher like this
+        prints ``CONNECTING``, ``DISCONNECTING``, ``IDLE`` for a connection
+        that fails at once::
+
+            async def watch(qmp):
+                while True:
+                    print((await qmp.runstate_changed()).name)
+
+        The newest 32 changes are kept; a task further behind than that
+        skips to the oldest one kept.
+
         :return: The new runstate.
         """
-        await self._runstate_event.wait()
-        return self.runstate
+        task = asyncio.current_task()
+        seen = self._runstate_seen.get(task, self._runstate_count) \
+            if task is not None else self._runstate_count
+        while seen >= self._runstate_count:
+            waiter = asyncio.get_running_loop().create_future()
+            self._runstate_waiters.append(waiter)
+            await waiter
+        history = self._runstate_history
+        # history[0] is change number history[0][0]; the next one after
+        # `seen`, or the oldest kept.
+        number, state = history[max(0, seen + 1 - history[0][0])]
+        if task is not None:
+            self._runstate_seen[task] = number
+        return state
 
     @upper_half
     @require(Runstate.IDLE)
@@ -319,7 +375,7 @@ class AsyncProtocol(Generic[T]):
             established; it wraps the root cause (an `OSError`, `EOFError`
             or, for a protocol-level failure, a `QMPError`).
         """
-        if self._listener is None:
+        if self._accepted is None:
             raise QMPError("Cannot call accept() before start_server().")
         await self._session_guard(self._do_accept(),
                                   "Failed to establish connection")
@@ -356,15 +412,14 @@ class AsyncProtocol(Generic[T]):
         End the session and wait for all tasks to stop.
 
         Afterwards the `runstate` is `IDLE` and the object can connect
-        again.  Calling it when already `IDLE` does nothing.
+        again.  Called when already `IDLE`, it still goes through
+        `DISCONNECTING` back to `IDLE`, and raises nothing.
 
         :raise Exception:
             The error that ended the session early, if one did: `EOFError`
             when the peer hung up, `OSError` for connection problems,
             `ProtocolError` when the peer broke the protocol.
         """
-        if self._runstate is Runstate.IDLE:
-            return
         self._schedule_disconnect()
         await self._wait_disconnect()
 
@@ -377,8 +432,7 @@ class AsyncProtocol(Generic[T]):
         self._set_state(Runstate.CONNECTING)
         self._outgoing = asyncio.Queue()
         self._bh_errors = []
-        self._lines = LineBuffer(self._limit)
-        self._debug = self.logger.isEnabledFor(logging.DEBUG)
+        self._lines = LineBuffer(self.readbuflen)
 
     @upper_half
     async def _session_guard(self, coro: Awaitable[None], emsg: str) -> None:
@@ -413,13 +467,6 @@ class AsyncProtocol(Generic[T]):
             self.logger.debug("Error during rollback: %s",
                               exception_summary(err))
 
-    @property
-    def _runstate_event(self) -> asyncio.Event:
-        # Made on first use, inside the event loop that will wait on it.
-        if self._runstate_changed is None:
-            self._runstate_changed = asyncio.Event()
-        return self._runstate_changed
-
     def _set_state(self, state: Runstate) -> None:
         """
         Change the `Runstate` and wake whoever waits in `runstate_changed`.
@@ -433,11 +480,12 @@ class AsyncProtocol(Generic[T]):
                                f"{self._runstate.name} -> {state.name}")
         self.logger.debug("= runstate %s", state.name)
         self._runstate = state
-        event = self._runstate_changed
-        if event is not None:
-            # Wake everyone waiting now; later waiters wait for the next.
-            event.set()
-            event.clear()
+        self._runstate_count += 1
+        self._runstate_history.append((self._runstate_count, state))
+        waiters, self._runstate_waiters = self._runstate_waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a waiter may have been cancelled
+                waiter.set_result(None)
 
     def _schedule_disconnect(self) -> None:
         """
@@ -477,9 +525,6 @@ class AsyncProtocol(Generic[T]):
         self._dc_task = None
         self._bh_errors = []
         self._set_state(Runstate.IDLE)
-        # The next session may run in another event loop (the legacy
-        # wrapper's thread restarts); its waiters were woken just now.
-        self._runstate_changed = None
 
     # ------------------------------------------------------------------
     # Transport hooks
@@ -495,7 +540,7 @@ class AsyncProtocol(Generic[T]):
         """
         self.logger.debug("Connecting to %s ...", address)
         self._reader, self._writer = await _sockets.open_stream(
-            address, ssl, self._limit)
+            address, ssl, self.readbuflen)
         self.logger.debug("Connected.")
 
     @upper_half
@@ -509,6 +554,7 @@ class AsyncProtocol(Generic[T]):
         self.logger.debug("Listening on %s ...", address)
         self._listener = await _sockets.listen(address)
         self._accept_ssl = ssl
+        self._accepted = asyncio.Event()
 
     @upper_half
     async def _do_accept(self) -> None:
@@ -519,11 +565,13 @@ class AsyncProtocol(Generic[T]):
         """
         assert self._listener is not None
         self._reader, self._writer = await _sockets.accept(
-            self._listener, self._accept_ssl, self._limit)
+            self._listener, self._accept_ssl, self.readbuflen)
         self._close_listener()
+        self._accepted = None
         self.logger.debug("Connection accepted.")
 
     def _close_listener(self) -> None:
+        self._accepted = None
         if self._listener is not None:
             _sockets.close_listener(self._listener)
             self._listener = None
@@ -540,6 +588,9 @@ class AsyncProtocol(Generic[T]):
         self._writer_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_send_message, 'Writer'))
         self._set_state(Runstate.RUNNING)
+        # Let both tasks start: once connect() returns, the reader is
+        # already waiting for input.
+        await asyncio.sleep(0)
 
     # ------------------------------------------------------------------
     # Bottom half
@@ -573,7 +624,8 @@ class AsyncProtocol(Generic[T]):
     @bottom_half
     async def _bh_recv_message(self) -> None:
         """Wait for one message and hand it to `_on_message`."""
-        msg = await self._recv()
+        # What _recv() does, without a coroutine of its own per message.
+        msg = self._cb_inbound(await self._do_recv())
         await self._on_message(msg)
 
     @bottom_half
@@ -599,8 +651,8 @@ class AsyncProtocol(Generic[T]):
             if batch:
                 assert self._writer is not None
                 self._writer.write(b''.join(batch))
-        assert self._writer is not None
-        await self._writer.drain()
+        if self._writer is not None:  # a subclass may fake the session
+            await self._writer.drain()
 
     @bottom_half
     async def _bh_disconnect(self) -> None:
@@ -649,8 +701,7 @@ class AsyncProtocol(Generic[T]):
         :param msg: raw outbound message
         :return: final outbound message
         """
-        if self._debug:
-            self.logger.debug("> %s", msg)
+        self.logger.debug("--> %s", msg)
         return msg
 
     def _cb_inbound(self, msg: T) -> T:
@@ -663,8 +714,7 @@ class AsyncProtocol(Generic[T]):
         :param msg: raw inbound message
         :return: processed inbound message
         """
-        if self._debug:
-            self.logger.debug("< %s", msg)
+        self.logger.debug("<-- %s", msg)
         return msg
 
     def _write(self, data: bytes) -> None:

@@ -377,7 +377,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         self._greeting = None
         self._pending = _PendingReplies()
-        self._codec = Codec(self._limit)
+        self._codec = Codec(self.readbuflen)
 
         if self.await_greeting or self.negotiate:
             self._greeting = await self._get_greeting()

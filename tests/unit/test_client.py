@@ -251,7 +251,8 @@ async def test_unserializable_arguments(client):
 
 async def test_execute_when_not_connected():
     """execute() on an idle client is a StateError."""
-    with pytest.raises(StateError, match='not connected'):
+    with pytest.raises(StateError,
+                       match='QMPClient is disconnected and idle'):
         await QMPClient().execute('query-status')
 
 

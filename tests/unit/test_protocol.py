@@ -1,6 +1,7 @@
 """AsyncProtocol on its own, through a tiny line-based protocol."""
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
@@ -249,32 +250,124 @@ async def test_reconnect_after_disconnect(sock_path):
 
 
 async def test_state_errors(sock_path):
-    """Calls in the wrong state raise StateError with the states."""
+    """Calls in the wrong state raise StateError with the states, in the
+    reference library's words, naming the class."""
     proto = LineProtocol()
     with pytest.raises(StateError) as info:
         await proto.accept()
     assert info.value.state is Runstate.IDLE
     assert info.value.required is Runstate.CONNECTING
-    assert 'start_server()' in str(info.value)
+    assert str(info.value) == 'LineProtocol is disconnected and idle.'
 
     server, client = await pair(sock_path)
-    with pytest.raises(StateError, match='already connected'):
+    with pytest.raises(StateError) as info:
         await client.connect(sock_path)
+    assert str(info.value) == \
+        'LineProtocol is already connected and running.'
     with pytest.raises(StateError):
         await client.start_server(sock_path)
     await client.disconnect()
     await wait_for_state(server, Runstate.DISCONNECTING)
-    with pytest.raises(StateError, match='disconnecting'):
+    with pytest.raises(StateError) as info:
         await server.connect(sock_path)
+    assert str(info.value) == ('LineProtocol is disconnecting. '
+                               'Call disconnect() to return to IDLE state.')
     with pytest.raises(EOFError):
         await server.disconnect()
 
 
-async def test_disconnect_when_idle_does_nothing():
-    """disconnect() on an IDLE object returns at once."""
+async def test_state_is_checked_when_awaited(sock_path):
+    """Guarded coroutine methods stay coroutine functions and check the
+    runstate when awaited: a call made while connected and awaited after
+    disconnect() raises StateError at once instead of hanging."""
+    assert inspect.iscoroutinefunction(AsyncProtocol.connect)
+    assert inspect.iscoroutinefunction(AsyncProtocol.accept)
+    assert inspect.iscoroutinefunction(AsyncProtocol.start_server)
+    server, client = await pair(sock_path)
+    early = client.connect(sock_path)  # made while RUNNING...
+    await client.disconnect()
+    with pytest.raises(EOFError):
+        await server.disconnect()
+    late = server.accept()  # ...and one made while IDLE
+    await server.start_server(sock_path)
+    await asyncio.wait_for(early, 5)  # awaited while IDLE: it connects
+    await asyncio.wait_for(late, 5)  # awaited while CONNECTING: accepts
+    assert client.runstate is server.runstate is Runstate.RUNNING
+    await close_both(client, server)
+
+
+async def test_disconnect_when_idle():
+    """disconnect() on an IDLE object goes DISCONNECTING -> IDLE, as the
+    reference library's does, and raises nothing."""
     proto = LineProtocol()
+    seen = []
+
+    async def watch():
+        for _ in range(2):
+            seen.append(await proto.runstate_changed())
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
     await proto.disconnect()
+    await watcher
+    assert seen == [Runstate.DISCONNECTING, Runstate.IDLE]
     assert proto.runstate is Runstate.IDLE
+
+
+async def test_runstate_changed_never_loses_a_change(tmp_path):
+    """A connect() that fails at once goes through three states without
+    yielding to the watcher; the watcher still sees each, in order."""
+    proto = LineProtocol()
+    seen = []
+
+    async def watch():
+        for _ in range(3):
+            seen.append(await proto.runstate_changed())
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    with pytest.raises(ConnectError):
+        await proto.connect(str(tmp_path / 'absent.sock'))
+    await asyncio.wait_for(watcher, 5)
+    assert seen == [Runstate.CONNECTING, Runstate.DISCONNECTING,
+                    Runstate.IDLE]
+
+
+async def test_runstate_changed_per_task_positions():
+    """Each task has its own position: a first call waits for the next
+    change; a task far behind skips to the oldest change kept."""
+    proto = LineProtocol()
+    for _ in range(20):  # 40 changes, more than are kept
+        await proto.disconnect()
+
+    async def next_change():
+        return await proto.runstate_changed()
+
+    first = asyncio.create_task(next_change())
+    await asyncio.sleep(0)
+    assert not first.done()
+    await proto.disconnect()
+    assert await first is Runstate.DISCONNECTING
+
+    behind = []
+
+    async def fall_behind():
+        behind.append(await proto.runstate_changed())
+        await gate.wait()
+        for _ in range(3):
+            behind.append(await proto.runstate_changed())
+
+    gate = asyncio.Event()
+    task = asyncio.create_task(fall_behind())
+    await asyncio.sleep(0)
+    for _ in range(20):
+        await proto.disconnect()
+    gate.set()
+    await task
+    # It saw change k (DISCONNECTING), then 39 more happened: k+1 (IDLE)
+    # to k+39.  The 32 kept are k+8 .. k+39, and k+8 is a DISCONNECTING.
+    assert behind == [Runstate.DISCONNECTING] + \
+        [Runstate.DISCONNECTING, Runstate.IDLE, Runstate.DISCONNECTING]
 
 
 async def test_runstate_changed_reports_each_state(sock_path):
@@ -379,7 +472,7 @@ def test_require_decorator():
         def act(self):
             return 'acted'
 
-    with pytest.raises(StateError, match='not connected'):
+    with pytest.raises(StateError, match='Thing is disconnected and idle'):
         Thing().act()
 
 
