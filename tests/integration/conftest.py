@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, List
@@ -23,11 +24,11 @@ from tests.conftest import require_binary
 
 
 class Daemon:
-    """A daemonized peer: its socket address and its pid."""
+    """A running peer: its socket address and its pid."""
 
-    def __init__(self, address, pidfile: Path) -> None:
+    def __init__(self, address, pid: int) -> None:
         self.address = address
-        self.pid = int(pidfile.read_text().strip())
+        self.pid = pid
 
     def alive(self) -> bool:
         try:
@@ -55,7 +56,7 @@ async def running(argv: List[str], address, pidfile: Path
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "
                            f"{err.decode(errors='replace')}")
-    peer = Daemon(address, pidfile)
+    peer = Daemon(address, int(pidfile.read_text().strip()))
     try:
         yield peer
     finally:
@@ -107,14 +108,39 @@ async def storage_daemon(tmp_path) -> AsyncIterator[Daemon]:
         yield peer
 
 
+# Run argv[2:] with the socket argv[1] as its fd 3, the way systemd's
+# socket activation hands one over.
+_SOCKET_ACTIVATION = (
+    "import os, sys\n"
+    "os.dup2(int(sys.argv[1]), 3)\n"
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
 @pytest.fixture
 async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
-    """qemu-ga listening on a UNIX socket on the host."""
+    """
+    qemu-ga listening on a UNIX socket on the host.
+
+    qemu-ga daemonizes before it creates its socket, so instead the test
+    listens first and hands the socket over (systemd socket activation:
+    fd 3, LISTEN_FDS=1, LISTEN_PID its own pid): it exists before qemu-ga
+    starts, and connecting can never race it.
+    """
     binary = require_binary('qemu-ga')
-    path, pidfile = tmp_path / 'qga.sock', tmp_path / 'qga.pid'
-    state = tmp_path / 'qga-state'
+    path, state = tmp_path / 'qga.sock', tmp_path / 'qga-state'
     state.mkdir()
-    async with running([binary, '-d', '-m', 'unix-listen', '-p', str(path),
-                        '-t', str(state), '-f', str(pidfile)],
-                       str(path), pidfile) as peer:
-        yield peer
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+        fd = listener.fileno()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, '-c', _SOCKET_ACTIVATION, str(fd), binary,
+            '-m', 'unix-listen', '-p', str(path), '-t', str(state),
+            pass_fds=[fd])
+    try:
+        yield Daemon(str(path), proc.pid)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
