@@ -24,11 +24,13 @@ import inspect
 import logging
 import socket
 from collections import deque
+from contextlib import asynccontextmanager
 from enum import Enum
 from functools import wraps
 from ssl import SSLContext
 from typing import (
     Any,
+    AsyncIterator,
     Awaitable,
     Callable,
     Deque,
@@ -357,8 +359,8 @@ class AsyncProtocol(Generic[T]):
             this address; it wraps the root cause, usually an `OSError`.
         """
         self._begin_session()
-        await self._session_guard(self._do_start_server(address, ssl),
-                                  "Failed to establish connection")
+        async with self._session_guard("Failed to establish connection"):
+            await self._do_start_server(address, ssl)
 
     @upper_half
     @require(Runstate.CONNECTING)
@@ -377,10 +379,10 @@ class AsyncProtocol(Generic[T]):
         """
         if self._accepted is None:
             raise QMPError("Cannot call accept() before start_server().")
-        await self._session_guard(self._do_accept(),
-                                  "Failed to establish connection")
-        await self._session_guard(self._establish_session(),
-                                  "Failed to establish session")
+        async with self._session_guard("Failed to establish connection"):
+            await self._do_accept()
+        async with self._session_guard("Failed to establish session"):
+            await self._establish_session()
 
     @upper_half
     @require(Runstate.IDLE)
@@ -401,10 +403,10 @@ class AsyncProtocol(Generic[T]):
             or, for a protocol-level failure, a `QMPError`).
         """
         self._begin_session()
-        await self._session_guard(self._do_connect(address, ssl),
-                                  "Failed to establish connection")
-        await self._session_guard(self._establish_session(),
-                                  "Failed to establish session")
+        async with self._session_guard("Failed to establish connection"):
+            await self._do_connect(address, ssl)
+        async with self._session_guard("Failed to establish session"):
+            await self._establish_session()
 
     @upper_half
     async def disconnect(self) -> None:
@@ -435,20 +437,21 @@ class AsyncProtocol(Generic[T]):
         self._lines = LineBuffer(self.readbuflen)
 
     @upper_half
-    async def _session_guard(self, coro: Awaitable[None], emsg: str) -> None:
+    @asynccontextmanager
+    async def _session_guard(self, emsg: str) -> AsyncIterator[None]:
         """
-        Run one phase of session set-up; roll back to `IDLE` on failure.
+        Context: one phase of session set-up; roll back to `IDLE` if the
+        block fails.
 
-        Exceptions are wrapped in `ConnectError`; `BaseException`s such as
-        `asyncio.CancelledError` are re-raised as they are, after the
+        Exceptions are wrapped in `ConnectError`; `BaseException`\\ s such
+        as `asyncio.CancelledError` are re-raised as they are, after the
         rollback.
 
-        :param coro: The phase to run.
         :param emsg: What failed, for the `ConnectError` message.
-        :raise ConnectError: When ``coro`` raises an `Exception`.
+        :raise ConnectError: When the block raises an `Exception`.
         """
         try:
-            await coro
+            yield
         except BaseException as err:
             self.logger.debug("%s: %s", emsg, exception_summary(err))
             await self._rollback()
