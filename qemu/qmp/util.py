@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
+import warnings
 from typing import Any, Coroutine, Optional, TypeVar
 
 
@@ -70,6 +71,33 @@ def pretty_traceback(prefix: str = "  | ") -> str:
     """
     lines = traceback.format_exc().rstrip('\n').split('\n')
     return '\n'.join(prefix + line for line in lines)
+
+
+def get_or_create_event_loop() -> asyncio.AbstractEventLoop:
+    """
+    Return this thread's event loop, making and setting one if it has none.
+
+    The running loop if there is one; else the loop set for this thread;
+    else a new loop, which is then set for this thread.  This is what
+    `asyncio.get_event_loop` did before Python 3.12 deprecated (and 3.14
+    removed) making one.  For synchronous code that needs a loop; asyncio
+    code should use `asyncio.get_running_loop`.
+
+    :return: The event loop.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        with warnings.catch_warnings():
+            # Pythons that still make a loop here warn that they do.
+            warnings.simplefilter('ignore', DeprecationWarning)
+            return asyncio.get_event_loop()
+    except RuntimeError:  # no loop set, and this Python makes none
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        return loop
 
 
 async def flush(writer: asyncio.StreamWriter) -> None:

@@ -59,3 +59,27 @@ def test_asyncio_run():
     thread.start()
     thread.join(10)
     assert results == [42]
+
+
+def test_get_or_create_event_loop_in_a_thread_without_one():
+    """A thread without a loop gets a new one, set for it; the next call
+    returns the same loop."""
+    found = []
+
+    def run():
+        loop = util.get_or_create_event_loop()
+        found.append((loop, util.get_or_create_event_loop(),
+                      asyncio.get_event_loop_policy().get_event_loop()))
+        asyncio.set_event_loop(None)
+        loop.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    first, second, current = found[0]
+    assert first is second is current
+
+
+async def test_get_or_create_event_loop_when_running():
+    """Inside a running loop, that loop."""
+    assert util.get_or_create_event_loop() is asyncio.get_running_loop()
