@@ -151,15 +151,15 @@ class BlockingConnection:
             connection stays usable; the late reply is dropped.
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: The connection had ended already.
-        :raise QMPError: Another command with this id is waiting.
+        :raise ValueError: Another command with this id is waiting.
         """
         key = reply_key(exec_id)
         with self._lock:
             if self._ended is not None:
                 raise self._not_connected()
             if key in self._waiting:
-                raise QMPError(f"A command with id {exec_id!r} is already "
-                               f"waiting for its reply")
+                raise ValueError(f"ID {exec_id!r} is in use by a command "
+                                 f"still waiting for its reply")
             self._waiting.add(key)
         try:
             sent = False

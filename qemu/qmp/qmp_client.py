@@ -19,6 +19,7 @@ from typing import (
     Hashable,
     Mapping,
     Optional,
+    Tuple,
     Union,
 )
 
@@ -218,47 +219,66 @@ def reply_value(reply: Message, sent: Message) -> object:
     raise ExecuteError(error, sent, reply)
 
 
+class _NoId:
+    def __repr__(self) -> str:
+        return 'NO_ID'
+
+
+#: Stands for "sent without an id" (JSON null is an id like any other).
+NO_ID: object = _NoId()
+
+
 class _PendingReplies:
     """
-    Futures of executions that wait for a reply, keyed by id.
+    The reply router: which execution waits for which reply.
 
-    Id-less executions (raw path) wait in a FIFO: the server answers
-    in-band commands in order, so an id-less reply belongs to the oldest.
+    It owns what an id means.  Replies are keyed by `_ids.reply_key` of
+    their JSON id, so ids of any JSON type route, ``null`` included.
+    Executions sent without an id (`NO_ID`, the raw path) wait in a FIFO:
+    the server answers in-band commands in order, so an id-less reply
+    belongs to the oldest of them.
     """
 
     def __init__(self) -> None:
-        self.by_id: Dict[Hashable, asyncio.Future[Message]] = {}
-        self.idless: Deque[asyncio.Future[Message]] = deque()
+        self._by_key: Dict[Hashable, asyncio.Future[Message]] = {}
+        self._idless: Deque[asyncio.Future[Message]] = deque()
 
     def __len__(self) -> int:
-        return len(self.by_id) + len(self.idless)
+        return len(self._by_key) + len(self._idless)
 
-    def add(self, key: Hashable) -> asyncio.Future[Message]:
-        if key in self.by_id:
-            raise QMPError(f"An execution with id {key!r} is already "
-                           "waiting for its reply")
+    def add(self, exec_id: object) -> asyncio.Future[Message]:
+        """
+        Make the future that the reply to ``exec_id`` will resolve.
+
+        :raise ValueError: Another execution waits on the same id.
+        """
         future = asyncio.get_running_loop().create_future()
-        self.by_id[key] = future
+        if exec_id is NO_ID:
+            self._idless.append(future)
+            return future
+        key = reply_key(exec_id)
+        if key in self._by_key:
+            raise ValueError(f"ID {exec_id!r} is in use by an execution "
+                             f"still waiting for its reply")
+        self._by_key[key] = future
         return future
 
-    def add_idless(self) -> asyncio.Future[Message]:
-        future = asyncio.get_running_loop().create_future()
-        self.idless.append(future)
-        return future
-
-    def discard(self, key: Hashable, future: asyncio.Future[Message]) -> None:
-        """Forget ``future`` (id-less when ``key`` is `None`), if waiting."""
-        if key is None:
+    def discard(self, exec_id: object,
+                future: asyncio.Future[Message]) -> None:
+        """Forget ``future``, if it still waits."""
+        if exec_id is NO_ID:
             try:
-                self.idless.remove(future)
+                self._idless.remove(future)
             except ValueError:
                 pass
-        elif self.by_id.get(key) is future:
-            del self.by_id[key]
+            return
+        key = reply_key(exec_id)
+        if self._by_key.get(key) is future:
+            del self._by_key[key]
 
-    def resolve(self, key: Hashable, msg: Message) -> bool:
-        """Hand ``msg`` to the execution waiting on ``key``, if any."""
-        future = self.by_id.pop(key, None)
+    def resolve(self, exec_id: object, msg: Message) -> bool:
+        """Hand ``msg`` to the execution waiting on ``exec_id``, if any."""
+        future = self._by_key.pop(reply_key(exec_id), None)
         if future is None or future.done():
             return False
         future.set_result(msg)
@@ -266,8 +286,8 @@ class _PendingReplies:
 
     def resolve_idless(self, msg: Message) -> bool:
         """Hand ``msg`` to the oldest id-less execution, if any."""
-        while self.idless:
-            future = self.idless.popleft()
+        while self._idless:
+            future = self._idless.popleft()
             if not future.done():
                 future.set_result(msg)
                 return True
@@ -275,9 +295,9 @@ class _PendingReplies:
 
     def fail_all(self, reason: str) -> None:
         """Raise `ExecInterruptedError` in every waiting execution."""
-        futures = [*self.by_id.values(), *self.idless]
-        self.by_id.clear()
-        self.idless.clear()
+        futures = [*self._by_key.values(), *self._idless]
+        self._by_key.clear()
+        self._idless.clear()
         for future in futures:
             if not future.done():
                 future.set_exception(ExecInterruptedError(reason))
@@ -494,67 +514,82 @@ class QMPClient(AsyncProtocol[Message], Events):
             receiving a reply from the server.
         :raise SerializationError: ``msg`` cannot be encoded as JSON.
         """
-        if not ('execute' in msg or 'exec-oob' in msg):
-            raise ValueError("Requires 'execute' or 'exec-oob' message")
-        exec_id = self._make_id()
-        wire = msg._wire_copy(id=exec_id)
+        exec_id, wire = self._prepare(msg, assign_id=True)
         reply = await self._exchange(exec_id, wire)
         return reply_value(reply, wire)
+
+    @upper_half
+    @require(Runstate.RUNNING)
+    async def _execute(self, msg: Message, assign_id: bool = True) -> Message:
+        """
+        Send a command and return the server's whole reply, as it came.
+
+        Error replies are returned, not raised.  ``msg`` itself is not
+        changed: the id goes into the copy that is sent.
+
+        :param msg: The command to send.
+        :param assign_id: Give the command an id of the client's own.
+            Without, it keeps its own id, or has none: id-less replies are
+            matched to id-less commands in order.
+        :return: The reply.
+        :raise ValueError: See `_prepare`.
+        :raise ExecInterruptedError: The session ended before the reply.
+        """
+        exec_id, wire = self._prepare(msg, assign_id)
+        return await self._exchange(exec_id, wire)
 
     @upper_half
     @require(Runstate.RUNNING)
     async def _raw(self, msg: Union[Message, Mapping[str, object], bytes],
                    assign_id: bool = True) -> Message:
         """
-        Execute a message as given and return the whole reply.
+        Execute a message given as a mapping or bytes; return the reply.
 
-        Error replies are returned, not raised.  With ``assign_id`` the
-        client adds its own id (and removes it from the reply); without,
-        the message keeps its own id, or has none: id-less replies are
-        matched to id-less commands in order.
+        Like `_execute`, and the reply must be a valid one.
 
         :param msg: The command to send.
         :param assign_id: Give the message an id of the client's own.
-        :return: The server's reply.
-        :raise ValueError: Neither 'execute' nor 'exec-oob'; 'exec-oob'
-            without an id; or an id that uses the client's own prefix.
+        :return: The server's reply, as it came (error replies too).
+        :raise ValueError: See `_prepare`.
         :raise BadReplyError: The reply is neither 'return' nor a valid
             'error'.
         :raise ExecInterruptedError: The session ended before the reply.
         """
         if not isinstance(msg, Message):
             msg = Message(msg)
-        if not ('execute' in msg or 'exec-oob' in msg):
-            raise ValueError("Requires 'execute' or 'exec-oob' message")
-
-        if assign_id:
-            exec_id: object = self._make_id()
-            wire = msg._wire_copy(id=exec_id)
-        elif 'id' in msg:
-            exec_id = msg['id']
-            check_caller_id(exec_id)
-            wire = msg._wire_copy()
-        else:
-            if 'exec-oob' in msg:
-                raise ValueError("'exec-oob' requires an 'id'")
-            exec_id = None
-            wire = msg._wire_copy()
-
+        exec_id, wire = self._prepare(msg, assign_id)
         reply = await self._exchange(exec_id, wire)
-        if assign_id:
-            del reply['id']
         check_reply(reply, wire)
         return reply
+
+    def _prepare(self, msg: Message,
+                 assign_id: bool) -> Tuple[object, Message]:
+        """
+        Check a command and make the copy to send, encoded once, now.
+
+        :return: The id its reply will carry (`NO_ID` for none), and the
+            copy.
+        :raise ValueError: Neither 'execute' nor 'exec-oob'; 'exec-oob'
+            without an id; or a caller's id that uses the client's prefix.
+        :raise SerializationError: ``msg`` cannot be encoded as JSON.
+        """
+        if not ('execute' in msg or 'exec-oob' in msg):
+            raise ValueError("Requires 'execute' or 'exec-oob' message")
+        if assign_id:
+            exec_id = self._make_id()
+            return exec_id, msg._wire_copy(id=exec_id)
+        if 'id' in msg:
+            caller_id = msg['id']
+            check_caller_id(caller_id)
+            return caller_id, msg._wire_copy()
+        if 'exec-oob' in msg:
+            raise ValueError("'exec-oob' requires an 'id'")
+        return NO_ID, msg._wire_copy()
 
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
         """Send ``wire`` and wait for the reply routed to ``exec_id``."""
         pending = self._pending
-        key: Hashable = None
-        if exec_id is None:
-            future = pending.add_idless()
-        else:
-            key = reply_key(exec_id)
-            future = pending.add(key)
+        future = pending.add(exec_id)
         try:
             if len(pending) == 1 and self._outgoing.empty():
                 # Nobody to share a write with, and everything sent
@@ -568,7 +603,7 @@ class QMPClient(AsyncProtocol[Message], Events):
             return await future
         finally:
             # On cancellation the late reply finds no one and is dropped.
-            pending.discard(key, future)
+            pending.discard(exec_id, future)
 
     @upper_half
     @require(Runstate.RUNNING)
@@ -635,8 +670,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         exec_id = msg.get('id', _ABSENT)
         if exec_id is not _ABSENT:
-            key = reply_key(exec_id)
-            if not self._pending.resolve(key, msg):
+            if not self._pending.resolve(exec_id, msg):
                 # The QMP spec: clients drop replies with an unknown id.
                 # It may also be the late reply of a cancelled execute().
                 self.logger.warning("Dropping reply with unknown id %r",

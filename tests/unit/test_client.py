@@ -469,10 +469,53 @@ async def test_raw_with_own_id(client, server):
     assert reply['id'] == [1, 'a'] and 'return' in reply
 
 
-async def test_raw_assigned_id_is_removed(client):
-    """With assign_id, the reply comes back without the client's id."""
+async def test_raw_reply_is_returned_as_it_came(client):
+    """With assign_id, the reply comes back as the server sent it, with
+    the client's id (as the reference library's _raw() does)."""
     reply = await client._raw(Message({'execute': 'query-status'}))
-    assert 'id' not in reply
+    assert reply['id'].startswith('__qmp#') and 'return' in reply
+
+
+@pytest.mark.parametrize('exec_id', [None, 0, 1, 1.5, True, False, '',
+                                     'text', [1, 'a'], {'k': [None]}])
+async def test_any_json_id_routes(client, server, exec_id):
+    """Ids of every JSON type route to their caller at once, null
+    included (it used to mean "no id" inside the router and hung)."""
+    server.on('echo', lambda args: args)
+    for call in (client._raw, client._execute):
+        msg = Message({'execute': 'echo', 'arguments': {'v': 1},
+                       'id': exec_id})
+        reply = await asyncio.wait_for(call(msg, assign_id=False), 5)
+        assert reply == {'return': {'v': 1}, 'id': exec_id}
+        assert msg['id'] == exec_id  # the caller's message is unchanged
+    # execute_msg() routes by an id of its own, whatever the caller's.
+    msg = Message({'execute': 'echo', 'arguments': {'v': 2},
+                   'id': exec_id})
+    assert await asyncio.wait_for(client.execute_msg(msg), 5) == {'v': 2}
+
+
+async def test_ids_are_json_values_not_python_values(client, server):
+    """true and 1 are different ids; 1 and 1.0 are the same number."""
+    gate = Gate()
+    server.on('slow', gate)
+    server.on('echo', lambda args: args)
+    first = asyncio.create_task(client._raw(
+        {'execute': 'slow', 'id': True}, assign_id=False))
+    await gate.entered.wait()
+    with pytest.raises(ValueError, match='in use'):
+        await client._raw({'execute': 'echo', 'id': True}, assign_id=False)
+    gate.opened.set()
+    assert (await first)['id'] is True
+    reply = await client._raw({'execute': 'echo', 'id': 1},
+                              assign_id=False)
+    assert reply['id'] == 1 and reply['id'] is not True
+
+
+async def test_execute_returns_the_whole_reply(client, server):
+    """_execute() (the reference's name) returns the reply, errors too."""
+    server.on('fail', CommandError('GenericError', 'no'))
+    reply = await client._execute(Message({'execute': 'fail'}))
+    assert reply['error']['desc'] == 'no' and 'id' in reply
 
 
 async def test_raw_error_is_returned(client, server):
@@ -499,7 +542,7 @@ async def test_raw_duplicate_id_refused(client, server):
     first = asyncio.create_task(
         client._raw({'execute': 'slow', 'id': 7}, assign_id=False))
     await server.wait_for_command('slow')
-    with pytest.raises(QMPError, match='already waiting'):
+    with pytest.raises(ValueError, match='in use'):
         await client._raw({'execute': 'x', 'id': 7}, assign_id=False)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -270,6 +270,23 @@ def test_any_json_id_routes(qmp, exec_id):
     assert reply == {'return': {'v': 1}, 'id': exec_id}
 
 
+def test_duplicate_id_is_refused(qmp, fake):
+    """A caller's id already waiting for its reply (in another thread) is
+    a ValueError, and nothing is sent."""
+    fake.server.on('hang', lambda args: NO_REPLY)
+    waiter = threading.Thread(target=lambda: pytest.raises(
+        ExecInterruptedError, qmp.cmd_obj, {'execute': 'hang', 'id': 7}))
+    waiter.start()
+    fake.run(fake.server.wait_for_command('hang'))
+    received = len(fake.server.received)
+    with pytest.raises(ValueError, match='in use'):
+        qmp.cmd_obj({'execute': 'query-status', 'id': 7.0})
+    assert len(fake.server.received) == received
+    qmp.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+
+
 def test_bad_commands_are_refused_before_sending(qmp, fake):
     """No 'execute', a reserved id, or a value JSON cannot carry: a clear
     error in the caller, nothing sent, the session fine."""
