@@ -4,15 +4,15 @@ qmp-shell: an interactive (or scripted) QMP shell.
 Usage::
 
     qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c CMD] ADDRESS
-    qmp-shell-wrap [shell options] -- qemu-system-x86_64 [QEMU options]
+    qmp-shell-wrap [shell options] [--] [qemu-system-x86_64 [QEMU options]]
     qmp-shell --demo
 
-ADDRESS is a UNIX socket path or ``host:port``.  Input lines look like::
+ADDRESS is a UNIX socket path or ``host:port`` (``$QMP_SOCKET`` when
+omitted).  Input lines look like::
 
     query-status
     block-job-cancel device=job0 force=true
     blockdev-add driver=null-co node-name=n0 size=1048576
-    object-add qom-type=memory-backend-ram id=m0 size=1048576
     set-numa-node type=node cpus.0=1 cpus.1=2       (dotted keys nest)
     {"execute": "query-status"}                     (raw JSON as is)
     transaction(
@@ -23,11 +23,16 @@ ADDRESS is a UNIX socket path or ``host:port``.  Input lines look like::
 Values are JSON where they parse as JSON (numbers, true/false/null, lists,
 objects, "quoted strings") and plain strings otherwise.  With ``-H`` each
 line is an HMP command instead.  Events are printed before each prompt.
+
+`QMPShell` and `HMPShell` are `QEMUMonitorProtocol`\\ s that read commands,
+as in the reference library: construct one with an address, `connect`,
+then run `QMPShell.repl` (or `QMPShell.run_line` for a single line).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -36,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 from typing import (
+    IO,
     Any,
     Dict,
     Iterator,
@@ -43,15 +49,17 @@ from typing import (
     NoReturn,
     Optional,
     Sequence,
-    TextIO,
+    Type,
+    Union,
 )
 
 from .error import QMPError
-from .legacy import QEMUMonitorProtocol, QMPBadPortError
-from .protocol import SocketAddrT
+from .legacy import QEMUMonitorProtocol, QMPBadPortError, QMPMessage
+from .protocol import ConnectError, SocketAddrT
 
 
-__all__ = ['QMPShellError', 'CommandParser', 'QMPShell', 'main',
+__all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
+           'QMPShell', 'HMPShell', 'common_parser', 'die', 'main',
            'main_wrap']
 
 # A word: runs of non-space characters and quoted strings (which may hold
@@ -61,6 +69,63 @@ _WORD = re.compile(r'''(?:[^\s"']|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')+''')
 
 class QMPShellError(QMPError):
     """A line the shell cannot turn into a command."""
+
+
+class QMPCompleter:
+    """
+    Tab completion for readline: the words that start with what was typed.
+
+    >>> completer = QMPCompleter()
+    >>> for word in ('query-status', 'query-version', 'stop'):
+    ...     completer.append(word)
+    >>> [completer.complete('query-', n) for n in range(3)]
+    ['query-status', 'query-version', None]
+    """
+
+    def __init__(self) -> None:
+        self._words: List[str] = []
+
+    def append(self, value: str) -> None:
+        """Offer ``value`` as a completion."""
+        self._words.append(value)
+
+    @property
+    def words(self) -> List[str]:
+        """The completions offered, in the order they were added."""
+        return list(self._words)
+
+    def complete(self, text: str, state: int) -> Optional[str]:
+        """
+        The readline completer: the ``state``-th match of ``text``.
+
+        :return: The match, or `None` when there are no more.
+        """
+        matches = [word for word in self._words if word.startswith(text)]
+        return matches[state] if state < len(matches) else None
+
+
+class FuzzyJSON(ast.NodeTransformer):
+    """
+    Read JSON's literals in a Python expression: an AST transformer that
+    turns the names ``true``, ``false`` and ``null`` into constants, so
+    `ast.literal_eval` accepts JSON and Python literals mixed.
+
+    >>> tree = FuzzyJSON().visit(ast.parse('[true, null, {"a": false}]',
+    ...                                    mode='eval'))
+    >>> ast.literal_eval(tree)
+    [True, None, {'a': False}]
+    """
+
+    _CONSTANTS = {'true': True, 'false': False, 'null': None}
+
+    @classmethod
+    def visit_Name(cls,  # pylint: disable=invalid-name
+                   node: ast.Name) -> ast.AST:
+        """Replace ``true``, ``false`` and ``null``; keep other names."""
+        if node.id in cls._CONSTANTS:
+            return ast.copy_location(
+                ast.Constant(value=cls._CONSTANTS[node.id]), node)
+        return node
 
 
 class CommandParser:
@@ -178,59 +243,131 @@ class CommandParser:
     @staticmethod
     def parse_value(text: str) -> object:
         """
-        JSON if it parses as JSON, else the text itself.
+        A value: JSON if it parses as JSON, else the text itself.
+
+        Lists and objects may also be written as Python literals, with
+        single quotes and ``None``/``True``/``False`` (or JSON's
+        ``null``/``true``/``false``); ``True``/``FALSE`` and the like are
+        booleans too, as in the reference library's shell.
 
         >>> [CommandParser.parse_value(v) for v in
         ...  ('1', '1.5', 'true', 'null', '[1]', '"a b"', 'abc', "'x'")]
         [1, 1.5, True, None, [1], 'a b', 'abc', 'x']
+        >>> CommandParser.parse_value("{'a':[True,null,'b']}")
+        {'a': [True, None, 'b']}
 
-        :raise QMPShellError: Text that looks like a JSON list or object
-            but is not valid JSON.
+        :raise QMPShellError: Text that looks like a list or an object but
+            is neither valid JSON nor a valid literal.
         """
         try:
             return json.loads(text)
         except ValueError as err:
-            if len(text) > 1 and text[0] == text[-1] == "'":
-                return text[1:-1]
-            if text.startswith(('{', '[')):
-                raise QMPShellError(
-                    f"invalid JSON value {text!r}: {err}") from err
+            json_error = err
+        if text.lower() in ('true', 'false'):
+            return text.lower() == 'true'
+        if len(text) > 1 and text[0] == text[-1] == "'":
+            return text[1:-1]
+        if not text.startswith(('{', '[')):
             return text
+        try:
+            tree = FuzzyJSON().visit(ast.parse(text, mode='eval'))
+            return ast.literal_eval(tree)
+        except (SyntaxError, ValueError, TypeError, MemoryError,
+                RecursionError):
+            raise QMPShellError(
+                f"invalid JSON value {text!r}: {json_error}") from None
 
 
-class QMPShell:
+class QMPShell(QEMUMonitorProtocol):
     """
-    The shell itself, over a connected `QEMUMonitorProtocol`.
+    A QMP shell: a `QEMUMonitorProtocol` that runs the commands it reads.
 
-    :param qmp: The monitor connection (connected already).
-    :param hmp: Send lines as HMP commands.
-    :param verbose: Echo each QMP command sent.
+    Used as in the reference library::
+
+        with QMPShell('/tmp/qmp.sock') as shell:
+            shell.connect()
+            for _ in shell.repl():
+                pass
+
+    :param address: QMP server address: a UNIX socket path or a
+        ``(host, port)`` tuple.
     :param pretty: Indent JSON output.
-    :param json_output: Print replies and events as one JSON line each.
-    :param logfile: Append each command and reply here, as JSON lines.
-    :param out: Where to print (standard output by default).
+    :param verbose: Print each command before sending it.
+    :param server: Listen at ``address`` for QEMU to connect; then call
+        `accept` instead of `connect`.
+    :param logfile: A path (appended to) or an open text file: every
+        command, reply and event is written to it, one JSON object per
+        line (``{"command": ...}``, ``{"reply": ...}``, ``{"event": ...}``).
+    :param json_output: Print each reply and event as one compact JSON
+        line, for other programs.
+    :param stdin: Where lines come from (standard input by default).
+    :param out: Where output goes (standard output by default).
     """
 
-    def __init__(self, qmp: QEMUMonitorProtocol, *, hmp: bool = False,
-                 verbose: bool = False, pretty: bool = False,
+    def __init__(self, address: SocketAddrT, pretty: bool = False,
+                 verbose: bool = False, server: bool = False,
+                 logfile: Optional[Union[str, IO[str]]] = None, *,
                  json_output: bool = False,
-                 logfile: Optional[TextIO] = None,
-                 out: Optional[TextIO] = None) -> None:
-        self.qmp = qmp
-        self.hmp = hmp
-        self.verbose = verbose
+                 stdin: Optional[IO[str]] = None,
+                 out: Optional[IO[str]] = None) -> None:
+        # pylint: disable=too-many-arguments
+        self.logfile: Optional[IO[str]] = None
+        self._owns_logfile = isinstance(logfile, str)
+        super().__init__(address, server=server)
         self.pretty = pretty
+        self.verbose = verbose
         self.json_output = json_output
-        self.logfile = logfile
-        self.out = out or sys.stdout
+        self.stdin = stdin
+        self.out = out
+        #: The input syntax, with any transaction being entered.
         self.parser = CommandParser()
-        #: Words offered by tab completion.
-        self.completions: List[str] = []
+        #: How many lines failed (bad syntax, error reply, no reply).
+        self.failures = 0
+        #: Send ``quit`` before closing (for a QEMU the shell started).
+        self.quit_on_close = False
+        self._completer = QMPCompleter()
+        self._greeting: Optional[QMPMessage] = None
+        self._readline_used = False
+        if isinstance(logfile, str):
+            self.logfile = open(logfile, 'a', encoding='utf-8')
+        else:
+            self.logfile = logfile
 
-    # -- output ------------------------------------------------------
+    # -- connecting and closing --------------------------------------------
+
+    def connect(self, negotiate: bool = True) -> None:
+        """
+        Connect to the QMP monitor (see `QEMUMonitorProtocol.connect`).
+
+        The greeting is kept for `show_banner`; nothing is returned.
+        """
+        self._greeting = super().connect(negotiate)
+
+    def accept(self, timeout: Optional[float] = 15.0) -> QMPMessage:
+        """Accept QEMU's connection (see `QEMUMonitorProtocol.accept`)."""
+        self._greeting = super().accept(timeout)
+        return self._greeting
+
+    def close(self) -> None:
+        """Save the history, close the log and the connection."""
+        if self.quit_on_close:
+            self.quit_on_close = False
+            try:
+                self.cmd('quit')
+            except QMPError:
+                pass  # already gone: that is what quit asks for anyway
+        if self._readline_used:
+            self._readline_used = False
+            _save_history()
+        logfile, self.logfile = self.logfile, None
+        if logfile is not None and self._owns_logfile:
+            logfile.close()
+        super().close()
+
+    # -- output ----------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(text, file=self.out or sys.stdout, flush=True)
 
     def _format(self, value: object) -> str:
         if self.json_output:
@@ -244,36 +381,61 @@ class QMPShell:
 
     def print_events(self) -> None:
         """Print (and log) the events that arrived so far."""
-        for event in self.qmp.get_events():
+        for event in self.get_events():
             self._log('event', event)
             self._print(self._format(event))
 
-    # -- completion --------------------------------------------------
+    def show_banner(self,
+                    msg: str = 'Welcome to the QMP low-level shell!') -> None:
+        """
+        Print ``msg``, then the server's QEMU version if it greeted us.
+
+        :param msg: The welcome line.
+        """
+        self._print(msg)
+        version = (self._greeting or {}).get('QMP', {}).get('version', {})
+        qemu = version.get('qemu') if isinstance(version, dict) else None
+        if isinstance(qemu, dict):
+            self._print("Connected to QEMU {major}.{minor}.{micro}\n"
+                        .format_map(qemu))
+        else:
+            self._print('Connected')
+
+    # -- completion ------------------------------------------------------
+
+    @property
+    def completions(self) -> List[str]:
+        """The words Tab completes, as loaded by `load_completions`."""
+        return self._completer.words
 
     def load_completions(self) -> None:
-        """Fetch command names for tab completion; never fails."""
+        """Fetch what Tab completes (command names); never fails."""
+        completer = QMPCompleter()
         try:
-            if self.hmp:
-                text = self.qmp.cmd('human-monitor-command',
-                                    **{'command-line': 'help'})
-                names = [line.split()[0].split('|')[0]
-                         for line in str(text).splitlines()
-                         if line and not line[0].isspace()]
-            else:
-                commands = self.qmp.cmd('query-commands')
-                names = [cmd['name'] for cmd in commands  # type: ignore
-                         if isinstance(cmd, dict) and 'name' in cmd]
-        except Exception:  # pylint: disable=broad-except
-            names = []  # completion is a convenience; carry on without
-        self.completions = sorted(set(names))
+            for word in sorted(set(self._completion_words())):
+                completer.append(word)
+        except QMPError:
+            pass  # completion is a convenience: carry on without
+        self._completer = completer
+
+    def _completion_words(self) -> List[str]:
+        commands = self.cmd('query-commands')
+        return [cmd['name'] for cmd in commands  # type: ignore
+                if isinstance(cmd, dict) and isinstance(cmd.get('name'), str)]
 
     def complete(self, text: str, state: int) -> Optional[str]:
-        """A readline completer over `completions`."""
-        matches = [name for name in self.completions
-                   if name.startswith(text)]
-        return matches[state] if state < len(matches) else None
+        """The readline completer (see `QMPCompleter.complete`)."""
+        return self._completer.complete(text, state)
 
-    # -- running commands ------------------------------------------------
+    # -- running lines ---------------------------------------------------
+
+    def command_for(self, line: str) -> Optional[QMPMessage]:
+        """
+        The command a line stands for, or `None` for no command yet.
+
+        :raise QMPShellError: The line is not valid.
+        """
+        return self.parser.parse(line)
 
     def run_line(self, line: str) -> bool:
         """
@@ -282,22 +444,15 @@ class QMPShell:
         :return: `False` if the line failed (bad syntax or error reply).
         """
         try:
-            if self.hmp:
-                if not line.strip():
-                    return True
-                cmd: Optional[Dict[str, Any]] = {
-                    'execute': 'human-monitor-command',
-                    'arguments': {'command-line': line.strip()}}
-            else:
-                cmd = self.parser.parse(line)
-            if cmd is None:
-                return True
-            return self.run_command(cmd)
+            cmd = self.command_for(line)
         except QMPShellError as err:
             self._print(f"Error: {err}")
             return False
+        if cmd is None:
+            return True
+        return self.run_command(cmd)
 
-    def run_command(self, cmd: Dict[str, Any]) -> bool:
+    def run_command(self, cmd: QMPMessage) -> bool:
         """
         Send one command, print and log the reply.
 
@@ -307,7 +462,7 @@ class QMPShell:
             self._print(self._format(cmd))
         self._log('command', cmd)
         try:
-            reply = self.qmp.cmd_obj(cmd)
+            reply = self.cmd_obj(cmd)
         except QMPError as err:
             self._print(f"Error: {type(err).__name__}: {err}")
             return False
@@ -320,62 +475,174 @@ class QMPShell:
                 self._print(f"Error: {error.get('class')}: "
                             f"{error.get('desc')}")
             return False
-        value = reply.get('return')
-        if self.hmp and isinstance(value, str) and not self.json_output:
-            if value:
-                self._print(value.rstrip('\n'))
-        elif self.json_output or self.verbose or self.pretty:
-            self._print(self._format(reply))
-        else:
-            self._print(self._format(value))
+        self.show_return(reply)
         return True
 
-    # -- the loop ------------------------------------------------------
+    def show_return(self, reply: QMPMessage) -> None:
+        """Print a successful reply (its value, or all of it)."""
+        if self.json_output or self.verbose or self.pretty:
+            self._print(self._format(reply))
+        else:
+            self._print(self._format(reply.get('return')))
 
+    # -- the loop ----------------------------------------------------------
+
+    @property
+    def prompt(self) -> str:
+        """The prompt for the next line, with its trailing space."""
+        return 'TRANS> ' if self.parser.in_transaction else '(QEMU) '
+
+    def _interactive(self) -> bool:
+        stream = self.stdin or sys.stdin
+        return stream is sys.stdin and stream.isatty()
+
+    def _read_line(self) -> Optional[str]:
+        """The next input line; `None` at end of input."""
+        if self._interactive():
+            try:
+                return input(self.prompt)
+            except EOFError:
+                self._print('')
+                return None
+        line = (self.stdin or sys.stdin).readline()
+        return line or None
+
+    def read_exec_command(self) -> bool:
+        """
+        Print pending events, then read one line and run it.
+
+        :return: `False` at end of input, `True` otherwise.
+        """
+        self.print_events()
+        line = self._read_line()
+        if line is None:
+            return False
+        if not self.run_line(line):
+            self.failures += 1
+        return True
+
+    def repl(self) -> Iterator[None]:
+        """
+        Read and run lines until end of input; yields after each line.
+
+        On a terminal: a banner, Tab completion and history first.  The
+        connection is closed at the end, as in the reference library.
+        """
+        try:
+            if self._interactive():
+                self._setup_readline()
+                if not self.json_output:
+                    self.show_banner()
+            while self.read_exec_command():
+                yield
+        finally:
+            self.close()
+
+    def _setup_readline(self) -> None:
+        try:
+            import readline  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            return
+        self.load_completions()
+        readline.set_completer(self.complete)
+        readline.parse_and_bind('tab: complete')
+        readline.set_completer_delims(self._completer_delims)
+        try:
+            readline.read_history_file(history_path())
+        except OSError:
+            pass
+        self._readline_used = True
+
+    # Characters that end the word Tab completes.
+    _completer_delims = ' \t\n'
+
+
+class HMPShell(QMPShell):
+    """
+    An HMP shell over QMP: each line is a human monitor command, sent
+    through ``human-monitor-command``.
+
+    ``cpu N`` picks the CPU later commands act on, as in QEMU's monitor.
+    Constructed and used like `QMPShell`.
+    """
+
+    def __init__(self, address: SocketAddrT, pretty: bool = False,
+                 verbose: bool = False, server: bool = False,
+                 logfile: Optional[Union[str, IO[str]]] = None,
+                 **kwargs: Any) -> None:
+        # pylint: disable=too-many-arguments
+        super().__init__(address, pretty, verbose, server, logfile,
+                         **kwargs)
+        # None until "cpu N": QEMU without CPUs refuses any cpu-index.
+        self._cpu_index: Optional[int] = None
+
+    def show_banner(self, msg: str = 'Welcome to the HMP shell!') -> None:
+        """Print ``msg`` and the QEMU version (see `QMPShell`)."""
+        super().show_banner(msg)
+
+    @property
     def prompt(self) -> str:
         """The prompt for the next line."""
-        if self.hmp:
-            return '(QEMU) '
-        return '... ' if self.parser.in_transaction else '(QEMU) '
+        return '(QEMU) '
 
-    def lines(self, stream: TextIO, interactive: bool) -> Iterator[str]:
-        """Input lines until EOF; prompts only when interactive."""
-        while True:
-            self.print_events()
-            try:
-                if interactive:
-                    yield input(self.prompt())
-                else:
-                    line = stream.readline()
-                    if not line:
-                        return
-                    yield line
-            except EOFError:
-                if interactive:
-                    self._print('')
-                return
+    def _hmp(self, command_line: str,
+             cpu_index: Optional[int]) -> QMPMessage:
+        arguments: Dict[str, object] = {'command-line': command_line}
+        if cpu_index is not None:
+            arguments['cpu-index'] = cpu_index
+        return {'execute': 'human-monitor-command', 'arguments': arguments}
 
-    def repl(self, stream: Optional[TextIO] = None) -> int:
+    def command_for(self, line: str) -> Optional[QMPMessage]:
         """
-        Run lines until EOF.
+        The ``human-monitor-command`` for an HMP line (`None` if blank).
 
-        :return: 0, or 1 if any line failed and input was not a terminal.
+        :raise QMPShellError: ``cpu`` without a valid CPU index.
         """
-        stream = stream or sys.stdin
-        interactive = stream.isatty()
-        failed = False
-        if interactive:
-            _setup_readline(self)
+        words = line.split()
+        if not words:
+            return None
+        if words[0] == 'cpu':
+            self._select_cpu(words[1:])
+            return None
+        return self._hmp(line.strip(), self._cpu_index)
+
+    def _select_cpu(self, words: List[str]) -> None:
         try:
-            for line in self.lines(stream, interactive):
-                if not self.run_line(line):
-                    failed = True
-        except KeyboardInterrupt:
-            self._print('')
-        finally:
-            if interactive:
-                _save_history()
-        return 1 if failed and not interactive else 0
+            (index,) = [int(word) for word in words]
+        except ValueError:
+            raise QMPShellError("cpu takes one CPU index, a number") from None
+        if 'return' not in self.cmd_obj(self._hmp('info version', index)):
+            raise QMPShellError(f"no CPU with index {index}")
+        self._cpu_index = index
+
+    def show_return(self, reply: QMPMessage) -> None:
+        """Print the command's text output as it is."""
+        value = reply.get('return')
+        if self.json_output or not isinstance(value, str):
+            super().show_return(reply)
+        elif value:
+            # QEMU's monitor ends lines with CRLF.
+            self._print(value.replace('\r\n', '\n').rstrip('\n'))
+
+    def _completion_words(self) -> List[str]:
+        words = ['help info']
+        text = self.cmd('human-monitor-command', **{'command-line': 'help'})
+        for line in str(text).splitlines():
+            if not line or line[0].isspace() or line[0] == '[':
+                continue
+            # "quit|q  -- quit the emulator": the full name of the command
+            name = max(line.split()[0].split('|'), key=len)
+            if name != 'info':
+                words += [name, f'help {name}']
+        text = self.cmd('human-monitor-command', **{'command-line': 'info'})
+        for line in str(text).splitlines():
+            parts = line.split()
+            if len(parts) > 1 and parts[0] == 'info':
+                words.append(f'info {parts[1]}')
+        return words
+
+    # Lines like "info block" complete as a whole.
+    _completer_delims = '\t\n'
 
 
 def history_path() -> str:
@@ -384,20 +651,6 @@ def history_path() -> str:
     if state:
         return os.path.join(state, 'qmp-shell', 'history')
     return os.path.join(os.path.expanduser('~'), '.qmp-shell_history')
-
-
-def _setup_readline(shell: QMPShell) -> None:
-    try:
-        import readline  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        return
-    readline.set_completer(shell.complete)
-    readline.parse_and_bind('tab: complete')
-    readline.set_completer_delims(' \t\n')
-    try:
-        readline.read_history_file(history_path())
-    except OSError:
-        pass
 
 
 def _save_history() -> None:
@@ -418,12 +671,14 @@ def _save_history() -> None:
 # Command lines
 # ---------------------------------------------------------------------
 
-def _options(parser: argparse.ArgumentParser) -> None:
+def common_parser() -> argparse.ArgumentParser:
+    """
+    The options qmp-shell and qmp-shell-wrap share with the reference
+    library's: -H, -v, -p and -l.  Each program adds its own.
+    """
+    parser = argparse.ArgumentParser()
     parser.add_argument('-H', '--hmp', action='store_true',
                         help='HMP mode: lines are HMP commands')
-    parser.add_argument('-N', '--skip-negotiation', action='store_true',
-                        help='do not wait for a greeting nor negotiate '
-                             '(for the guest agent)')
     parser.add_argument('-v', '--verbose', action='store_true',
                         help='echo each QMP command sent')
     parser.add_argument('-p', '--pretty', action='store_true',
@@ -431,6 +686,10 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('-l', '--logfile', metavar='FILE',
                         help='append commands, replies and events to FILE '
                              'as JSON lines')
+    return parser
+
+
+def _shell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', action='store_true', dest='json_output',
                         help='machine-readable output: one JSON line per '
                              'reply or event')
@@ -439,31 +698,22 @@ def _options(parser: argparse.ArgumentParser) -> None:
                              '(status 1 on an error reply)')
 
 
-def _fail(message: str) -> NoReturn:
-    print(f"qmp-shell: {message}", file=sys.stderr)
-    sys.exit(2)
+def die(msg: str) -> NoReturn:
+    """Print ``ERROR: msg`` on standard error and exit with status 1."""
+    sys.stderr.write(f"ERROR: {msg}\n")
+    sys.exit(1)
 
 
-def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
-              connect: bool = True, quit_after: bool = False,
-              greeting: Optional[Dict[str, Any]] = None) -> int:
-    """
-    Connect (unless told not to), then run the command or the REPL.
+def _make_shell(address: SocketAddrT, args: argparse.Namespace,
+                server: bool = False) -> QMPShell:
+    shell_class: Type[QMPShell] = HMPShell if args.hmp else QMPShell
+    return shell_class(address, args.pretty, args.verbose, server,
+                       logfile=args.logfile, json_output=args.json_output)
 
-    With ``quit_after``, ask the server to quit when done (for a QEMU
-    the shell started itself).  ``greeting`` is the server's greeting when
-    the caller connected already.
-    """
-    if connect:
-        try:
-            greeting = qmp.connect(negotiate=not args.skip_negotiation)
-        except QMPError as err:
-            _fail(f"could not connect: {err}")
-    logfile = open(args.logfile, 'a') if args.logfile else None
+
+def _run(shell: QMPShell, args: argparse.Namespace) -> int:
+    """Run the one-shot command or the REPL; close; the exit status."""
     try:
-        shell = QMPShell(qmp, hmp=args.hmp, verbose=args.verbose,
-                         pretty=args.pretty, json_output=args.json_output,
-                         logfile=logfile)
         if args.command is not None:
             ok = shell.run_line(args.command)
             if ok and shell.parser.in_transaction:
@@ -471,62 +721,64 @@ def run_shell(qmp: QEMUMonitorProtocol, args: argparse.Namespace,
                 print("Error: transaction( was not closed", file=sys.stderr)
             shell.print_events()
             return 0 if ok else 1
-        if sys.stdin.isatty():
-            shell.load_completions()
-            if not args.json_output:
-                version = greeting['QMP']['version'].get('qemu') \
-                    if greeting else None
-                print(f"Welcome to the QMP shell (QEMU {version}); "
-                      "Ctrl-D to leave.")
-        return shell.repl()
+        interactive = shell._interactive()
+        for _ in shell.repl():
+            pass
+        return 1 if shell.failures and not interactive else 0
+    except KeyboardInterrupt:
+        print('', flush=True)
+        return 0
     finally:
-        if logfile is not None:
-            logfile.close()
-        if quit_after:
-            try:
-                qmp.cmd('quit')
-            except Exception:  # pylint: disable=broad-except
-                pass  # already gone; the caller stops it anyway
-        qmp.close()
+        shell.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``qmp-shell``."""
-    parser = argparse.ArgumentParser(
-        prog='qmp-shell', description='An interactive QMP shell.')
-    _options(parser)
+    parser = common_parser()
+    parser.prog = 'qmp-shell'
+    parser.description = 'An interactive QMP shell.'
+    parser.add_argument('-N', '--skip-negotiation', action='store_true',
+                        help='do not wait for a greeting nor negotiate '
+                             '(for the guest agent)')
+    _shell_options(parser)
     parser.add_argument('--demo', action='store_true',
                         help='start a QEMU (or, without one, the built-in '
                              'test server) and open a shell on it')
     parser.add_argument('address', nargs='?',
-                        help='UNIX socket path or host:port')
+                        default=os.environ.get('QMP_SOCKET'),
+                        help='UNIX socket path or host:port '
+                             '(default: $QMP_SOCKET)')
     args = parser.parse_args(argv)
     if args.demo:
         return _demo(args)
     if args.address is None:
-        parser.error('the address is required')
+        parser.error('the address is required (or set QMP_SOCKET)')
     try:
-        address: SocketAddrT = QEMUMonitorProtocol.parse_address(
-            args.address)
+        address = QMPShell.parse_address(args.address)
     except QMPBadPortError as err:
-        _fail(str(err))
-    return run_shell(QEMUMonitorProtocol(address), args)
+        parser.error(str(err))
+    shell = _make_shell(address, args)
+    try:
+        shell.connect(negotiate=not args.skip_negotiation)
+    except (ConnectError, QMPError) as err:
+        shell.close()
+        die(f"could not connect to {args.address}: {err}")
+    return _run(shell, args)
 
 
 def main_wrap(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``qmp-shell-wrap``: start QEMU, attach a shell."""
-    parser = argparse.ArgumentParser(
-        prog='qmp-shell-wrap',
-        description='Start QEMU with a private QMP socket and attach a '
-                    'shell to it: qmp-shell-wrap [options] -- QEMU ARGS...')
-    _options(parser)
+    parser = common_parser()
+    parser.prog = 'qmp-shell-wrap'
+    parser.description = ('Start QEMU with a private QMP socket and attach '
+                          'a shell to it: qmp-shell-wrap [options] -- '
+                          'QEMU ARGS... (qemu-system-x86_64 by default)')
+    _shell_options(parser)
     parser.add_argument('qemu', nargs=argparse.REMAINDER,
                         help='the QEMU command line, after --')
     args = parser.parse_args(argv)
     qemu = args.qemu[1:] if args.qemu[:1] == ['--'] else args.qemu
-    if not qemu:
-        parser.error('give the QEMU command line after --')
-    return wrap(qemu, args)
+    return wrap(qemu or ['qemu-system-x86_64'], args)
 
 
 def wrap(qemu: List[str], args: argparse.Namespace) -> int:
@@ -535,21 +787,21 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
     path = os.path.join(tmpdir, 'qmp.sock')
     proc: Optional[subprocess.Popen[bytes]] = None
     try:
-        qmp = QEMUMonitorProtocol(path, server=True)
+        shell = _make_shell(path, args, server=True)
         try:
             proc = subprocess.Popen(
                 [*qemu, '-chardev', f'socket,id=qmp-shell,path={path}',
                  '-mon', 'chardev=qmp-shell,mode=control'])
         except OSError as err:
-            qmp.close()
-            _fail(f"could not start {qemu[0]}: {err}")
+            shell.close()
+            die(f"could not start {qemu[0]}: {err}")
         try:
-            greeting = qmp.accept(30.0)
+            shell.accept(30.0)
         except Exception as err:  # pylint: disable=broad-except
-            qmp.close()
-            _fail(f"{qemu[0]} did not connect: {err}")
-        return run_shell(qmp, args, connect=False, quit_after=True,
-                         greeting=greeting)
+            shell.close()
+            die(f"{qemu[0]} did not connect: {err}")
+        shell.quit_on_close = True
+        return _run(shell, args)
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -574,7 +826,9 @@ def _demo(args: argparse.Namespace) -> int:
           "test server, with a few commands (query-status, stop, cont, "
           "query-version, query-commands).", flush=True)
     with FakeQEMU() as address:
-        return run_shell(QEMUMonitorProtocol(address), args)
+        shell = _make_shell(address, args)
+        shell.connect()
+        return _run(shell, args)
 
 
 if __name__ == '__main__':

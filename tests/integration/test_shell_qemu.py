@@ -131,3 +131,35 @@ def test_demo_with_qemu():
     result = shell(['--demo'], 'query-status\n')
     assert result.returncode == 0, result.stderr
     assert 'Starting' in result.stdout and '"running"' in result.stdout
+
+
+def test_shell_objects_against_qemu(qemu):
+    """QMPShell and HMPShell used as objects, as the reference library's
+    users do: construct, connect, run lines, use the inherited legacy
+    methods, repl() over a script of lines."""
+    import io
+
+    from qemu.qmp.qmp_shell import HMPShell, QMPShell
+
+    out = io.StringIO()
+    with QMPShell(qemu.address, False, False, out=out,
+                  stdin=io.StringIO('stop\nquery-status\n')) as shell:
+        shell.connect()
+        shell.show_banner()
+        assert 'Connected to QEMU ' in out.getvalue()
+        assert sum(1 for _ in shell.repl()) == 2
+    lines = out.getvalue().splitlines()
+    assert json.loads(lines[-2])['event'] == 'STOP'
+    assert json.loads(lines[-1])['status'] == 'paused'
+
+    out = io.StringIO()
+    with HMPShell(qemu.address, out=out) as hmp:
+        hmp.connect()
+        assert hmp.cmd('query-status')['status'] == 'paused'
+        assert hmp.run_line('info status')
+        assert out.getvalue() == 'VM status: paused\n'
+        hmp.load_completions()
+        assert 'info status' in hmp.completions
+        assert 'help quit' in hmp.completions
+        assert hmp.run_line('cont')
+        assert hmp.pull_event(wait=10)['event'] == 'RESUME'

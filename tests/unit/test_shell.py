@@ -11,14 +11,19 @@ import sys
 
 import pytest
 
+from qemu.qmp import StateError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.qmp_shell import (
     CommandParser,
+    HMPShell,
     QMPShell,
     QMPShellError,
+    common_parser,
+    die,
     history_path,
     main,
 )
+from qemu.qmp.testing import CommandError
 
 
 # -- the input syntax ------------------------------------------------------
@@ -105,9 +110,18 @@ def test_nested_transaction_refused():
 
 @pytest.fixture
 def address(fake):
-    fake.server.on('human-monitor-command', lambda args: (
-        'VM status: running\n' if args['command-line'] == 'info status'
-        else 'help\ninfo\nquit|q  -- quit\n'))
+    help_text = 'help|?  -- show help\ninfo  -- show the system state\n' \
+        'quit|q  -- quit the emulator\n[and more]\n'
+    info_text = 'info status  -- show VM status\ninfo version  -- show ' \
+        'the version\n'
+
+    def hmp(args):
+        line = args['command-line']
+        if 'cpu-index' in args and args['cpu-index'] != 0:
+            raise CommandError('GenericError', 'Invalid CPU index')
+        return {'info status': 'VM status: running\n', 'help': help_text,
+                'info': info_text}.get(line, f'ran {line}\n')
+    fake.server.on('human-monitor-command', hmp)
     fake.server.on('query-commands', [{'name': 'query-status'},
                                       {'name': 'query-version'},
                                       {'name': 'stop'}])
@@ -115,94 +129,182 @@ def address(fake):
 
 
 @pytest.fixture
-def shell_out(address):
-    monitor = QEMUMonitorProtocol(address)
-    monitor.connect()
+def shells(address):
+    """Make connected shells printing to one StringIO; closed after."""
     out = io.StringIO()
-    yield monitor, out
-    monitor.close()
+    made = []
+
+    def make(shell_class=QMPShell, **kwargs):
+        shell = shell_class(address, out=out, **kwargs)
+        shell.connect()
+        made.append(shell)
+        return shell
+    make.out = out
+    yield make
+    for shell in made:
+        shell.close()
 
 
-def test_run_line_prints_return(shell_out):
+def test_shell_is_a_monitor(address):
+    """QMPShell and HMPShell are QEMUMonitorProtocols, constructed as in
+    the reference library (address, pretty, verbose, server, logfile)."""
+    for shell_class in (QMPShell, HMPShell):
+        assert issubclass(shell_class, QEMUMonitorProtocol)
+        with shell_class(address, True, True, False, None) as shell:
+            assert shell.connect() is None
+            assert shell.pretty and shell.verbose
+            assert shell.cmd('query-status') == {'status': 'running'}
+            assert shell.cmd_raw('query-status')['return']
+
+
+def test_run_line_prints_return(shells):
     """A command prints its return value as JSON."""
-    monitor, out = shell_out
-    shell = QMPShell(monitor, out=out)
+    shell = shells()
     assert shell.run_line('query-status')
-    assert json.loads(out.getvalue()) == {'status': 'running'}
+    assert json.loads(shells.out.getvalue()) == {'status': 'running'}
 
 
-def test_error_reply_is_printed_not_fatal(shell_out):
+def test_error_reply_is_printed_not_fatal(shells):
     """An error prints class and description; the shell goes on."""
-    monitor, out = shell_out
-    shell = QMPShell(monitor, out=out)
+    shell = shells()
     assert not shell.run_line('fail')
     assert not shell.run_line('bad syntax')
     assert shell.run_line('query-status')
-    lines = out.getvalue().splitlines()
+    lines = shells.out.getvalue().splitlines()
     assert lines[0] == 'Error: GenericError: it failed'
     assert lines[1].startswith('Error: expected key=value')
 
 
-def test_verbose_pretty_and_json(shell_out):
+def test_verbose_pretty_and_json(shells):
     """-v echoes the command, -p indents, --json prints compact lines."""
-    monitor, out = shell_out
-    QMPShell(monitor, verbose=True, out=out).run_line('echo a=1')
-    assert out.getvalue().splitlines()[0] == \
+    out = shells.out
+
+    def output_of(**options):
+        out.seek(0)
+        out.truncate()
+        shell = shells(**options)
+        shell.run_line('echo a=1')
+        shell.close()  # the server takes one client at a time, as QEMU
+        return out.getvalue()
+
+    assert output_of(verbose=True).splitlines()[0] == \
         '{"execute": "echo", "arguments": {"a": 1}}'
-    out.seek(0)
-    out.truncate()
-    QMPShell(monitor, pretty=True, out=out).run_line('echo a=1')
-    assert '\n    "return": {\n' in out.getvalue()
-    out.seek(0)
-    out.truncate()
-    QMPShell(monitor, json_output=True, out=out).run_line('echo a=1')
-    assert out.getvalue() == '{"return":{"a":1}}\n'
+    assert '\n    "return": {\n' in output_of(pretty=True)
+    assert output_of(json_output=True) == '{"return":{"a":1}}\n'
 
 
-def test_logfile(shell_out, fake, tmp_path):
-    """-l writes commands, replies and events as JSON lines."""
-    monitor, out = shell_out
+@pytest.mark.parametrize('as_path', [True, False])
+def test_logfile(shells, fake, tmp_path, as_path):
+    """-l writes commands, replies and events as JSON lines; the log is a
+    path (appended to) or an open file."""
     log = tmp_path / 'log'
-    with open(log, 'w') as logfile:
-        shell = QMPShell(monitor, logfile=logfile, out=out)
+    log.write_text('{"earlier": 1}\n')
+    with open(log, 'a') as logfile:
+        shell = shells(logfile=str(log) if as_path else logfile)
         shell.run_line('echo a=1')
         fake.emit('STOP')
-        monitor.cmd('query-status')
+        shell.cmd('query-status')
         shell.print_events()
+        shell.close()
     entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert entries[0] == {'command': {'execute': 'echo',
+    assert entries[0] == {'earlier': 1}
+    assert entries[1] == {'command': {'execute': 'echo',
                                       'arguments': {'a': 1}}}
-    assert entries[1] == {'reply': {'return': {'a': 1}}}
-    assert entries[2]['event']['event'] == 'STOP'
+    assert entries[2] == {'reply': {'return': {'a': 1}}}
+    assert entries[3]['event']['event'] == 'STOP'
 
 
-def test_hmp_mode(shell_out):
-    """-H sends lines through human-monitor-command, prints the text."""
-    monitor, out = shell_out
-    shell = QMPShell(monitor, hmp=True, out=out)
+def test_hmp_mode(shells, fake):
+    """HMPShell sends lines through human-monitor-command, prints the
+    text, and "cpu N" picks the CPU of later commands."""
+    shell = shells(HMPShell)
     assert shell.run_line('info status')
-    assert out.getvalue() == 'VM status: running\n'
+    assert shells.out.getvalue() == 'VM status: running\n'
+    sent = fake.server.received[-1]
+    assert sent['arguments'] == {'command-line': 'info status'}
+    assert not shell.run_line('cpu 3')
+    assert not shell.run_line('cpu x')
+    assert shell.run_line('cpu 0')
+    assert shell.run_line('info version')
+    assert fake.server.received[-1]['arguments'] == {
+        'command-line': 'info version', 'cpu-index': 0}
+    assert 'no CPU with index 3' in shells.out.getvalue()
+    assert shell.prompt == '(QEMU) '
 
 
-def test_completion(shell_out):
-    """Completion offers command names from query-commands, or HMP help."""
-    monitor, out = shell_out
-    shell = QMPShell(monitor, out=out)
+def test_completion(shells):
+    """Completion offers command names from query-commands, or HMP's
+    command names, "help NAME" and "info SUBCOMMAND"."""
+    shell = shells()
     shell.load_completions()
     assert [shell.complete('query-', n) for n in range(3)] == \
         ['query-status', 'query-version', None]
-    hmp = QMPShell(monitor, hmp=True, out=out)
+    shell.close()
+    hmp = shells(HMPShell)
     hmp.load_completions()
-    assert hmp.completions == ['help', 'info', 'quit']
+    assert hmp.completions == [
+        'help', 'help help', 'help info', 'help quit', 'info status',
+        'info version', 'quit']
 
 
-def test_completion_survives_failure(shell_out, fake):
+def test_completion_survives_failure(shells, fake):
     """If the server cannot list commands, completion is just empty."""
-    monitor, out = shell_out
     del fake.server.handlers['query-commands']
-    shell = QMPShell(monitor, out=out)
+    shell = shells()
     shell.load_completions()
     assert shell.completions == []
+
+
+def test_repl_and_banner(address, fake):
+    """repl() yields once per line, prints events before each line, and
+    closes the connection at the end, as the reference library's does;
+    show_banner() names the QEMU version."""
+    out = io.StringIO()
+    shell = QMPShell(address, stdin=io.StringIO('query-status\nfail\n'),
+                     out=out)
+    shell.connect()
+    shell.show_banner()
+    fake.emit('STOP')
+    assert sum(1 for _ in shell.repl()) == 2
+    assert shell.failures == 1
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ['Welcome to the QMP low-level shell!',
+                         'Connected to QEMU 7.2.0']
+    assert json.loads(lines[3])['event'] == 'STOP'
+    assert json.loads(lines[4]) == {'status': 'running'}
+    with pytest.raises(StateError):
+        shell.cmd('query-status')
+    fake.run(fake.server.wait_disconnected())
+
+
+def test_prompt_in_a_transaction(shells):
+    """The prompt says when a transaction is being entered."""
+    shell = shells()
+    assert shell.prompt == '(QEMU) '
+    shell.run_line('transaction(')
+    assert shell.prompt == 'TRANS> '
+
+
+def test_fuzzy_values():
+    """Compound values may be Python literals, as in the reference."""
+    parse = CommandParser().parse
+    assert parse("cmd a={'k':[None,True,'x']} b=TRUE") == {
+        'execute': 'cmd', 'arguments': {'a': {'k': [None, True, 'x']},
+                                        'b': True}}
+    with pytest.raises(QMPShellError, match='invalid JSON value'):
+        parse('cmd a=[1,')
+
+
+def test_common_parser_and_die(capsys):
+    """common_parser() has the reference's options; die() prints ERROR:
+    and exits 1."""
+    args = common_parser().parse_args(['-H', '-v', '-p', '-l', 'f'])
+    assert (args.hmp, args.verbose, args.pretty, args.logfile) == \
+        (True, True, True, 'f')
+    with pytest.raises(SystemExit) as info:
+        die('it broke')
+    assert info.value.code == 1
+    assert capsys.readouterr().err == 'ERROR: it broke\n'
 
 
 def test_one_shot(address, capsys):
@@ -218,11 +320,13 @@ def test_one_shot(address, capsys):
 
 
 def test_bad_address_and_port(capsys, tmp_path):
-    """Connection failures and bad ports exit 2 with a message."""
+    """A connection failure exits 1 naming the address; a bad port is a
+    usage error (2)."""
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / 'nothing'), '-c', 'query-status'])
-    assert info.value.code == 2
-    assert 'could not connect' in capsys.readouterr().err
+    assert info.value.code == 1
+    assert f'could not connect to {tmp_path}/nothing' in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(['localhost:http', '-c', 'x'])
     assert "Bad port" in capsys.readouterr().err
@@ -302,7 +406,7 @@ def test_interactive_history_and_eof(address, tmp_path):
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
     output, code = pty_session([address], [b'query-status\r', b'\x04'], env)
     assert code == 0
-    assert 'Welcome to the QMP shell' in output
+    assert 'Welcome to the QMP low-level shell!' in output
     assert '"status": "running"' in output
     history = tmp_path / 'qmp-shell' / 'history'
     assert 'query-status' in history.read_text()
