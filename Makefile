@@ -10,7 +10,8 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.qemu-qmp-devel
 DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
-.PHONY: help develop system-deps check check-only lint typecheck test demo bench clean
+.PHONY: help develop system-deps check check-only lint typecheck test demo bench clean \
+	reference-api
 
 help:
 	@echo "qemu.qmp developer targets:"
@@ -24,6 +25,8 @@ help:
 	@echo "  make demo         a live qmp-shell session: real QEMU when"
 	@echo "                    installed, the built-in test server otherwise"
 	@echo "  make bench        benchmarks against the reference library"
+	@echo "  make reference-api  regenerate tests/reference_api.txt, the"
+	@echo "                    reference library's names, in a throwaway venv"
 	@echo "  make clean        remove build, cache and venv files"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -73,3 +76,17 @@ clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis .tox
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -rf .venv bench/.venv-*
+
+# The reference library's public names, for tests/unit/test_exports.py;
+# made in a throwaway venv (from a directory where this tree cannot shadow
+# it), never installed here.
+REFERENCE := qemu.qmp==0.0.6
+reference-api:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	python3 -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/pip" install -q '$(REFERENCE)' && \
+	cd "$$tmp" && "$$tmp/venv/bin/python" -c \
+	    "import sys; sys.path.append('$(CURDIR)'); \
+	     from tests import api_names; api_names.main()" \
+	    > '$(CURDIR)/tests/reference_api.txt'
+	@echo "wrote tests/reference_api.txt"

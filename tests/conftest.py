@@ -48,16 +48,22 @@ def asyncio_hygiene() -> Iterator[None]:
     assert not messages, f"asyncio logged errors: {messages}"
 
 
+def unavailable(what: str) -> None:
+    """
+    Something a test needs is missing: skip the test locally, fail it in
+    CI, where everything must be there.
+    """
+    if IN_CI:
+        pytest.fail(f"{what} (required in CI)")
+    pytest.skip(reason=what)
+
+
 def require_binary(name: str) -> str:
-    """
-    Return the path of ``name``: skip the test locally when it is missing,
-    fail it in CI, where every real peer must be installed.
-    """
+    """Return the path of ``name``, or skip (fail in CI) without it."""
     path = shutil.which(name)
     if path is None:
-        if IN_CI:
-            pytest.fail(f"{name} is required in CI but is not installed")
-        pytest.skip(reason=f"{name} is not installed")
+        unavailable(f"{name} is not installed")
+    assert path is not None
     return path
 
 

@@ -1,9 +1,32 @@
 """The public names match the reference library's documented API."""
 
 import inspect
+from pathlib import Path
 
 import qemu.qmp
 from qemu.qmp import events, message, models, protocol, qmp_client, util
+from tests import api_names
+
+
+REFERENCE_API = Path(__file__).parent.parent / 'reference_api.txt'
+
+
+def test_every_reference_name_exists_with_its_parameters():
+    """Every public name of the reference library (tests/reference_api.txt,
+    made by `make reference-api`) exists here, and every callable starts
+    with the reference's parameters, in order (ours may add optional ones
+    after them)."""
+    reference = api_names.parse(REFERENCE_API.read_text().splitlines())
+    assert len(reference) > 200  # the whole list, not a stub
+    ours = api_names.api()
+    missing = sorted(set(reference) - set(ours))
+    assert not missing, f"missing names: {missing}"
+    different = [
+        f"{name}: reference {params}, ours {ours[name]}"
+        for name, params in reference.items()
+        if params is not None
+        and (ours[name] is None or ours[name][:len(params)] != params)]
+    assert not different, "different parameters:\n" + '\n'.join(different)
 
 
 def test_package_all():
