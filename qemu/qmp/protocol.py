@@ -643,12 +643,12 @@ class AsyncProtocol(Generic[T]):
         msg = await outgoing.get()
         batch: List[bytes] = []
         self._write_batch = batch
+        # What _send() does, without a coroutine (or a drain) per message.
+        cb_outbound, do_send = self._cb_outbound, self._do_send
         try:
-            await self._send(msg)
-            outgoing.task_done()
+            do_send(cb_outbound(msg))
             while not outgoing.empty():
-                await self._send(outgoing.get_nowait())
-                outgoing.task_done()
+                do_send(cb_outbound(outgoing.get_nowait()))
         finally:
             self._write_batch = None
             if batch:
@@ -778,15 +778,37 @@ class AsyncProtocol(Generic[T]):
 
     async def _send(self, msg: T) -> None:
         """
-        Send one message, passed through `_cb_outbound`.
+        Send one message now, passed through `_cb_outbound`, and wait
+        until the transport has taken it.
 
-        Only the writer task should call this once the session runs, to
-        keep messages in order; it is safe in `_establish_session`.
+        For handshakes in `_establish_session`; once the session runs,
+        use `_submit`, which keeps messages in order.
 
         :raise OSError: For problems with the underlying stream.
         """
-        msg = self._cb_outbound(msg)
-        self._do_send(msg)
+        self._do_send(self._cb_outbound(msg))
+        if self._writer is not None:
+            await self._writer.drain()
+
+    @upper_half
+    def _submit(self, msg: T, alone: bool = False) -> None:
+        """
+        Send a message during the session, in order.
+
+        It goes through the writer task, which sends everything queued in
+        one event loop iteration in one write.  A caller that knows no
+        other message is on its way (``alone``) has it written at once
+        instead, if nothing is queued ahead of it: one task switch less.
+
+        :param msg: The message.
+        :param alone: Nothing else is being sent, so batching cannot help.
+        :raise OSError: For problems with the underlying stream (only
+            when written at once).
+        """
+        if alone and self._outgoing.empty():
+            self._do_send(self._cb_outbound(msg))
+        else:
+            self._outgoing.put_nowait(msg)
 
     async def _on_message(self, msg: T) -> None:
         """

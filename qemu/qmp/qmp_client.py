@@ -246,34 +246,34 @@ class _PendingReplies:
     def __len__(self) -> int:
         return len(self._by_key) + len(self._idless)
 
-    def add(self, exec_id: object) -> asyncio.Future[Message]:
+    def add(self, exec_id: object
+            ) -> Tuple[Hashable, asyncio.Future[Message]]:
         """
         Make the future that the reply to ``exec_id`` will resolve.
 
+        :return: The key to `discard` it with, and the future.
         :raise ValueError: Another execution waits on the same id.
         """
         future = asyncio.get_running_loop().create_future()
         if exec_id is NO_ID:
             self._idless.append(future)
-            return future
+            return NO_ID, future
         key = reply_key(exec_id)
         if key in self._by_key:
             raise ValueError(f"ID {exec_id!r} is in use by an execution "
                              f"still waiting for its reply")
         self._by_key[key] = future
-        return future
+        return key, future
 
-    def discard(self, exec_id: object,
+    def discard(self, key: Hashable,
                 future: asyncio.Future[Message]) -> None:
-        """Forget ``future``, if it still waits."""
-        if exec_id is NO_ID:
+        """Forget ``future`` (added under ``key``), if it still waits."""
+        if key is NO_ID:
             try:
                 self._idless.remove(future)
             except ValueError:
                 pass
-            return
-        key = reply_key(exec_id)
-        if self._by_key.get(key) is future:
+        elif self._by_key.get(key) is future:
             del self._by_key[key]
 
     def resolve(self, exec_id: object, msg: Message) -> bool:
@@ -431,8 +431,6 @@ class QMPClient(AsyncProtocol[Message], Events):
         self.logger.debug("Negotiating capabilities ...")
         try:
             await self._send(msg)
-            assert self._writer is not None
-            await self._writer.drain()
             reply = await asyncio.wait_for(self._recv_reply(),
                                            self.session_timeout)
             reply_value(reply, msg)
@@ -589,21 +587,14 @@ class QMPClient(AsyncProtocol[Message], Events):
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
         """Send ``wire`` and wait for the reply routed to ``exec_id``."""
         pending = self._pending
-        future = pending.add(exec_id)
+        key, future = pending.add(exec_id)
         try:
-            if len(pending) == 1 and self._outgoing.empty():
-                # Nobody to share a write with, and everything sent
-                # earlier is already in the transport: skip the writer
-                # task, one task switch less per command.
-                await self._send(wire)
-            else:
-                # The writer sends everything queued in this loop
-                # iteration in one write.
-                self._outgoing.put_nowait(wire)
+            # Alone: no other execution waits, so none can share a write.
+            self._submit(wire, alone=len(pending) == 1)
             return await future
         finally:
             # On cancellation the late reply finds no one and is dropped.
-            pending.discard(exec_id, future)
+            pending.discard(key, future)
 
     @upper_half
     @require(Runstate.RUNNING)
