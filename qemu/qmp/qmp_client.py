@@ -606,6 +606,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         descriptor is not closed here.  Only possible over a UNIX socket.
 
         :param fd: The file descriptor to send to QEMU.
+        :raise OSError: ``fd`` is not an open descriptor (``EBADF``);
+            nothing was sent.
         :raise QMPError: The connection is not a UNIX socket, or uses TLS,
             or has unsent bytes buffered (so the descriptor's carrier byte
             would land inside another message).
@@ -621,10 +623,15 @@ class QMPClient(AsyncProtocol[Message], Events):
             raise QMPError("Cannot send a file descriptor while outgoing "
                            "data is still buffered; try again once the "
                            "server has read it.")
-        # The transport's socket wrapper hides sendmsg(); a duplicate of
-        # the descriptor is a full socket object and shares the connection.
-        with socket.socket(fileno=socket.dup(sock.fileno())) as dup:
-            socket.send_fds(dup, [b' '], [fd])
+        # The transport's socket wrapper hides sendmsg(), so a socket
+        # object of our own borrows its descriptor.  Not a dup(): a new
+        # descriptor could take the number of a stale ``fd`` and be sent
+        # in its place, handing QEMU our own connection.
+        borrowed = socket.socket(fileno=sock.fileno())
+        try:
+            socket.send_fds(borrowed, [b' '], [fd])
+        finally:
+            borrowed.detach()  # the transport still owns the descriptor
 
     # ------------------------------------------------------------------
     # Bottom half

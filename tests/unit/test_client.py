@@ -1,7 +1,10 @@
 """QMPClient against the fake server: every protocol path."""
 
 import asyncio
+import errno
+import json
 import logging
+import os
 import socket
 
 import pytest
@@ -558,6 +561,51 @@ async def test_send_fd_scm_over_unix(client, server):
         client.send_fd_scm(rfd.fileno())
         assert rfd.fileno() >= 0
     assert await client.execute('query-status')
+
+
+async def hand_shaken_socketpair():
+    """A QMPClient connected to one end of a socket pair, and the other
+    end, on which this test plays QMP server by hand (so it can see any
+    descriptor the client passes)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def serve():
+        await loop.sock_sendall(ours, b'{"QMP": {"version": {}, '
+                                b'"capabilities": []}}\n')
+        request = json.loads(await loop.sock_recv(ours, 4096))
+        await loop.sock_sendall(ours, json.dumps(
+            {'return': {}, 'id': request.get('id')}).encode() + b'\n')
+
+    qmp = QMPClient()
+    await asyncio.gather(qmp.connect(theirs), serve())
+    return qmp, ours
+
+
+async def test_send_fd_scm_refuses_a_closed_descriptor():
+    """A descriptor number that is no longer open raises EBADF and sends
+    nothing, even though the number is free for reuse (it used to send a
+    duplicate of the client's own QMP socket under that number)."""
+    qmp, ours = await hand_shaken_socketpair()
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    os.close(wfd)
+    with pytest.raises(OSError) as info:
+        qmp.send_fd_scm(rfd)
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(BlockingIOError):
+        ours.recvmsg(64, socket.CMSG_SPACE(4))
+    # A real descriptor still goes through, the same one, and only it.
+    with open(os.devnull) as passed:
+        qmp.send_fd_scm(passed.fileno())
+        await asyncio.sleep(0)
+        _, fds, _, _ = socket.recv_fds(ours, 64, 4)
+        assert len(fds) == 1
+        assert os.path.samestat(os.fstat(fds[0]), os.fstat(passed.fileno()))
+        os.close(fds[0])
+    await qmp.disconnect()
+    ours.close()
 
 
 def test_send_fd_scm_when_not_connected():
