@@ -208,3 +208,40 @@ def close_listener(listener: socket.socket) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+async def close_writer(writer: asyncio.StreamWriter, grace: float) -> None:
+    """
+    Close ``writer``'s connection and wait until it is closed, promptly.
+
+    Unsent data is dropped if the peer stopped reading (a graceful close
+    would wait for it forever), and a peer that has not finished closing
+    after ``grace`` seconds (a TLS peer that never answers close_notify;
+    asyncio alone waits 30 s) has the connection aborted.
+
+    :raise OSError: The connection had failed; callers usually ignore it.
+    """
+    transport = writer.transport
+    if transport.get_write_buffer_size():
+        transport.abort()
+    else:
+        writer.close()
+    # Not wait_for(): its timeout would cancel wait_closed(), and with it
+    # the stream's own "closed" future, which later waits then raise.
+    closing = asyncio.ensure_future(writer.wait_closed())
+    closing.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({closing}, timeout=grace)
+    except BaseException:
+        transport.abort()
+        raise
+    if not done:
+        transport.abort()
+    await closing
+
+
+def _retrieve(task: 'asyncio.Future[None]') -> None:
+    # Mark the outcome seen: nobody may await it if the caller was
+    # cancelled, and asyncio would log "exception was never retrieved".
+    if not task.cancelled():
+        task.exception()

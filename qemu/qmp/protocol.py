@@ -184,6 +184,10 @@ def require(required_state: Runstate) -> Callable[[F], F]:
     return _decorator
 
 
+#: Seconds `AsyncProtocol.disconnect` gives the peer to finish closing the
+#: connection (a TLS peer answers close_notify) before aborting it.
+CLOSE_GRACE = 1.0
+
 # How many runstate changes are remembered for runstate_changed(): enough
 # for a task to fall a few whole sessions behind without missing any.
 _RUNSTATE_HISTORY = 32
@@ -678,15 +682,8 @@ class AsyncProtocol(Generic[T]):
         writer = self._writer
         if writer is None:
             return
-        transport = writer.transport
-        if transport.get_write_buffer_size():
-            # The peer stopped reading; a graceful close would wait for it
-            # forever.
-            transport.abort()
-        else:
-            writer.close()
         try:
-            await writer.wait_closed()
+            await _sockets.close_writer(writer, CLOSE_GRACE)
         except Exception as err:  # pylint: disable=broad-except
             # The connection was already broken; why is known or moot.
             self.logger.debug("While closing: %s", exception_summary(err))

@@ -78,7 +78,8 @@ from typing import (
     Union,
 )
 
-from ._sockets import SocketAddrT
+from ._sockets import SocketAddrT, close_writer
+from .protocol import CLOSE_GRACE
 
 
 __all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
@@ -131,6 +132,9 @@ def _line(msg: Mapping[str, Any]) -> bytes:
 class QMPTestServer:
     """
     A QMP server for one client at a time, for tests.
+
+    Like QEMU's monitor, it serves a client that connects while another is
+    served once that one has gone.
 
     :param greeting: The greeting to send, or `None` for guest-agent
         behaviour (no greeting, no negotiation).
@@ -354,11 +358,7 @@ class QMPTestServer:
         """Close the client's connection, gracefully."""
         writer = self._writer
         if writer is not None:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await _close(writer)
 
     def reset(self) -> None:
         """Abort the client's connection: the client sees ECONNRESET."""
@@ -398,9 +398,9 @@ class QMPTestServer:
 
     async def _serve(self, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
-        if self._writer is not None:
-            writer.close()  # one client at a time, like a QEMU monitor
-            return
+        # One client at a time, like a QEMU monitor: a client that comes
+        # while another is served waits its turn.
+        await self.wait_until(lambda: self._writer is None)
         self._writer = writer
         self.connections += 1
         self.negotiated = self.greeting is None
@@ -419,11 +419,7 @@ class QMPTestServer:
             pass
         finally:
             worker.cancel()
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await _close(writer)
             if self._writer is writer:
                 self._writer = None
             await self._notify()
@@ -509,6 +505,14 @@ class QMPTestServer:
     def _send(writer: asyncio.StreamWriter, msg: Mapping[str, Any]) -> None:
         if not writer.is_closing():
             writer.write(_line(msg))
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a client's connection, promptly (see `close_writer`)."""
+    try:
+        await close_writer(writer, CLOSE_GRACE)
+    except OSError:
+        pass  # the client broke the connection first
 
 
 def _error(class_: str, desc: str) -> Dict[str, Any]:

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from qemu.qmp import ConnectError, QMPClient
+from qemu.qmp import ConnectError, QMPClient, Runstate
 from qemu.qmp.testing import QMPTestServer
-from tests.conftest import require_binary
+from tests.conftest import assert_no_tasks_left, require_binary
 
 
 @pytest.fixture(scope='module')
@@ -75,3 +75,20 @@ async def test_tls_listening_client(certificate, tmp_path):
         await accepting
         assert await qmp.execute('query-status') == {'status': 'running'}
         await asyncio.wait_for(qmp.disconnect(), 10)
+
+
+async def test_tls_disconnect_from_a_silent_peer(certificate):
+    """disconnect() returns promptly when the peer stopped reading and so
+    never answers TLS's close_notify (asyncio alone waits 30 s): the
+    transport is aborted after a short grace, and nothing is left over."""
+    server_ctx, client_ctx = contexts(certificate)
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        address = await server.start(('127.0.0.1', 0), ssl=server_ctx)
+        qmp = QMPClient('tls')
+        await qmp.connect(address, ssl=client_ctx)
+        assert await qmp.execute('query-status')
+        server.pause_reading()
+        await asyncio.wait_for(qmp.disconnect(), 10)
+        assert qmp.runstate is Runstate.IDLE
+    assert_no_tasks_left()
