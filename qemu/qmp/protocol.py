@@ -184,6 +184,11 @@ def require(required_state: Runstate) -> Callable[[F], F]:
     return _decorator
 
 
+def _aborted() -> ConnectionAbortedError:
+    return ConnectionAbortedError(
+        "disconnect() was called while connecting")
+
+
 #: Seconds `AsyncProtocol.disconnect` gives the peer to finish closing the
 #: connection (a TLS peer answers close_notify) before aborting it.
 CLOSE_GRACE = 1.0
@@ -249,6 +254,8 @@ class AsyncProtocol(Generic[T]):
         # Set by _do_start_server, cleared by _do_accept: accept() needs
         # it.  (The hook contract of the reference library's subclasses.)
         self._accepted: Optional[asyncio.Event] = None
+        # _do_accept's wait for the peer, while it waits.
+        self._accept_task: Optional[asyncio.Future[_sockets.Streams]] = None
         self._reader_task: Optional[asyncio.Task[None]] = None
         self._writer_task: Optional[asyncio.Task[None]] = None
         #: Disconnect task.  It runs in its own task so that a disconnect
@@ -458,7 +465,12 @@ class AsyncProtocol(Generic[T]):
             yield
         except BaseException as err:
             self.logger.debug("%s: %s", emsg, exception_summary(err))
+            # A disconnect already under way was asked for meanwhile:
+            # that, not the failure it caused, is why set-up stopped.
+            aborted = self._dc_task is not None
             await self._rollback()
+            if aborted and isinstance(err, Exception):
+                raise ConnectError(emsg, _aborted()) from err
             if isinstance(err, Exception) \
                     and not isinstance(err, ConnectError):
                 raise ConnectError(emsg, err) from err
@@ -568,13 +580,27 @@ class AsyncProtocol(Generic[T]):
         """
         Wait for the peer on the listening socket, then stop listening.
 
+        The wait is a task of its own, `_accept_task`, so that a
+        `disconnect()` meanwhile can stop it before closing the listener.
+
         :raise OSError: For stream-related errors.
+        :raise ConnectionAbortedError: `disconnect()` was called.
         """
         assert self._listener is not None
-        self._reader, self._writer = await _sockets.accept(
-            self._listener, self._accept_ssl, self.readbuflen)
+        accepting = self._accept_task = asyncio.ensure_future(
+            _sockets.accept(self._listener, self._accept_ssl,
+                            self.readbuflen))
+        try:
+            await asyncio.wait((accepting,))
+        except BaseException:  # our caller was cancelled
+            accepting.cancel()
+            raise
+        finally:
+            self._accept_task = None
+        if accepting.cancelled():
+            raise _aborted()
+        self._reader, self._writer = accepting.result()
         self._close_listener()
-        self._accepted = None
         self.logger.debug("Connection accepted.")
 
     def _close_listener(self) -> None:
@@ -589,7 +615,12 @@ class AsyncProtocol(Generic[T]):
         Start the reader and writer tasks; the session is then `RUNNING`.
 
         Subclasses do their own handshakes first, then call this.
+
+        :raise ConnectionAbortedError: `disconnect()` was called during
+            the handshakes.
         """
+        if self._runstate is not Runstate.CONNECTING:
+            raise _aborted()
         self._reader_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_recv_message, 'Reader'))
         self._writer_task = asyncio.create_task(
@@ -669,8 +700,14 @@ class AsyncProtocol(Generic[T]):
         Runs in `_dc_task`, so it may wait on the other tasks.
         """
         current = asyncio.current_task()
-        tasks = [task for task in (self._reader_task, self._writer_task)
-                 if task is not None and task is not current]
+        tasks: List['asyncio.Future[Any]'] = [
+            task for task in (self._reader_task, self._writer_task)
+            if task is not None and task is not current]
+        accepting = self._accept_task
+        if accepting is not None:
+            # Stopped before its socket closes: a wait on a closed socket
+            # would never end.
+            tasks.append(accepting)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -472,6 +472,62 @@ async def test_raw_with_own_id(client, server):
     assert reply['id'] == [1, 'a'] and 'return' in reply
 
 
+def our_tasks(qmp):
+    """The client's own tasks that are still pending."""
+    return [task for task in (qmp._reader_task, qmp._writer_task,
+                              qmp._dc_task)
+            if task is not None and not task.done()]
+
+
+async def test_disconnect_while_waiting_for_the_greeting():
+    """disconnect() while connect() waits for a greeting that never comes:
+    connect() fails at once with ConnectError (ConnectionAbortedError),
+    disconnect() raises nothing, and the client can connect again."""
+    async with QMPTestServer(greeting=None) as silent:
+        qmp = QMPClient()
+        connecting = asyncio.create_task(qmp.connect(await silent.start()))
+        await silent.wait_connected()
+        await asyncio.wait_for(qmp.disconnect(), 5)
+        with pytest.raises(ConnectError) as info:
+            await asyncio.wait_for(connecting, 5)
+        assert isinstance(info.value.exc, ConnectionAbortedError)
+        assert qmp.runstate is Runstate.IDLE and not our_tasks(qmp)
+    async with QMPTestServer() as server:
+        await qmp.connect(await server.start())
+        await qmp.disconnect()
+
+
+async def test_disconnect_just_after_negotiation(server):
+    """disconnect() called after negotiation succeeded but before connect()
+    starts the session: connect() fails cleanly instead of an illegal
+    DISCONNECTING -> RUNNING, no task is left, a later disconnect() raises
+    nothing, and the client connects again."""
+    class Held(QMPClient):
+        async def _negotiate(self):
+            await super()._negotiate()
+            negotiated.set()
+            await release.wait()
+
+    negotiated, release = asyncio.Event(), asyncio.Event()
+    qmp = Held()
+    connecting = asyncio.create_task(qmp.connect(server.address))
+    await negotiated.wait()
+    disconnecting = asyncio.create_task(qmp.disconnect())
+    while qmp.runstate is not Runstate.DISCONNECTING:
+        await qmp.runstate_changed()
+    release.set()
+    with pytest.raises(ConnectError) as info:
+        await asyncio.wait_for(connecting, 5)
+    assert isinstance(info.value.exc, ConnectionAbortedError)
+    assert 'disconnect() was called' in str(info.value)
+    await asyncio.wait_for(disconnecting, 5)
+    assert qmp.runstate is Runstate.IDLE and not our_tasks(qmp)
+    await qmp.disconnect()
+    await qmp.connect(server.address)
+    assert await qmp.execute('query-status')
+    await qmp.disconnect()
+
+
 async def test_raw_reply_is_returned_as_it_came(client):
     """With assign_id, the reply comes back as the server sent it, with
     the client's id (as the reference library's _raw() does)."""

@@ -499,3 +499,27 @@ async def test_no_message_formatting_without_debug(sock_path, caplog):
         assert await server.inbox.get() == b'hello\n'
     assert Tracked.formatted == 0
     await close_both(client, server)
+
+
+async def test_disconnect_while_accepting(sock_path):
+    """disconnect() while accept() waits for a peer: accept() fails with
+    ConnectError (ConnectionAbortedError), the socket file is gone, and
+    the object can listen again."""
+    class Watched(LineProtocol):
+        async def _do_accept(self):
+            waiting.set()
+            await super()._do_accept()
+
+    waiting = asyncio.Event()
+    proto = Watched()
+    await proto.start_server(sock_path)
+    accepting = asyncio.create_task(proto.accept())
+    await waiting.wait()
+    await asyncio.wait_for(proto.disconnect(), 5)
+    with pytest.raises(ConnectError) as info:
+        await asyncio.wait_for(accepting, 5)
+    assert isinstance(info.value.exc, ConnectionAbortedError)
+    assert proto.runstate is Runstate.IDLE
+    assert not os.path.exists(sock_path)
+    server, client = await pair(sock_path)
+    await close_both(client, server)
