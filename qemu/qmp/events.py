@@ -3,10 +3,12 @@ QMP events and event listeners.
 
 An `EventListener` is a FIFO queue of the events it accepts (by name, by
 filter function, or by an overridden `EventListener.accept`).  Every
-registered listener gets its own copy of each event, so one consumer never
-steals from another.  `Events` is the mix-in that gives `QMPClient` its
-built-in all-events listener, ``qmp.events``, and the `Events.listener` and
-`Events.listen` context managers.
+registered listener gets its own copy of each event (`Message.clone`), so
+one consumer never steals from, nor changes, another's.  A listener whose
+filter or ``put()`` raises misses that event (the error is logged); the
+others and the session go on.  `Events` is the mix-in that gives
+`QMPClient` its built-in all-events listener, ``qmp.events``, and the
+`Events.listener` and `Events.listen` context managers.
 
 Memory is bounded where nobody asked to keep everything: every listener's
 `EventListener.history` keeps the newest `DEFAULT_HISTORY_SIZE` events, and
@@ -37,6 +39,7 @@ from typing import (
 
 from .error import QMPError
 from .message import Message
+from .util import exception_summary
 
 
 __all__ = ['EventListener', 'Events', 'ListenerError', 'EventFilter',
@@ -94,14 +97,13 @@ class EventListener:
         self.names: Set[str] = set(names) if names is not None else set()
         #: Optional, secondary event filter.
         self.event_filter: Optional[EventFilter] = event_filter
-        #: Upper bound on unread events, or `None` for no bound.
-        self.max_pending: Optional[int] = max_pending
+        self._max_pending = _checked_max_pending(max_pending)
         #: How many unread events were dropped because of `max_pending`.
         self.dropped: int = 0
 
         self._pending: Deque[Message] = deque()
         # Tasks waiting in get(), woken one per event, in order.
-        self._getters: Deque[asyncio.Future[None]] = deque()
+        self._getters: Deque[asyncio.Future[object]] = deque()
         self._history: Deque[Message] = deque(maxlen=history_size)
         self._history_trimmed = False
         # Iteration may skip get() when a subclass did not replace it.
@@ -111,6 +113,20 @@ class EventListener:
         names = sorted(self.names) if self.names else 'ALL'
         return (f"<{type(self).__name__} names={names} "
                 f"pending={len(self._pending)}>")
+
+    @property
+    def max_pending(self) -> Optional[int]:
+        """
+        Upper bound on unread events, or `None` for no bound.
+
+        :raise ListenerError: Set to anything but a positive `int` or
+            `None`.
+        """
+        return self._max_pending
+
+    @max_pending.setter
+    def max_pending(self, value: Optional[int]) -> None:
+        self._max_pending = _checked_max_pending(value)
 
     @property
     def history(self) -> Tuple[Message, ...]:
@@ -169,7 +185,8 @@ class EventListener:
         history.append(event)
 
         pending = self._pending
-        if self.max_pending is not None and len(pending) >= self.max_pending:
+        max_pending = self._max_pending
+        if max_pending is not None and len(pending) >= max_pending:
             self._drop_oldest()
         pending.append(event)
 
@@ -185,7 +202,7 @@ class EventListener:
         self.dropped += 1
         # Say so on the first drop, then every max_pending drops: enough to
         # be noticed, not enough to flood the log.
-        if self.dropped == 1 or self.dropped % (self.max_pending or 1) == 0:
+        if self.dropped == 1 or self.dropped % (self._max_pending or 1) == 0:
             logger.warning(
                 "%r: %d unread event(s) dropped so far (max_pending=%s); "
                 "read events sooner or raise max_pending",
@@ -198,13 +215,16 @@ class EventListener:
         If one is already available, return that one.
 
         :return: The oldest unread event.
+        :raise ListenerError: The listener was removed while waiting.
         """
         pending = self._pending
         while not pending:
             getter = asyncio.get_running_loop().create_future()
             self._getters.append(getter)
             try:
-                await getter
+                if await getter is _REMOVED:
+                    raise ListenerError(f"{self!r} was removed while get() "
+                                        f"waited for an event")
             except asyncio.CancelledError:
                 getter.cancel()
                 try:
@@ -239,13 +259,35 @@ class EventListener:
         self._pending.clear()
         return cleared
 
+    def _removed(self) -> None:
+        """It was removed: whoever waits in `get()` stops waiting."""
+        getters, self._getters = self._getters, deque()
+        for getter in getters:
+            if not getter.done():
+                getter.set_result(_REMOVED)
+
     def __aiter__(self) -> 'EventListener':
         return self
 
     async def __anext__(self) -> Message:
+        """The next event; iteration ends when the listener is removed."""
         if self._plain_get and self._pending:
             return self._pending.popleft()
-        return await self.get()
+        try:
+            return await self.get()
+        except ListenerError:
+            raise StopAsyncIteration from None
+
+
+# What get()'s waiters are woken with when their listener is removed.
+_REMOVED = object()
+
+
+def _checked_max_pending(value: Optional[int]) -> Optional[int]:
+    if value is None or (type(value) is int and value > 0):
+        return value
+    raise ListenerError(f"max_pending must be a positive int or None, "
+                        f"not {value!r}")
 
 
 class Events:
@@ -264,6 +306,9 @@ class Events:
         self._listeners: List[EventListener] = [self.events]
         # What the reader task walks for each event: (listener, fast),
         # where fast means put() is not overridden and can be skipped.
+        # The built-in listener comes last: it is the one that gets a
+        # clone when another listener takes the event too, and a clone
+        # costs almost nothing until it is read, which it may never be.
         self._dispatch: Tuple[Tuple[EventListener, bool], ...] = ()
         # True when no listener overrides put(): events are then handed
         # out without creating a coroutine per event.
@@ -271,25 +316,49 @@ class Events:
         self._update_dispatch()
 
     def _update_dispatch(self) -> None:
+        listeners = sorted(self._listeners,
+                           key=lambda listener: listener is self.events)
         self._dispatch = tuple(
             (listener, type(listener).put is EventListener.put)
-            for listener in self._listeners)
+            for listener in listeners)
         self._dispatch_is_sync = all(fast for _, fast in self._dispatch)
 
     def _event_dispatch_sync(self, msg: Message) -> None:
         """Give an event to every listener; none overrides put()."""
+        delivered = False
         for listener, _ in self._dispatch:
-            if listener.accept(msg):
-                listener._deliver(msg)
+            try:
+                if not listener.accept(msg):
+                    continue
+            except Exception as err:  # pylint: disable=broad-except
+                self._listener_failed(listener, msg, err)
+                continue
+            # The first taker gets the message itself, later ones clones.
+            listener._deliver(msg.clone() if delivered else msg)
+            delivered = True
 
     async def _event_dispatch(self, msg: Message) -> None:
         """Give an event to every registered listener (reader task)."""
+        delivered = False
         for listener, fast in self._dispatch:
-            if fast:
-                if listener.accept(msg):
-                    listener._deliver(msg)
-            else:
-                await listener.put(msg)
+            try:
+                if fast:
+                    if not listener.accept(msg):
+                        continue
+                    listener._deliver(msg.clone() if delivered else msg)
+                else:
+                    await listener.put(msg.clone() if delivered else msg)
+            except Exception as err:  # pylint: disable=broad-except
+                self._listener_failed(listener, msg, err)
+                continue
+            delivered = True
+
+    def _listener_failed(self, listener: EventListener, msg: Message,
+                         err: Exception) -> None:
+        # One listener's bug must not cost every other caller the
+        # session: that listener misses this event, and the error shows.
+        logger.error("%r failed on event %s and misses it: %s", listener,
+                     msg.get('event'), exception_summary(err))
 
     def register_listener(self, listener: EventListener) -> None:
         """
@@ -307,8 +376,9 @@ class Events:
         """
         Unregister and deactivate an `EventListener`.
 
-        Its pending events are cleared via `EventListener.clear`; it can be
-        registered again later.
+        Its pending events are cleared via `EventListener.clear`, and a
+        `EventListener.get` waiting on it raises `ListenerError` (so an
+        ``async for`` over it ends); it can be registered again later.
 
         :param listener: The listener to deactivate.
         :raise ListenerError: If the given listener is not registered.
@@ -318,6 +388,7 @@ class Events:
         self._listeners.remove(listener)
         self._update_dispatch()
         listener.clear()
+        listener._removed()
 
     @contextmanager
     def listen(self, *listeners: EventListener) -> Iterator[None]:

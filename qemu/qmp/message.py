@@ -173,7 +173,7 @@ class Message(MutableMapping[str, object]):
     :raise SerializationError: A mapping JSON cannot encode (eager only).
     """
 
-    __slots__ = ('_obj', '_raw')
+    __slots__ = ('_obj', '_raw', '_src')
 
     def __init__(self, value: Union[bytes, Mapping[str, object]] = b'{}',
                  *, eager: bool = True) -> None:
@@ -181,16 +181,21 @@ class Message(MutableMapping[str, object]):
         # encoding of a message built by _for_wire().  It is never cached
         # otherwise: nested values can change under us.
         self._raw: Optional[bytes] = None
+        # _src holds the bytes a message was decoded from, for clone(),
+        # until its top level changes.
         if type(value) is bytes and eager:
             # Every message received comes this way: keep it short.
             self._obj: Optional[Dict[str, object]] = _deserialize(value)
+            self._src: Optional[bytes] = value
             return
         self._obj = None
+        self._src = None
         if isinstance(value, (bytes, bytearray)):
             if eager:
                 self._obj = _deserialize(bytes(value))
             else:
                 self._raw = bytes(value)
+            self._src = bytes(value)
         else:
             self._obj = dict(value)
             if eager:
@@ -207,6 +212,7 @@ class Message(MutableMapping[str, object]):
         msg = cls.__new__(cls)
         msg._obj = obj
         msg._raw = None
+        msg._src = None
         return msg
 
     @classmethod
@@ -222,6 +228,34 @@ class Message(MutableMapping[str, object]):
         msg = cls.__new__(cls)
         msg._obj = obj
         msg._raw = _encode(obj)
+        msg._src = None
+        return msg
+
+    def clone(self) -> 'Message':
+        """
+        Return an independent copy: nested values are not shared.
+
+        A message decoded from bytes (every message received is) and not
+        changed at its top level since is cloned from those bytes, and
+        the clone decodes them only when first used: a clone nobody reads
+        costs almost nothing.  Any other message is encoded now.  Changes
+        to nested values of a received message are not tracked: its clone
+        shows the nested values as received.
+
+        >>> msg = Message(b'{"event": "STOP", "data": {"n": 1}}')
+        >>> copy = msg.clone()
+        >>> copy['data']['n'] = 2
+        >>> msg['data']['n'], copy['data']['n']
+        (1, 2)
+
+        :raise SerializationError: This message cannot be encoded.
+        """
+        src = self._src
+        if src is None:
+            src = bytes(self)
+        msg = type(self).__new__(type(self))
+        msg._obj = None
+        msg._raw = msg._src = src
         return msg
 
     # -- conversion ----------------------------------------------------
@@ -263,11 +297,11 @@ class Message(MutableMapping[str, object]):
 
     def __setitem__(self, key: str, value: object) -> None:
         self._object[key] = value
-        self._raw = None
+        self._raw = self._src = None
 
     def __delitem__(self, key: str) -> None:
         del self._object[key]
-        self._raw = None
+        self._raw = self._src = None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._object)

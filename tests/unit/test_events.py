@@ -239,3 +239,98 @@ async def test_builtin_backlog_is_bounded_user_listener_is_not():
         assert len(qmp.events.history) == DEFAULT_HISTORY_SIZE
         assert mine.dropped == 0
         await qmp.disconnect()
+
+
+# -- defects found by hostile and careless use --------------------------------
+
+@pytest.mark.parametrize('bad', [0, -1, 1.5, '3', True])
+def test_max_pending_must_be_a_positive_int(bad):
+    """max_pending is validated up front, at construction and when set
+    later (0 used to kill the session at the first event)."""
+    with pytest.raises(ListenerError, match='max_pending'):
+        EventListener(max_pending=bad)
+    listener = EventListener(max_pending=5)
+    with pytest.raises(ListenerError, match='max_pending'):
+        listener.max_pending = bad
+    assert listener.max_pending == 5
+    listener.max_pending = None
+    assert listener.max_pending is None
+
+
+async def test_builtin_max_pending_zero_is_refused(client):
+    """The built-in listener too."""
+    with pytest.raises(ListenerError):
+        client.events.max_pending = 0
+
+
+async def test_filter_that_raises_skips_only_that_listener(
+        client, server, caplog):
+    """A filter that raises is logged with the event name and that
+    listener skipped; the others get the event and the session goes on."""
+    def broken(event):
+        return event['data']['missing'] is None
+
+    with caplog.at_level(logging.ERROR, logger='qemu.qmp'):
+        with client.listener('STOP', broken) as bad, \
+                client.listener('STOP') as good:
+            await server.emit_event('STOP')
+            assert (await good.get())['event'] == 'STOP'
+            assert bad.empty()
+    assert await client.execute('query-status')
+    text = '\n'.join(r.getMessage() for r in caplog.records)
+    assert 'STOP' in text and 'KeyError' in text
+
+
+async def test_put_that_raises_skips_only_that_listener(
+        client, server, caplog):
+    """The same for an overridden put()."""
+    class Broken(EventListener):
+        async def put(self, event):
+            raise RuntimeError('broken put')
+
+    with caplog.at_level(logging.ERROR, logger='qemu.qmp'):
+        with client.listen(Broken()), client.listener() as good:
+            await server.emit_event('RESUME')
+            assert (await good.get())['event'] == 'RESUME'
+    assert await client.execute('query-status')
+    assert any('broken put' in r.getMessage() for r in caplog.records)
+
+
+async def test_removed_listener_ends_iteration(client):
+    """Removing a listener while a task iterates it ends the iteration,
+    and a get() waiting on it raises ListenerError."""
+    listener = EventListener()
+    client.register_listener(listener)
+    seen = []
+
+    async def iterate():
+        async for event in listener:
+            seen.append(event)
+
+    iterating = asyncio.create_task(iterate())
+    getting = asyncio.create_task(listener.get())
+    await asyncio.sleep(0)
+    client.remove_listener(listener)
+    await asyncio.wait_for(iterating, 5)
+    with pytest.raises(ListenerError, match='removed'):
+        await asyncio.wait_for(getting, 5)
+    assert seen == []
+    # Registered again, it works as before.
+    client.register_listener(listener)
+    await listener.put(event('AGAIN'))
+    assert (await listener.get())['event'] == 'AGAIN'
+
+
+async def test_each_listener_gets_its_own_copy(client, server):
+    """One consumer changing an event, nested values included, changes
+    nothing for another listener (docs/events.rst's promise)."""
+    with client.listener('STOP') as first, client.listener('STOP') as second:
+        await server.emit_event('STOP', {'nested': {'n': 1}})
+        mine = await first.get()
+        mine['data']['nested']['n'] = 99
+        mine['extra'] = True
+        theirs = await second.get()
+        assert theirs['data'] == {'nested': {'n': 1}} and 'extra' not in theirs
+        backlog = client.events.clear()[-1]
+        assert backlog['data'] == {'nested': {'n': 1}}
+        assert first.history[-1] is mine

@@ -143,3 +143,32 @@ def test_round_trip(obj):
     """Any JSON object survives bytes -> Message -> bytes -> Message."""
     msg = Message(obj)
     assert Message(bytes(msg)) == obj
+
+
+def test_clone_is_independent_and_lazy():
+    """A clone of a received message shares nothing, and is decoded only
+    when first used."""
+    msg = Message(b'{"event": "X", "data": {"list": [1, 2]}}')
+    clone = msg.clone()
+    assert clone._obj is None  # not decoded yet
+    assert bytes(clone) == b'{"event": "X", "data": {"list": [1, 2]}}'
+    clone['data']['list'].append(3)
+    assert msg['data']['list'] == [1, 2]
+    assert clone == {'event': 'X', 'data': {'list': [1, 2, 3]}}
+    assert clone.clone()['data']['list'] == [1, 2]  # as received, see doc
+
+
+def test_clone_after_changes_and_of_built_messages():
+    """A message changed at its top level, or built from a mapping, is
+    cloned from its current content."""
+    msg = Message(b'{"a": 1}')
+    msg['b'] = [2]
+    assert msg.clone() == {'a': 1, 'b': [2]}
+    del msg['a']
+    assert msg.clone() == {'b': [2]}
+    built = Message({'x': {'y': 1}})
+    clone = built.clone()
+    clone['x']['y'] = 2
+    assert built['x']['y'] == 1
+    with pytest.raises(SerializationError):
+        Message({'f': object()}, eager=False).clone()
