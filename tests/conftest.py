@@ -34,8 +34,9 @@ class _Collector(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def asyncio_hygiene() -> Iterator[None]:
-    """Fail the test if asyncio complained about anything."""
+def asyncio_hygiene(request) -> Iterator[None]:
+    """Fail the test if asyncio complained about anything (unless it is
+    marked ``asyncio_errors_expected``: it checks them itself)."""
     collector = _Collector()
     asyncio_logger = logging.getLogger('asyncio')
     asyncio_logger.addHandler(collector)
@@ -44,6 +45,8 @@ def asyncio_hygiene() -> Iterator[None]:
         gc.collect()
     finally:
         asyncio_logger.removeHandler(collector)
+    if request.node.get_closest_marker('asyncio_errors_expected'):
+        return
     messages = [record.getMessage() for record in collector.records]
     assert not messages, f"asyncio logged errors: {messages}"
 

@@ -32,7 +32,16 @@ from __future__ import annotations
 
 
 class QMPError(Exception):
-    """Abstract error class for all errors originating from this package."""
+    """
+    Abstract error class for all errors originating from this package.
+
+    Its `repr` shows what `str` says, never the arguments it was made
+    with: those may hold the command that was sent, whose arguments may be
+    secrets, and asyncio logs the repr of an exception nobody retrieved.
+    """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class ProtocolError(QMPError):

@@ -10,17 +10,17 @@ fixture) that nothing leaked.
 """
 
 import asyncio
+import gc
 import json
 import logging
 
 import pytest
 
 from qemu.qmp import ExecInterruptedError, QMPClient, Runstate
-from qemu.qmp.codec import MessageTooLongError
+from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.message import DeserializationError, UnexpectedTypeError
-from qemu.qmp.codec import TruncatedMessageError
 from qemu.qmp.qmp_client import ServerParseError
-from qemu.qmp.testing import NO_REPLY, QMPTestServer
+from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
 from tests.conftest import assert_no_tasks_left
 
 READBUFLEN = 4096
@@ -244,3 +244,41 @@ async def test_secrets_are_not_logged_above_debug(server, caplog):
              if record.levelno > logging.DEBUG]
     assert texts  # something was logged
     assert not any(secret in text for text in texts)
+
+
+@pytest.mark.asyncio_errors_expected
+async def test_secrets_stay_out_of_asyncio_logs(server, caplog):
+    """Commands whose tasks fail and are never awaited make asyncio log
+    "Task exception was never retrieved" with the exception's repr; no
+    argument value may appear there (nor in any record above DEBUG)."""
+    secret = 'hunter2-secret-password'
+    server.on('object-add', CommandError('GenericError', 'no secrets'))
+    server.on('weird', lambda args: NO_REPLY)
+    qmp = QMPClient('secrets')
+    await qmp.connect(server.address)
+    arguments = {'qom-type': 'secret', 'id': 's0', 'data': secret}
+    failing = [
+        qmp.execute('object-add', arguments),            # ExecuteError
+        qmp.execute('object-add', {**arguments,          # SerializationError
+                                   'bad': object()}),
+        qmp.execute('weird', arguments),                 # BadReplyError
+        qmp.execute('never-answered', {'data': secret}),  # interrupted
+    ]
+    server.on('never-answered', lambda args: NO_REPLY)
+    with caplog.at_level(logging.DEBUG):
+        tasks = [asyncio.ensure_future(coro) for coro in failing]
+        sent = await server.wait_for_command('weird')
+        await server.send_message({'hello': 1, 'id': sent['id']})
+        await server.wait_for_command('never-answered')
+        await server.hang_up()
+        await asyncio.wait(tasks)
+        del tasks, failing
+        gc.collect()
+        with pytest.raises(EOFError):
+            await qmp.disconnect()
+    formatter = logging.Formatter()
+    texts = [formatter.format(record) for record in caplog.records
+             if record.levelno > logging.DEBUG]
+    never_retrieved = [text for text in texts if 'never retrieved' in text]
+    assert len(never_retrieved) == 4, texts
+    assert not [text for text in texts if secret in text]
