@@ -26,7 +26,9 @@ Example::
 A handler is a value (returned as is), a `CommandError` (returned as an
 error), or a function of the arguments dict, plain or ``async`` (an async
 handler can wait for anything before answering: that is how you make a
-command slow).  A function may return `NO_REPLY` to leave the command
+command slow).  A handler that raises anything else is answered with a
+``GenericError`` naming the exception, logged on ``qemu.qmp.testing``,
+and the server goes on.  A function may return `NO_REPLY` to leave the command
 unanswered.  In-band commands are answered in order, one at a time, like
 QEMU does; ``exec-oob`` commands are answered as soon as their handler
 finishes.
@@ -57,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import os
 import shutil
 import socket
@@ -80,12 +83,15 @@ from typing import (
 
 from ._sockets import SocketAddrT, close_writer
 from .protocol import CLOSE_GRACE
+from .util import exception_summary
 
 
 __all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
            'DEFAULT_GREETING', 'Handler']
 
 _T = TypeVar('_T')
+
+_logger = logging.getLogger(__name__)
 
 #: A greeting like QEMU 7.2's.
 DEFAULT_GREETING: Mapping[str, object] = {
@@ -162,6 +168,10 @@ class QMPTestServer:
         self._tasks: Set[asyncio.Task[Any]] = set()
         self._changed: Optional[asyncio.Condition] = None
         self._inband: Optional[asyncio.Queue[Dict[str, Any]]] = None
+        # Connections being served or waiting their turn; close() waits
+        # for them all to end, which _closing tells them to.
+        self._serving = 0
+        self._closing = False
 
     # ------------------------------------------------------------------
     # Set-up
@@ -187,6 +197,7 @@ class QMPTestServer:
         :param ssl: A server-side SSL context, for TLS.
         :return: The address to connect to (with the real port).
         """
+        self._closing = False
         if address is None:
             self._tempdir = tempfile.mkdtemp(prefix='qmp-test-')
             address = os.path.join(self._tempdir, 'qmp.sock')
@@ -233,11 +244,15 @@ class QMPTestServer:
         return theirs
 
     async def close(self) -> None:
-        """Stop listening, drop the client, stop every handler."""
+        """Stop listening, drop the clients, stop every handler."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
             self._server = None
         await self.hang_up()
+        # Every connection ends by itself, queued ones too: cancelling
+        # the tasks asyncio's server made for them makes it log errors.
+        await self.wait_until(lambda: self._serving == 0)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -398,9 +413,23 @@ class QMPTestServer:
 
     async def _serve(self, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
-        # One client at a time, like a QEMU monitor: a client that comes
-        # while another is served waits its turn.
-        await self.wait_until(lambda: self._writer is None)
+        self._serving += 1
+        try:
+            await self._notify()
+            # One client at a time, like a QEMU monitor: a client that
+            # comes while another is served waits its turn.
+            await self.wait_until(
+                lambda: self._writer is None or self._closing)
+            if self._closing:
+                await _close(writer)
+            else:
+                await self._serve_client(reader, writer)
+        finally:
+            self._serving -= 1
+            await self._notify()
+
+    async def _serve_client(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self.connections += 1
         self.negotiated = self.greeting is None
@@ -484,6 +513,12 @@ class QMPTestServer:
             value = await self._call(handler, msg.get('arguments', {}))
         except CommandError as err:
             return _error(err.class_, err.desc)
+        except Exception as err:  # pylint: disable=broad-except
+            # A bug in a test's handler: say so, and keep serving.
+            _logger.error("Handler for %s raised %s", name,
+                          exception_summary(err), exc_info=True)
+            return _error('GenericError',
+                          f"test server handler raised {err!r}")
         if value is NO_REPLY:
             return NO_REPLY
         if name == 'qmp_capabilities':
