@@ -53,6 +53,22 @@ async def open_stream(address: Union[SocketAddrT, socket.socket],
     return await asyncio.open_connection(host, port, ssl=ssl, limit=limit)
 
 
+def describe(address: object) -> str:
+    """
+    An address as people write it: a path, ``host:port``, ``[v6]:port``.
+
+    >>> describe('/tmp/qmp.sock'), describe(('::1', 4444))
+    ('/tmp/qmp.sock', '[::1]:4444')
+    """
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ':' in host \
+            else f"{host}:{address[1]}"
+    if isinstance(address, socket.socket):
+        return f"socket fd={address.fileno()}"
+    return str(address)
+
+
 def _tcp_address(address: object) -> Tuple[str, int]:
     if (isinstance(address, tuple) and len(address) == 2
             and isinstance(address[0], str) and isinstance(address[1], int)):

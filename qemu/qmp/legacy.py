@@ -55,6 +55,7 @@ from .qmp_client import (
     GreetingError,
     NegotiationError,
     check_reply,
+    greeting_timeout,
     reply_value,
 )
 from .util import exception_summary
@@ -129,9 +130,8 @@ class QEMUMonitorProtocol:
             try:
                 self._listener = _sockets.listen_blocking(self._address)
             except (OSError, TypeError) as err:
-                raise ConnectError(
-                    f"Failed to listen on {self._address_text()}",
-                    err) from err
+                raise ConnectError("Failed to establish connection", err,
+                                   self._address) from err
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} address={self._address!r} "
@@ -145,12 +145,6 @@ class QEMUMonitorProtocol:
             return Runstate.DISCONNECTING
         return Runstate.CONNECTING if self._listener else Runstate.IDLE
 
-    def _address_text(self) -> str:
-        address = self._address
-        if isinstance(address, tuple) and len(address) == 2:
-            return f"{address[0]}:{address[1]}"
-        return str(address)
-
     # ------------------------------------------------------------------
     # Connecting
     # ------------------------------------------------------------------
@@ -158,10 +152,13 @@ class QEMUMonitorProtocol:
     @classmethod
     def parse_address(cls, address: str) -> SocketAddrT:
         """
-        Parse ``"host:port"`` into a tuple; anything else is a path.
+        Parse ``"host:port"`` or ``"[IPv6]:port"`` into a tuple; anything
+        else is a path.
 
         >>> QEMUMonitorProtocol.parse_address('localhost:4444')
         ('localhost', 4444)
+        >>> QEMUMonitorProtocol.parse_address('[::1]:4444')
+        ('::1', 4444)
         >>> QEMUMonitorProtocol.parse_address('/tmp/qmp.sock')
         '/tmp/qmp.sock'
 
@@ -169,26 +166,38 @@ class QEMUMonitorProtocol:
         :return: A ``(host, port)`` tuple or a UNIX socket path.
         :raise QMPBadPortError: The port is not a number.
         """
+        if address.startswith('['):
+            host, bracket, port = address[1:].partition(']:')
+            if bracket and host:
+                return (host, cls._port(port, address))
         components = address.split(':')
         if len(components) == 2:
-            try:
-                port = int(components[1])
-            except ValueError:
-                msg = f"Bad port: '{components[1]}' in '{address}'."
-                raise QMPBadPortError(msg) from None
-            return (components[0], port)
+            return (components[0], cls._port(components[1], address))
         return address
 
-    def connect(self, negotiate: bool = True) -> Optional[Dict[str, Any]]:
+    @staticmethod
+    def _port(text: str, address: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise QMPBadPortError(
+                f"Bad port: '{text}' in '{address}'.") from None
+
+    def connect(self, negotiate: bool = True, *,
+                timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
         """
         Connect to the QMP monitor, and negotiate unless told not to.
 
         :param negotiate: Await the greeting and negotiate capabilities
             (the guest agent does neither: pass `False`).
+        :param timeout: Seconds to wait for the greeting and for the
+            negotiation, each; `None` (the reference library's behaviour)
+            waits forever.  A socket that never greets is most likely the
+            guest agent's, and the error says so.
         :return: The greeting as a dict, or `None` without negotiation.
         :raise StateError: Already connected, or listening (`accept`).
-        :raise ConnectError: The connection or the negotiation failed; it
-            wraps the root cause.
+        :raise ConnectError: The connection or the negotiation failed (or
+            timed out); it wraps the root cause.
         """
         self._require_idle("connect")
         if self._listener is not None:
@@ -199,10 +208,9 @@ class QEMUMonitorProtocol:
         try:
             sock = _sockets.connect_blocking(self._address)
         except (OSError, TypeError) as err:
-            raise ConnectError(
-                f"Failed to connect to {self._address_text()}",
-                err) from err
-        return self._start_session(sock, negotiate, None)
+            raise ConnectError("Failed to establish connection", err,
+                               self._address) from err
+        return self._start_session(sock, negotiate, timeout)
 
     def accept(self, timeout: Optional[float] = 15.0) -> Dict[str, Any]:
         """
@@ -216,7 +224,8 @@ class QEMUMonitorProtocol:
         :return: The greeting as a dict.
         :raise StateError: Not constructed with ``server=True``, or
             already connected.
-        :raise asyncio.TimeoutError: Nobody connected in time.
+        :raise asyncio.TimeoutError: Nobody connected, greeted and
+            negotiated in time.
         :raise ConnectError: Accepting or negotiating failed.
         """
         self._require_idle("accept")
@@ -230,7 +239,13 @@ class QEMUMonitorProtocol:
                              Runstate.CONNECTING)
         else:
             sock = self._accept(self._listener, timeout)
-        greeting = self._start_session(sock, True, deadline)
+        try:
+            greeting = self._start_session(sock, True, timeout, deadline)
+        except ConnectError as err:
+            if isinstance(err.exc.__cause__, asyncio.TimeoutError):
+                # The reference library's accept() times out this way.
+                raise asyncio.TimeoutError(str(err.exc)) from err
+            raise
         assert greeting is not None
         if self._listener is not None:
             _sockets.close_listener(self._listener)
@@ -243,11 +258,11 @@ class QEMUMonitorProtocol:
             return _sockets.accept_blocking(listener, timeout)
         except socket.timeout:
             raise asyncio.TimeoutError(
-                f"nobody connected to {self._address_text()} within "
-                f"{timeout} seconds") from None
+                f"nobody connected to {_sockets.describe(self._address)} "
+                f"within {timeout} seconds") from None
         except OSError as err:
-            raise ConnectError(f"Failed to accept a connection on "
-                               f"{self._address_text()}", err) from err
+            raise ConnectError("Failed to establish connection", err,
+                               self._address) from err
 
     def _require_idle(self, what: str) -> None:
         conn = self._conn
@@ -256,20 +271,30 @@ class QEMUMonitorProtocol:
                              Runstate.RUNNING, Runstate.IDLE)
 
     def _start_session(self, sock: socket.socket, negotiate: bool,
-                       deadline: Optional[float]) -> Optional[QMPMessage]:
-        """Greet and negotiate on ``sock``; the session then runs."""
+                       timeout: Optional[float],
+                       deadline: Optional[float] = None
+                       ) -> Optional[QMPMessage]:
+        """
+        Greet and negotiate on ``sock``, by ``deadline`` (or ``timeout``
+        seconds from now); the session then runs.
+
+        :raise ConnectError: It failed or timed out (wrapping a
+            `GreetingError` or `NegotiationError` caused by
+            `asyncio.TimeoutError`).
+        """
+        if deadline is None and timeout is not None:
+            deadline = time.monotonic() + timeout
         conn = BlockingConnection(sock, DEFAULT_LIMIT, self.logger)
         try:
             greeting = None
             if negotiate:
-                greeting = self._greet(conn, deadline)
-                self._negotiate(conn, greeting, deadline)
+                greeting = self._greet(conn, deadline, timeout)
+                self._negotiate(conn, greeting, deadline, timeout)
         except BaseException as err:
             conn.close()
-            if isinstance(err, Exception) \
-                    and not isinstance(err, asyncio.TimeoutError):
-                raise ConnectError("Failed to establish session",
-                                   err) from err
+            if isinstance(err, Exception):
+                raise ConnectError("Failed to establish session", err,
+                                   self._address) from err
             raise
         previous, self._conn = self._conn, conn
         if previous is not None:
@@ -277,9 +302,12 @@ class QEMUMonitorProtocol:
         return greeting
 
     @staticmethod
-    def _greet(conn: BlockingConnection,
-               deadline: Optional[float]) -> QMPMessage:
-        msg = conn.greeting(deadline)
+    def _greet(conn: BlockingConnection, deadline: Optional[float],
+               timeout: Optional[float]) -> QMPMessage:
+        try:
+            msg = conn.greeting(deadline)
+        except asyncio.TimeoutError as err:
+            raise greeting_timeout(timeout, err) from err
         try:
             Greeting(msg)
         except (KeyError, TypeError) as err:
@@ -287,7 +315,8 @@ class QEMUMonitorProtocol:
         return dict(msg)
 
     def _negotiate(self, conn: BlockingConnection, greeting: QMPMessage,
-                   deadline: Optional[float]) -> None:
+                   deadline: Optional[float],
+                   timeout: Optional[float]) -> None:
         enable = ['oob'] if 'oob' in greeting['QMP']['capabilities'] else []
         exec_id = self._make_id()
         msg = {'execute': 'qmp_capabilities', 'arguments': {'enable': enable},
@@ -295,6 +324,10 @@ class QEMUMonitorProtocol:
         try:
             reply = conn.execute(Codec.encode(msg), exec_id, deadline)
             reply_value(reply, Message(msg, eager=False))
+        except asyncio.TimeoutError as err:
+            raise NegotiationError(
+                f"No reply to qmp_capabilities within {timeout} seconds",
+                err) from err
         except (ProtocolError, ExecuteError) as err:
             raise NegotiationError("Negotiation failed", err) from err
         except ExecInterruptedError as err:

@@ -91,27 +91,35 @@ class ConnectError(QMPError):
     """
     Raised when the initial connection process has failed.
 
-    It always wraps a root cause, available as `exc`.  For example, when
-    connecting to a socket that does not exist::
+    It always wraps a root cause, available as `exc`, and names the
+    address it was about when it knows it.  For example, when connecting
+    to a socket that does not exist::
 
         await qmp.connect('not_found.sock')
-        # ConnectError: Failed to establish connection:
+        # ConnectError: Failed to establish connection (not_found.sock):
         #   [Errno 2] No such file or directory
 
     :param error_message: Human-readable string describing the error.
     :param exc: The root-cause exception.
+    :param address: The address connected to or listened on, if known.
     """
 
-    def __init__(self, error_message: str, exc: Exception) -> None:
+    def __init__(self, error_message: str, exc: Exception,
+                 address: object = None) -> None:
         super().__init__(error_message, exc)
         #: Human-readable error string
         self.error_message: str = error_message
         #: Wrapped root cause exception
         self.exc: Exception = exc
+        #: The address connected to or listened on, or `None`.
+        self.address: object = address
 
     def __str__(self) -> str:
-        cause = str(self.exc) or type(self.exc).__name__
-        return f"{self.error_message}: {cause}"
+        where = '' if self.address is None \
+            else f" ({_sockets.describe(self.address)})"
+        cause = exception_summary(self.exc) \
+            if not str(self.exc) else str(self.exc)
+        return f"{self.error_message}{where}: {cause}"
 
 
 class StateError(QMPError):
@@ -254,6 +262,8 @@ class AsyncProtocol(Generic[T]):
         # Set by _do_start_server, cleared by _do_accept: accept() needs
         # it.  (The hook contract of the reference library's subclasses.)
         self._accepted: Optional[asyncio.Event] = None
+        # Where the session connects or listens, for error messages.
+        self._session_address: object = None
         # _do_accept's wait for the peer, while it waits.
         self._accept_task: Optional[asyncio.Future[_sockets.Streams]] = None
         self._reader_task: Optional[asyncio.Task[None]] = None
@@ -369,7 +379,7 @@ class AsyncProtocol(Generic[T]):
         :raise ConnectError: When the server could not start listening on
             this address; it wraps the root cause, usually an `OSError`.
         """
-        self._begin_session()
+        self._begin_session(address)
         async with self._session_guard("Failed to establish connection"):
             await self._do_start_server(address, ssl)
 
@@ -413,7 +423,7 @@ class AsyncProtocol(Generic[T]):
             established; it wraps the root cause (an `OSError`, `EOFError`
             or, for a protocol-level failure, a `QMPError`).
         """
-        self._begin_session()
+        self._begin_session(address)
         async with self._session_guard("Failed to establish connection"):
             await self._do_connect(address, ssl)
         async with self._session_guard("Failed to establish session"):
@@ -440,8 +450,9 @@ class AsyncProtocol(Generic[T]):
     # Upper half: session set-up and tear-down
     # ------------------------------------------------------------------
 
-    def _begin_session(self) -> None:
+    def _begin_session(self, address: object) -> None:
         """Reset per-session state and enter `CONNECTING`."""
+        self._session_address = address
         self._set_state(Runstate.CONNECTING)
         self._outgoing = asyncio.Queue()
         self._bh_errors = []
@@ -468,12 +479,13 @@ class AsyncProtocol(Generic[T]):
             # A disconnect already under way was asked for meanwhile:
             # that, not the failure it caused, is why set-up stopped.
             aborted = self._dc_task is not None
+            address = self._session_address
             await self._rollback()
             if aborted and isinstance(err, Exception):
-                raise ConnectError(emsg, _aborted()) from err
+                raise ConnectError(emsg, _aborted(), address) from err
             if isinstance(err, Exception) \
                     and not isinstance(err, ConnectError):
-                raise ConnectError(emsg, err) from err
+                raise ConnectError(emsg, err, address) from err
             raise
 
     async def _rollback(self) -> None:

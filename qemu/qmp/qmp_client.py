@@ -52,7 +52,9 @@ class _WrappedProtocolError(ProtocolError):
         self.exc = exc
 
     def __str__(self) -> str:
-        return f"{self.error_message}: {self.exc}"
+        cause = str(self.exc)
+        return f"{self.error_message}: {cause}" if cause \
+            else self.error_message
 
 
 class GreetingError(_WrappedProtocolError):
@@ -174,6 +176,18 @@ class BadReplyError(_MsgProtocolError):
 
 # Marks a member missing from a message (None is a valid JSON value).
 _ABSENT = object()
+
+
+def greeting_timeout(seconds: Optional[float],
+                     cause: Exception) -> GreetingError:
+    """
+    The error for a greeting that did not come: what it most likely
+    means, and what to do (both clients raise it).
+    """
+    return GreetingError(
+        f"No greeting within {seconds} seconds; if this is the guest "
+        f"agent's socket, which never greets, connect with "
+        f"negotiate=False", cause)
 
 
 def check_reply(reply: Message, sent: Message) -> Optional[ErrorResponse]:
@@ -417,9 +431,7 @@ class QMPClient(AsyncProtocol[Message], Events):
             self.logger.debug("%s:\n%s", emsg, pretty_traceback())
             raise GreetingError(emsg, err) from err
         except asyncio.TimeoutError as err:
-            raise GreetingError(
-                f"No greeting within {self.session_timeout} seconds",
-                err) from err
+            raise greeting_timeout(self.session_timeout, err) from err
 
     @upper_half
     async def _negotiate(self) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import json
 import os
 import re
@@ -56,6 +57,7 @@ from typing import (
 from .error import QMPError
 from .legacy import QEMUMonitorProtocol, QMPBadPortError, QMPMessage
 from .protocol import ConnectError, SocketAddrT
+from .qmp_client import GreetingError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
@@ -335,13 +337,14 @@ class QMPShell(QEMUMonitorProtocol):
 
     # -- connecting and closing --------------------------------------------
 
-    def connect(self, negotiate: bool = True) -> None:
+    def connect(self, negotiate: bool = True, *,
+                timeout: Optional[float] = None) -> None:
         """
         Connect to the QMP monitor (see `QEMUMonitorProtocol.connect`).
 
         The greeting is kept for `show_banner`; nothing is returned.
         """
-        self._greeting = super().connect(negotiate)
+        self._greeting = super().connect(negotiate, timeout=timeout)
 
     def accept(self, timeout: Optional[float] = 15.0) -> QMPMessage:
         """Accept QEMU's connection (see `QEMUMonitorProtocol.accept`)."""
@@ -698,6 +701,11 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
                              '(status 1 on an error reply)')
 
 
+#: Seconds ``qmp-shell`` waits for the server's greeting (and for the
+#: negotiation): a socket that never greets is most likely the guest agent's.
+GREETING_TIMEOUT = 10.0
+
+
 def die(msg: str) -> NoReturn:
     """Print ``ERROR: msg`` on standard error and exit with status 1."""
     sys.stderr.write(f"ERROR: {msg}\n")
@@ -759,9 +767,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(str(err))
     shell = _make_shell(address, args)
     try:
-        shell.connect(negotiate=not args.skip_negotiation)
-    except (ConnectError, QMPError) as err:
+        shell.connect(negotiate=not args.skip_negotiation,
+                      timeout=GREETING_TIMEOUT)
+    except QMPError as err:
         shell.close()
+        if isinstance(err, ConnectError) \
+                and isinstance(err.exc, GreetingError) \
+                and isinstance(err.exc.exc, asyncio.TimeoutError):
+            die(f"could not connect to {args.address}: no greeting within "
+                f"{GREETING_TIMEOUT} seconds; for the guest agent's socket "
+                f"(which never greets), use -N")
         die(f"could not connect to {args.address}: {err}")
     return _run(shell, args)
 

@@ -136,8 +136,33 @@ async def test_greeting_timeout():
         with pytest.raises(ConnectError) as info:
             await qmp.connect(await server.start())
         assert isinstance(info.value.exc, GreetingError)
-        assert 'No greeting within 0.05 seconds' in str(info.value)
+        text = str(info.value)
+        assert 'No greeting within 0.05 seconds' in text
+        assert 'negotiate=False' in text  # what to check
+        assert not text.rstrip().endswith(':')
         assert qmp.runstate is Runstate.IDLE
+
+
+async def test_connect_failure_names_the_address(tmp_path):
+    """A failed connect() names the address it tried, for UNIX and TCP,
+    keeping the reference's error_message."""
+    path = str(tmp_path / 'missing.sock')
+    qmp = QMPClient()
+    with pytest.raises(ConnectError) as info:
+        await qmp.connect(path)
+    assert info.value.error_message == 'Failed to establish connection'
+    assert info.value.address == path
+    assert str(info.value).startswith(
+        f"Failed to establish connection ({path}): [Errno 2]")
+    with socket.socket() as unused:
+        unused.bind(('127.0.0.1', 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ConnectError) as info:
+        await qmp.connect(('127.0.0.1', port))
+    assert f"(127.0.0.1:{port})" in str(info.value)
+    with pytest.raises(ConnectError) as info:
+        await qmp.start_server(str(tmp_path / 'no' / 'dir.sock'))
+    assert f"({tmp_path}/no/dir.sock)" in str(info.value)
 
 
 async def test_negotiation_timeout():
@@ -149,6 +174,9 @@ async def test_negotiation_timeout():
         with pytest.raises(ConnectError) as info:
             await qmp.connect(await server.start())
         assert isinstance(info.value.exc, NegotiationError)
+        assert 'No reply to qmp_capabilities within 0.05 seconds' in \
+            str(info.value)
+        assert not str(info.value).rstrip().endswith(':')
         assert qmp.runstate is Runstate.IDLE
 
 

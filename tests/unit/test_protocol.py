@@ -145,7 +145,8 @@ async def test_connect_failure_returns_to_idle(sock_path):
     with pytest.raises(ConnectError) as info:
         await proto.connect(sock_path)
     assert isinstance(info.value.exc, FileNotFoundError)
-    assert str(info.value).startswith('Failed to establish connection: ')
+    assert str(info.value).startswith(
+        f'Failed to establish connection ({sock_path}): ')
     assert proto.runstate is Runstate.IDLE
     # And it can try again.
     with pytest.raises(ConnectError):
@@ -170,7 +171,8 @@ async def test_failed_session_returns_to_idle(sock_path):
     client = FailingSession()
     with pytest.raises(ConnectError) as info:
         await client.connect(sock_path)
-    assert str(info.value) == 'Failed to establish session: handshake failed'
+    assert str(info.value) == \
+        f'Failed to establish session ({sock_path}): handshake failed'
     assert client.runstate is Runstate.IDLE
     await accepting
     await wait_for_state(server, Runstate.DISCONNECTING)

@@ -430,3 +430,22 @@ def test_demo_without_qemu(tmp_path):
     assert 'built-in QMP test server' in result.stdout
     assert '"paused"' in result.stdout
     assert '"event": "STOP"' in result.stdout
+
+
+def test_guest_agent_socket_without_n_says_so(monkeypatch, capsys):
+    """Pointed at a socket that never greets (the guest agent's) without
+    -N, the shell gives up after a while and says to use -N, instead of
+    waiting forever."""
+    from tests.conftest import ThreadedServer
+    import qemu.qmp.qmp_shell as qmp_shell
+    monkeypatch.setattr(qmp_shell, 'GREETING_TIMEOUT', 0.05)
+    agent = ThreadedServer(greeting=None)
+    try:
+        address = agent.start()
+        with pytest.raises(SystemExit) as info:
+            main([address, '-c', 'guest-ping'])
+        assert info.value.code == 1
+        err = capsys.readouterr().err
+        assert 'no greeting' in err and '-N' in err
+    finally:
+        agent.close()
