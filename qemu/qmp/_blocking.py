@@ -68,6 +68,10 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 # dropped quietly; older ones are dropped with a warning like unknown ids.
 _ABANDONED_KEPT = 1000
 
+# How many reads a wait makes after its deadline passed, to take in what
+# has already arrived (the end of the stream included).
+_LATE_READS = 16
+
 # Marks a member missing from a message (None is a valid JSON id).
 _ABSENT = object()
 
@@ -268,7 +272,8 @@ class BlockingConnection:
         Read and route until ``take()`` returns something, and return it.
 
         ``take`` runs under the lock.  Before giving up at ``deadline``,
-        at least one read of what has already arrived is made, unless
+        what has already arrived is read (up to `_LATE_READS` reads, so a
+        server that never stops sending cannot keep a caller here), unless
         another thread is reading.
 
         :return: What ``take`` returned, or `None` at ``deadline``.
@@ -276,15 +281,18 @@ class BlockingConnection:
             nothing; ``__cause__`` says why it ended.
         """
         batch: Optional[_Batch] = None
-        tried = False
+        late_reads = 0  # reads made once the deadline had passed
+        drained = False  # the last read found nothing waiting
+        read = False
         while True:
             with self._lock:
-                if batch is not None:
+                if read:
+                    read = False
                     self._reading = False
-                    self._route(batch)
+                    if batch is not None:
+                        self._route(batch)
                     if self._sleepers:
                         self._changed.notify_all()
-                    batch = None
                 value = take()
                 if value is not None:
                     return value
@@ -302,12 +310,15 @@ class BlockingConnection:
                     finally:
                         self._sleepers -= 1
                     continue
-                if out_of_time and tried:
-                    return None
+                if out_of_time:
+                    if drained or late_reads == _LATE_READS:
+                        return None
+                    late_reads += 1
                 self._reading = True
-            tried = True
             try:
                 batch = self._read(remaining)
+                drained = batch is None
+                read = True
             except BaseException:
                 with self._lock:
                     self._reading = False
@@ -324,12 +335,16 @@ class BlockingConnection:
         error.__cause__ = self._ended
         return error
 
-    def _read(self, timeout: Optional[float]) -> _Batch:
-        """Read once (up to ``timeout`` seconds) and decode, unlocked."""
+    def _read(self, timeout: Optional[float]) -> Optional[_Batch]:
+        """
+        Read once (up to ``timeout`` seconds) and decode, unlocked.
+
+        :return: What was read, or `None` if nothing came in time.
+        """
         try:
             if timeout is not None and \
                     not self._readable.poll(_milliseconds(timeout)):
-                return [], None
+                return None
             data = self._sock.recv(READ_SIZE)
         except OSError as err:
             return [], err
@@ -427,6 +442,13 @@ class BlockingConnection:
         except OSError as err:
             if self._closed:
                 raise self._interrupted() from None
+            # The peer is gone (EPIPE, ECONNRESET): read what it sent
+            # before going, so its last events are kept and the end of
+            # the stream is known.
+            try:
+                self._wait(lambda: None, time.monotonic())
+            except ExecInterruptedError:
+                pass
             raise ExecInterruptedError(
                 f"could not send the command: {exception_summary(err)}"
             ) from err

@@ -135,9 +135,19 @@ class QEMUMonitorProtocol:
 
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} address={self._address!r} "
-                f"runstate={self._runstate().name}>")
+                f"runstate={self.runstate.name}>")
 
-    def _runstate(self) -> Runstate:
+    @property
+    def runstate(self) -> Runstate:
+        """
+        Where the connection is, as a `Runstate` (as `QMPClient` has it).
+
+        `RUNNING` while connected; `DISCONNECTING` once the connection
+        ended (QEMU went away, or `close` was called: commands then raise
+        `StateError`); `CONNECTING` while listening for QEMU; `IDLE`
+        before connecting.  The end of a connection is noticed when the
+        socket is next read, by any call that waits or reads events.
+        """
         conn = self._conn
         if conn is not None and not conn.ended:
             return Runstate.RUNNING
@@ -342,7 +352,7 @@ class QEMUMonitorProtocol:
         conn = self._conn
         if conn is None:
             raise StateError("Not connected: call connect() or accept() "
-                             "first.", self._runstate(), Runstate.RUNNING)
+                             "first.", self.runstate, Runstate.RUNNING)
         return conn
 
     def _deadline(self) -> Optional[float]:

@@ -38,9 +38,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from typing import (
     IO,
     Any,
@@ -56,8 +58,8 @@ from typing import (
 
 from .error import QMPError
 from .legacy import QEMUMonitorProtocol, QMPBadPortError, QMPMessage
-from .protocol import ConnectError, SocketAddrT
-from .qmp_client import GreetingError
+from .protocol import ConnectError, Runstate, SocketAddrT, StateError
+from .qmp_client import ExecInterruptedError, GreetingError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
@@ -166,7 +168,7 @@ class CommandParser:
             return None
         if line.startswith('{') and not self.in_transaction:
             return self._raw_json(line)
-        words = _WORD.findall(line)
+        words = self._words(line)
 
         if words[0] == 'transaction(':
             if self.in_transaction:
@@ -193,6 +195,25 @@ class CommandParser:
             return None
         actions, self.actions = self.actions, None
         return {'execute': 'transaction', 'arguments': {'actions': actions}}
+
+    @staticmethod
+    def _words(line: str) -> List[str]:
+        """
+        The words of a line; quotes must come in pairs.
+
+        :raise QMPShellError: A quote is not closed.
+        """
+        words = []
+        end = 0
+        for match in _WORD.finditer(line):
+            if line[end:match.start()].strip():
+                break  # something between words: an unclosed quote
+            words.append(match.group())
+            end = match.end()
+        else:
+            if not line[end:].strip():
+                return words
+        raise QMPShellError("unbalanced quote: every \" or ' needs its pair")
 
     @staticmethod
     def _raw_json(line: str) -> Dict[str, Any]:
@@ -327,6 +348,10 @@ class QMPShell(QEMUMonitorProtocol):
         self.failures = 0
         #: Send ``quit`` before closing (for a QEMU the shell started).
         self.quit_on_close = False
+        #: Whether the server closed the connection (the shell then stops).
+        self.connection_lost = False
+        #: Whether the last command was a ``quit`` the server answered.
+        self.quit_answered = False
         self._completer = QMPCompleter()
         self._greeting: Optional[QMPMessage] = None
         self._readline_used = False
@@ -466,10 +491,18 @@ class QMPShell(QEMUMonitorProtocol):
         self._log('command', cmd)
         try:
             reply = self.cmd_obj(cmd)
-        except QMPError as err:
+        except (ExecInterruptedError, StateError) as err:
+            if self.runstate is not Runstate.RUNNING:
+                self._connection_gone()
+            else:
+                self._print(f"Error: {type(err).__name__}: {err}")
+            return False
+        except (QMPError, ValueError) as err:
             self._print(f"Error: {type(err).__name__}: {err}")
             return False
         self._log('reply', reply)
+        self.quit_answered = cmd.get('execute') == 'quit' \
+            and 'return' in reply
         if 'error' in reply:
             error = reply['error']
             if self.json_output:
@@ -510,19 +543,37 @@ class QMPShell(QEMUMonitorProtocol):
         line = (self.stdin or sys.stdin).readline()
         return line or None
 
+    def _connection_gone(self) -> None:
+        if not self.connection_lost:
+            self.connection_lost = True
+            self._print("QEMU closed the connection" +
+                        (" (after quit)." if self.quit_answered else "."))
+
     def read_exec_command(self) -> bool:
         """
         Print pending events, then read one line and run it.
 
-        :return: `False` at end of input, `True` otherwise.
+        Ctrl-C at the prompt cancels the line (and a transaction being
+        entered), as in a command shell.
+
+        :return: `False` at end of input, or once the server closed the
+            connection; `True` otherwise.
         """
         self.print_events()
-        line = self._read_line()
+        if self.runstate is not Runstate.RUNNING:
+            self._connection_gone()
+            return False
+        try:
+            line = self._read_line()
+        except KeyboardInterrupt:
+            self._print('')
+            self.parser = CommandParser()
+            return True
         if line is None:
             return False
         if not self.run_line(line):
             self.failures += 1
-        return True
+        return not self.connection_lost
 
     def repl(self) -> Iterator[None]:
         """
@@ -720,7 +771,13 @@ def _make_shell(address: SocketAddrT, args: argparse.Namespace,
 
 
 def _run(shell: QMPShell, args: argparse.Namespace) -> int:
-    """Run the one-shot command or the REPL; close; the exit status."""
+    """
+    Run the one-shot command or the REPL; close; the exit status.
+
+    0; 1 if a line failed when input was not a terminal, or the server
+    closed the connection without being told to quit; 130 after Ctrl-C
+    during a command (which closes the connection).
+    """
     try:
         if args.command is not None:
             ok = shell.run_line(args.command)
@@ -732,10 +789,19 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
         interactive = shell._interactive()
         for _ in shell.repl():
             pass
+        if shell.connection_lost:
+            return 0 if shell.quit_answered else 1
         return 1 if shell.failures and not interactive else 0
     except KeyboardInterrupt:
-        print('', flush=True)
-        return 0
+        print('\ninterrupted: the connection is closed', flush=True)
+        return 130
+    except BrokenPipeError:
+        # Our output was closed (qmp-shell ... | head -1): stop quietly,
+        # and keep Python from failing to flush it again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 1
     finally:
         shell.close()
 
@@ -796,28 +862,39 @@ def main_wrap(argv: Optional[List[str]] = None) -> int:
     return wrap(qemu or ['qemu-system-x86_64'], args)
 
 
+#: Seconds ``qmp-shell-wrap`` waits for its QEMU to connect.
+WRAP_CONNECT_TIMEOUT = 30.0
+
+
 def wrap(qemu: List[str], args: argparse.Namespace) -> int:
-    """Run ``qemu`` with a QMP socket in a private directory, attach."""
+    """
+    Run ``qemu`` with a QMP socket in a private directory, attach.
+
+    QEMU runs in a process group of its own, so Ctrl-C at the shell never
+    reaches it; SIGTERM and SIGHUP to the shell stop QEMU and remove the
+    directory before the shell exits (status 128 + the signal).
+    """
     tmpdir = tempfile.mkdtemp(prefix='qmp-shell-wrap-')
     path = os.path.join(tmpdir, 'qmp.sock')
     proc: Optional[subprocess.Popen[bytes]] = None
+    handlers = {signum: signal.signal(signum, _exit_on_signal)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         shell = _make_shell(path, args, server=True)
         try:
             proc = subprocess.Popen(
                 [*qemu, '-chardev', f'socket,id=qmp-shell,path={path}',
-                 '-mon', 'chardev=qmp-shell,mode=control'])
+                 '-mon', 'chardev=qmp-shell,mode=control'],
+                **_own_process_group())
         except OSError as err:
             shell.close()
             die(f"could not start {qemu[0]}: {err}")
-        try:
-            shell.accept(30.0)
-        except Exception as err:  # pylint: disable=broad-except
-            shell.close()
-            die(f"{qemu[0]} did not connect: {err}")
+        _await_qemu(shell, proc, qemu[0])
         shell.quit_on_close = True
         return _run(shell, args)
     finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         if proc is not None:
             if proc.poll() is None:
                 proc.terminate()
@@ -827,6 +904,43 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
                     proc.kill()
                     proc.wait()
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _await_qemu(shell: QMPShell, proc: 'subprocess.Popen[bytes]',
+                name: str) -> None:
+    """Accept QEMU's connection; die at once if QEMU exits first."""
+    deadline = time.monotonic() + WRAP_CONNECT_TIMEOUT
+    while True:
+        try:
+            # Short waits, to notice a QEMU that exits instead.
+            shell.accept(0.1)
+            return
+        except asyncio.TimeoutError:
+            pass
+        except QMPError as err:
+            shell.close()
+            die(f"{name} did not connect: {err}")
+        status = proc.poll()
+        if status is not None:
+            shell.close()
+            die(f"{name} exited with status {status} before connecting "
+                f"(its own messages are above)")
+        if time.monotonic() > deadline:
+            shell.close()
+            die(f"{name} did not connect within {WRAP_CONNECT_TIMEOUT} "
+                f"seconds")
+
+
+def _own_process_group() -> Dict[str, Any]:
+    # Popen's process_group is new in Python 3.11.
+    if sys.version_info >= (3, 11):
+        return {'process_group': 0}
+    return {'preexec_fn': os.setpgrp}  # nothing runs threads here yet
+
+
+def _exit_on_signal(signum: int, frame: object) -> NoReturn:
+    # Unwinds through the finally clauses that stop QEMU and clean up.
+    raise SystemExit(128 + signum)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -93,16 +93,21 @@ def test_guest_agent(guest_agent):
 
 
 def qemu_processes(tag):
+    """Pids of live QEMU processes (not the shell) started with ``tag``."""
     found = []
     for pid in os.listdir('/proc'):
         if not pid.isdigit():
             continue
         try:
             with open(f'/proc/{pid}/cmdline', 'rb') as cmdline:
-                if tag.encode() in cmdline.read():
-                    found.append(int(pid))
+                argv = cmdline.read().split(b'\0')
+            with open(f'/proc/{pid}/status') as status:
+                zombie = 'State:\tZ' in status.read()
         except OSError:
-            pass
+            continue
+        if tag.encode() in argv and b'qemu-system' in argv[0] \
+                and not zombie:
+            found.append(int(pid))
     return found
 
 
@@ -123,6 +128,44 @@ def test_shell_wrap_cleans_up():
     assert json.loads(lines[1]) == {'name': tag}
     assert qemu_processes(tag) == []
     assert 'terminating on signal' not in result.stderr  # quit, not killed
+
+
+def wrap(*qemu_args, **popen):
+    return subprocess.Popen(
+        [sys.executable, '-c',
+         'import sys; from qemu.qmp.qmp_shell import main_wrap; '
+         'sys.exit(main_wrap())', '--', *qemu_args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_shell_wrap_qemu_that_dies_at_once():
+    """qmp-shell-wrap -- qemu -M doesnotexist: says so at once, with
+    QEMU's exit status and its message (it used to wait 30 s)."""
+    binary = require_binary('qemu-system-x86_64')
+    proc = wrap(binary, '-M', 'doesnotexist', '-display', 'none')
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert 'exited with status 1 before connecting' in err
+    assert 'unsupported machine type' in err  # QEMU's own message
+
+
+def test_shell_wrap_sigterm_stops_qemu(tmp_path):
+    """SIGTERM to qmp-shell-wrap stops its QEMU and removes its temporary
+    directory (QEMU used to be left running)."""
+    binary = require_binary('qemu-system-x86_64')
+    tag = f'qmp-shell-wrap-test-{uuid.uuid4()}'
+    proc = wrap(binary, *QEMU_BASE, '-name', tag,
+                env=dict(os.environ, TMPDIR=str(tmp_path)))
+    proc.stdin.write('query-name\n')
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {'name': tag}
+    assert len(qemu_processes(tag)) == 1
+    proc.terminate()
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + 15
+    assert qemu_processes(tag) == []
+    assert not list(tmp_path.glob('qmp-shell-wrap-*'))
 
 
 def test_demo_with_qemu():

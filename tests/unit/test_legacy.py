@@ -18,6 +18,7 @@ from qemu.qmp import (
     ConnectError,
     ExecInterruptedError,
     ExecuteError,
+    Runstate,
     StateError,
 )
 from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
@@ -661,6 +662,25 @@ def test_with_and_quit(fake):
             assert monitor.cmd('quit') == {}
             assert monitor.pull_event(wait=5)['event'] == 'SHUTDOWN'
         fake.run(fake.server.wait_disconnected())
+
+
+def test_command_to_a_server_that_left(qmp, fake):
+    """A command sent after the server answered quit and left fails with
+    ExecInterruptedError, the end is known (runstate), and the event the
+    server sent before leaving is kept."""
+    async def quit_(args):
+        fake.server._send(fake.server._writer, {
+            'return': {}, 'id': fake.server.received[-1]['id']})
+        await fake.server.emit_event('SHUTDOWN')
+        await fake.server.hang_up()
+        return NO_REPLY
+    fake.server.on('quit', quit_)
+    assert qmp.cmd('quit') == {}
+    fake.run(fake.server.wait_disconnected())
+    with pytest.raises((ExecInterruptedError, StateError)):
+        qmp.cmd('query-status')
+    assert qmp.runstate is Runstate.DISCONNECTING
+    assert qmp.pull_event()['event'] == 'SHUTDOWN'
 
 
 def test_close_after_peer_died_raises_nothing(fake):

@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ from qemu.qmp.qmp_shell import (
     history_path,
     main,
 )
-from qemu.qmp.testing import CommandError
+from qemu.qmp.testing import NO_REPLY, CommandError
 
 
 # -- the input syntax ------------------------------------------------------
@@ -369,18 +370,32 @@ def test_skip_negotiation(fake):
         agent.close()
 
 
-def pty_session(args, keys, env):
-    """Run the shell on a pseudo-terminal, type ``keys``, return output."""
+def pty_session(args, keys, env, program='shell', waits=None):
+    """
+    Run the shell (or ``program='wrap'``, qmp-shell-wrap) on a
+    pseudo-terminal, type each of ``keys`` at a prompt, return the output
+    and the exit status.  For a key whose index is in ``waits``, instead
+    of waiting for a prompt: wait for that text to show (bytes), or call
+    that function (to type into a running command).
+    """
     pid, fd = pty.fork()
     if pid == 0:  # child
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        main = 'main_wrap' if program == 'wrap' else 'main'
         os.execve(sys.executable,
-                  [sys.executable, '-m', 'qemu.qmp.qmp_shell', *args], env)
+                  [sys.executable, '-c', 'import sys; from qemu.qmp.'
+                   f'qmp_shell import {main}; sys.exit({main}())', *args],
+                  env)
     output = b''
     try:
-        for chunk in keys:
-            while b'(QEMU) ' not in output.rsplit(b'\n', 1)[-1]:
+        for index, chunk in enumerate(keys):
+            wait = (waits or {}).get(index, b'(QEMU) ')
+            if callable(wait):
+                wait()
+            while not callable(wait) and \
+                    wait not in output.rsplit(b'\n', 1)[-1]:
                 ready, _, _ = select.select([fd], [], [], 30)
-                assert ready, f"no prompt; output so far: {output!r}"
+                assert ready, f"no {wait!r}; output so far: {output!r}"
                 output += os.read(fd, 65536)
             os.write(fd, chunk)
             output = output + b'\n' if chunk != b'\x04' else output
@@ -449,3 +464,165 @@ def test_guest_agent_socket_without_n_says_so(monkeypatch, capsys):
         assert 'no greeting' in err and '-N' in err
     finally:
         agent.close()
+
+
+# -- defects found by hostile and careless use --------------------------------
+
+@pytest.mark.parametrize('lines', [['"'], ["'"], ['cmd a="b'],
+                                   ['transaction(', '"'],
+                                   ['transaction(', "x a='"]])
+def test_unbalanced_quotes_are_an_error(lines):
+    """A lone or unbalanced quote is a QMPShellError, never IndexError."""
+    parser = CommandParser()
+    for line in lines[:-1]:
+        parser.parse(line)
+    with pytest.raises(QMPShellError, match='quote'):
+        parser.parse(lines[-1])
+
+
+def test_bad_lines_in_one_shot_and_raw_json(address, capsys):
+    """-c with a lone quote, and raw JSON with an id in the client's own
+    reserved form, print a message and fail; no traceback."""
+    assert main([address, '-c', '"']) == 1
+    assert 'quote' in capsys.readouterr().out
+    assert main([address, '-c',
+                 '{"execute": "query-status", "id": "__qmp#1"}']) == 1
+    assert 'reserved' in capsys.readouterr().out
+
+
+def test_piped_bad_lines_go_on(address):
+    """From a pipe, bad lines are reported and the next lines still run."""
+    result = run_shell_process(
+        [address], '"\n{"execute": "x", "id": "__qmp#7"}\nquery-status\n')
+    assert 'Traceback' not in result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('Error:') and 'quote' in lines[0]
+    assert lines[1].startswith('Error:') and 'reserved' in lines[1]
+    assert json.loads(lines[2]) == {'status': 'running'}
+    assert result.returncode == 1
+
+
+def test_stdout_closed_early(address):
+    """qmp-shell ... | head -1: the shell stops quietly when its output
+    is closed, with no BrokenPipeError traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'qemu.qmp.qmp_shell', address],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    proc.stdin.write(b'query-status\n')
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {'status': 'running'}
+    proc.stdout.close()
+    proc.stdin.write(b'query-status\n' * 2000)
+    proc.stdin.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(30) == 1
+    assert b'Traceback' not in err and b'BrokenPipe' not in err, err
+
+
+def test_server_gone_says_so_once(address, fake):
+    """When QEMU goes away, the shell says so once and stops: status 1
+    when it died, 0 after a quit that was answered."""
+    async def die(args):
+        await fake.server.hang_up()
+        return NO_REPLY
+
+    async def quit_(args):
+        fake.server._send(fake.server._writer, {
+            'return': {}, 'id': fake.server.received[-1]['id']})
+        await fake.server.hang_up()
+        return NO_REPLY
+
+    fake.server.on('die', die)
+    fake.server.on('quit', quit_)
+    result = run_shell_process(
+        [address], 'query-status\ndie\nquery-status\nquery-status\n')
+    assert result.stdout.count('closed the connection') == 1, result.stdout
+    assert 'StateError' not in result.stdout + result.stderr
+    assert result.returncode == 1
+    result = run_shell_process([address], 'quit\nquery-status\n')
+    assert result.stdout.count('closed the connection') == 1, result.stdout
+    assert result.returncode == 0
+
+
+def wrap_process(args, env=None):
+    """Run qmp-shell-wrap in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, '-c', 'import sys; from qemu.qmp.qmp_shell import '
+         'main_wrap; sys.exit(main_wrap())', *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env)
+
+
+FAKE_QEMU = os.path.join(os.path.dirname(__file__), '..', 'fake_qemu.py')
+
+
+def test_wrap_notices_qemu_dying_at_once():
+    """qmp-shell-wrap with a QEMU that exits at once says so at once,
+    with the exit status; QEMU's own message shows too."""
+    proc = wrap_process(['--', sys.executable, FAKE_QEMU, '-M',
+                         'doesnotexist'])
+    out, err = proc.communicate('query-status\n', timeout=20)
+    assert proc.returncode == 1
+    assert 'unsupported machine type' in err
+    assert 'exited with status 1 before connecting' in err, err
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f'/proc/{pid}/status') as status:
+        return 'State:\tZ' in status.read()
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGHUP])
+def test_wrap_cleans_up_on_signals(tmp_path, signum):
+    """SIGTERM or SIGHUP to qmp-shell-wrap stops its QEMU and removes the
+    socket's temporary directory."""
+    pidfile = tmp_path / 'qemu.pid'
+    env = dict(os.environ, FAKE_QEMU_PIDFILE=str(pidfile),
+               TMPDIR=str(tmp_path))
+    proc = wrap_process(['--', sys.executable, FAKE_QEMU], env=env)
+    proc.stdin.write('query-status\n')
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())['status'] == 'running'
+    qemu_pid = int(pidfile.read_text())
+    proc.send_signal(signum)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signum
+    assert gone(qemu_pid)
+    assert not list(tmp_path.glob('qmp-shell-wrap-*'))
+
+
+def test_ctrl_c(address, fake, tmp_path):
+    """On a terminal, Ctrl-C at the prompt cancels the line (the shell
+    goes on), Ctrl-D leaves with 0; Ctrl-C during a command ends the
+    shell with status 130."""
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
+    output, code = pty_session(
+        [address], [b'query-sta', b'\x03', b'query-status\r', b'\x04'], env,
+        # Ctrl-C on the half-typed line, once readline echoed it (so is
+        # reading: a Ctrl-C typed as readline starts up can get lost).
+        waits={1: b'query-sta'})
+    assert code == 0, output
+    assert '"status": "running"' in output
+    fake.server.on('hang', lambda args: NO_REPLY)
+    output, code = pty_session(
+        [address], [b'hang\r', b'\x03'], env,
+        waits={1: lambda: fake.run(fake.server.wait_for_command('hang'))})
+    assert code == 130, output
+    assert 'Traceback' not in output
+
+
+def test_wrap_ctrl_c_does_not_reach_qemu(tmp_path):
+    """qmp-shell-wrap runs QEMU in a process group of its own: Ctrl-C at
+    the prompt reaches the shell only, and QEMU goes on."""
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
+    output, code = pty_session(
+        ['--', sys.executable, FAKE_QEMU], [b'\x03', b'query-status\r',
+                                            b'\x04'], env, program='wrap')
+    assert code == 0, output
+    assert '"status": "running"' in output
