@@ -623,6 +623,52 @@ def test_close_from_another_thread(qmp, fake):
     fake.run(fake.server.wait_disconnected())
 
 
+def test_close_racing_many_threads(fake):
+    """close() while 8 threads run commands and one waits for events, 20
+    times, landing at different moments: every call either succeeds or
+    raises ExecInterruptedError or StateError (commands), EOFError
+    (events); nothing else, and no thread is left waiting."""
+    address = fake.start()
+    for round_ in range(20):
+        monitor = QEMUMonitorProtocol(address)
+        monitor.connect()
+        started = threading.Barrier(10)
+        unexpected = []
+
+        def commands():
+            started.wait()
+            try:
+                while True:
+                    monitor.cmd('echo', n=1)
+            except (ExecInterruptedError, StateError):
+                pass
+            except BaseException as err:  # reported below
+                unexpected.append(err)
+
+        def events():
+            started.wait()
+            try:
+                monitor.pull_event(wait=True)
+            except EOFError:
+                pass
+            except BaseException as err:  # reported below
+                unexpected.append(err)
+
+        threads = [threading.Thread(target=commands) for _ in range(8)]
+        threads.append(threading.Thread(target=events))
+        for thread in threads:
+            thread.start()
+        started.wait()
+        for _ in range(round_):  # close() a little later each round
+            monitor.cmd('query-status')
+        monitor.close()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
+        assert not unexpected, unexpected
+        fake.run(fake.server.wait_disconnected())
+
+
 def test_no_thread_no_event_loop(fake):
     """The blocking client starts no thread and no event loop."""
     before = threading.active_count()
