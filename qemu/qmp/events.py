@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from contextlib import contextmanager
 from typing import (
+    Awaitable,
     Callable,
     Deque,
     Iterable,
@@ -298,6 +299,7 @@ class Events:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         #: Default, all-events `EventListener`.  It keeps at most
         #: `DEFAULT_BUILTIN_BACKLOG` unread events; set its ``max_pending``
         #: to change that (`None` keeps them all).
@@ -323,7 +325,27 @@ class Events:
             for listener in listeners)
         self._dispatch_is_sync = all(fast for _, fast in self._dispatch)
 
-    def _event_dispatch_sync(self, msg: Message) -> None:
+    def _dispatch_event(self, msg: Message) -> Optional[Awaitable[None]]:
+        """
+        Give an event to every registered listener (reader task).
+
+        Without a listener that overrides ``put()``, this is done at once,
+        with no coroutine per event, and returns `None`; otherwise it
+        returns the awaitable that does it.  An event whose name is not a
+        string is logged and dropped.
+
+        :param msg: The event.
+        :return: `None`, or something to await.
+        """
+        if type(msg.get('event')) is not str:
+            logger.warning("Dropping event without a name: %s", msg)
+            return None
+        if self._dispatch_is_sync:
+            self._dispatch_at_once(msg)
+            return None
+        return self._dispatch_awaiting(msg)
+
+    def _dispatch_at_once(self, msg: Message) -> None:
         """Give an event to every listener; none overrides put()."""
         delivered = False
         for listener, _ in self._dispatch:
@@ -337,8 +359,8 @@ class Events:
             listener._deliver(msg.clone() if delivered else msg)
             delivered = True
 
-    async def _event_dispatch(self, msg: Message) -> None:
-        """Give an event to every registered listener (reader task)."""
+    async def _dispatch_awaiting(self, msg: Message) -> None:
+        """Give an event to every listener, awaiting overridden put()s."""
         delivered = False
         for listener, fast in self._dispatch:
             try:

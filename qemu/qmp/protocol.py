@@ -236,6 +236,7 @@ class AsyncProtocol(Generic[T]):
 
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
+        super().__init__()  # a mix-in (QMPClient's Events) comes next
         self._name: Optional[str] = None
         self.name = name
         #: The longest message accepted from the peer, in bytes; read

@@ -363,7 +363,6 @@ class QMPClient(AsyncProtocol[Message], Events):
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
         super().__init__(name, readbuflen)
-        Events.__init__(self)
 
         #: Whether or not to await a greeting after establishing a
         #: connection.  Defaults to True; QGA servers expect this to be
@@ -459,7 +458,9 @@ class QMPClient(AsyncProtocol[Message], Events):
             msg = await self._recv()
             if 'event' not in msg:
                 return msg
-            await self._event_dispatch(msg)
+            dispatching = self._dispatch_event(msg)
+            if dispatching is not None:
+                await dispatching
 
     # ------------------------------------------------------------------
     # Upper half: executing commands
@@ -687,16 +688,10 @@ class QMPClient(AsyncProtocol[Message], Events):
                                     exec_id)
             return
 
-        name = msg.get('event', _ABSENT)
-        if name is not _ABSENT:
-            if type(name) is str:
-                if self._dispatch_is_sync:
-                    self._event_dispatch_sync(msg)
-                else:
-                    await self._event_dispatch(msg)
-            else:
-                self.logger.warning("Dropping event without a name: %s",
-                                    msg)
+        if 'event' in msg:
+            dispatching = self._dispatch_event(msg)
+            if dispatching is not None:
+                await dispatching
             return
 
         if self._pending.resolve_idless(msg):
