@@ -203,19 +203,6 @@ class Message(MutableMapping[str, object]):
                 _encode(self._obj)
 
     @classmethod
-    def _adopt(cls, obj: Dict[str, object]) -> 'Message':
-        """
-        Make a message of ``obj`` itself, without copying or checking it.
-
-        For dicts the library just built and hands over.
-        """
-        msg = cls.__new__(cls)
-        msg._obj = obj
-        msg._raw = None
-        msg._src = None
-        return msg
-
-    @classmethod
     def _for_wire(cls, obj: Dict[str, object]) -> 'Message':
         """
         Make a message from ``obj`` and encode it now, once.
@@ -260,10 +247,20 @@ class Message(MutableMapping[str, object]):
 
     # -- conversion ----------------------------------------------------
 
-    def _wire_copy(self, **members: object) -> 'Message':
+    def wire_copy(self, **members: object) -> 'Message':
         """
-        Copy this message, plus ``members``, encoded for the wire now.
+        Return a copy with ``members`` added, encoded for the wire now.
 
+        The clients send such copies: a value JSON cannot carry raises
+        here, in the caller, and sending costs only a copy of the bytes.
+        This message itself is not changed.
+
+        >>> msg = Message({'execute': 'query-status'})
+        >>> bytes(msg.wire_copy(id=7))
+        b'{"execute":"query-status","id":7}'
+
+        :param members: Members to add (or replace) in the copy.
+        :return: The encoded copy.
         :raise SerializationError: The copy cannot be encoded.
         """
         return self._for_wire({**self._object, **members})

@@ -484,7 +484,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         obj: Dict[str, object] = {'exec-oob' if oob else 'execute': cmd}
         if arguments is not None:
             obj['arguments'] = arguments
-        return Message._adopt(obj)
+        return Message(obj, eager=False)
 
     @upper_half
     async def execute(self, cmd: str,
@@ -588,14 +588,14 @@ class QMPClient(AsyncProtocol[Message], Events):
             raise ValueError("Requires 'execute' or 'exec-oob' message")
         if assign_id:
             exec_id = self._make_id()
-            return exec_id, msg._wire_copy(id=exec_id)
+            return exec_id, msg.wire_copy(id=exec_id)
         if 'id' in msg:
             caller_id = msg['id']
             check_caller_id(caller_id)
-            return caller_id, msg._wire_copy()
+            return caller_id, msg.wire_copy()
         if 'exec-oob' in msg:
             raise ValueError("'exec-oob' requires an 'id'")
-        return NO_ID, msg._wire_copy()
+        return NO_ID, msg.wire_copy()
 
     async def _exchange(self, exec_id: object, wire: Message) -> Message:
         """Send ``wire`` and wait for the reply routed to ``exec_id``."""
