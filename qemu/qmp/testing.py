@@ -26,12 +26,12 @@ Example::
 A handler is a value (returned as is), a `CommandError` (returned as an
 error), or a function of the arguments dict, plain or ``async`` (an async
 handler can wait for anything before answering: that is how you make a
-command slow).  A handler that raises anything else is answered with a
-``GenericError`` naming the exception, logged on ``qemu.qmp.testing``,
-and the server goes on.  A function may return `NO_REPLY` to leave the command
-unanswered.  In-band commands are answered in order, one at a time, like
-QEMU does; ``exec-oob`` commands are answered as soon as their handler
-finishes.
+command slow).  `QUIT` answers like QEMU's ``quit``.  A handler that
+raises anything else is answered with a ``GenericError`` naming the
+exception, logged on ``qemu.qmp.testing``, and the server goes on.  A
+function may return `NO_REPLY` to leave the command unanswered.
+In-band commands are answered in order, one at a time, like QEMU does;
+``exec-oob`` commands are answered as soon as their handler finishes.
 
 ``QMPTestServer(greeting=None)`` behaves like the guest agent: no greeting
 and no negotiation.
@@ -87,7 +87,7 @@ from .util import exception_summary
 
 
 __all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
-           'DEFAULT_GREETING', 'Handler']
+           'QUIT', 'DEFAULT_GREETING', 'Handler']
 
 _T = TypeVar('_T')
 
@@ -124,6 +124,17 @@ class _NoReply:
 
 #: Returned by a handler: send no reply at all.
 NO_REPLY: Any = _NoReply()
+
+
+class _Quit:
+    def __repr__(self) -> str:
+        return 'QUIT'
+
+
+#: A handler that answers like QEMU's ``quit``: an empty reply, then a
+#: ``SHUTDOWN`` event, then the connection closes
+#: (``server.on('quit', QUIT)``).
+QUIT: Any = _Quit()
 
 Handler = Union[object, Callable[[Dict[str, Any]], Any]]
 
@@ -266,6 +277,11 @@ class QMPTestServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def queued(self) -> int:
+        """How many clients wait for their turn (see the class doc)."""
+        return self._serving - (self._writer is not None)
 
     # ------------------------------------------------------------------
     # Waiting for the client
@@ -489,6 +505,12 @@ class QMPTestServer:
         if 'id' in msg:
             reply['id'] = msg['id']
         self._send(writer, reply)
+        name = msg.get('execute', msg.get('exec-oob'))
+        if isinstance(name, str) and self.handlers.get(name) is QUIT \
+                and 'return' in reply:
+            await self.emit_event('SHUTDOWN', {'guest': False,
+                                               'reason': 'host-qmp-quit'})
+            await self.hang_up()
 
     async def _reply_to(self, msg: Dict[str, Any]) -> Any:
         name = msg.get('execute', msg.get('exec-oob'))
@@ -529,6 +551,8 @@ class QMPTestServer:
     async def _call(handler: Handler, arguments: Dict[str, Any]) -> Any:
         if isinstance(handler, CommandError):
             raise handler
+        if handler is QUIT:
+            return {}
         if not callable(handler):
             return handler
         value = handler(arguments)

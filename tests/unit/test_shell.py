@@ -93,12 +93,6 @@ def test_bad_syntax(line, message):
         CommandParser().parse(line)
 
 
-def test_raw_json_must_be_object():
-    """Raw JSON that is not an object is refused."""
-    with pytest.raises(QMPShellError, match='must be an object'):
-        CommandParser()._raw_json('[1]')
-
-
 def test_nested_transaction_refused():
     """transaction( inside a transaction is an error."""
     parser = CommandParser()
