@@ -8,20 +8,15 @@ asyncio logged an error during it: "Task was destroyed but it is pending",
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-import os
-import shutil
 from typing import AsyncIterator, Iterator, List
 
 import pytest
 
 from qemu.qmp import QMPClient, Runstate
-from qemu.qmp.testing import CommandError, QMPTestServer, ServerThread
-
-
-IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+from qemu.qmp.testing import QMPTestServer
+from tests.helpers import ThreadedServer, assert_no_tasks_left
 
 
 class _Collector(logging.Handler):
@@ -51,32 +46,6 @@ def asyncio_hygiene(request) -> Iterator[None]:
     assert not messages, f"asyncio logged errors: {messages}"
 
 
-def unavailable(what: str) -> None:
-    """
-    Something a test needs is missing: skip the test locally, fail it in
-    CI, where everything must be there.
-    """
-    if IN_CI:
-        pytest.fail(f"{what} (required in CI)")
-    pytest.skip(reason=what)
-
-
-def require_binary(name: str) -> str:
-    """Return the path of ``name``, or skip (fail in CI) without it."""
-    path = shutil.which(name)
-    if path is None:
-        unavailable(f"{name} is not installed")
-    assert path is not None
-    return path
-
-
-def assert_no_tasks_left() -> None:
-    """Only the current task may still exist."""
-    current = asyncio.current_task()
-    leftover = [task for task in asyncio.all_tasks() if task is not current]
-    assert not leftover, f"tasks leaked: {leftover}"
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[QMPTestServer]:
     """A started fake QMP server on a temporary UNIX socket."""
@@ -101,22 +70,6 @@ async def client(server: QMPTestServer) -> AsyncIterator[QMPClient]:
             pass
     await server.close()
     assert_no_tasks_left()
-
-
-class ThreadedServer(ServerThread):
-    """A QMPTestServer in an event loop of its own thread, like QEMU,
-    answering query-status, echo (its arguments) and fail (an error)."""
-
-    def __init__(self, greeting='default'):
-        super().__init__(QMPTestServer() if greeting == 'default'
-                         else QMPTestServer(greeting))
-        self.server.on('query-status', {'status': 'running'})
-        self.server.on('echo', lambda args: args)
-        self.server.on('fail', CommandError('GenericError', 'it failed'))
-
-    def emit(self, *names):
-        for name in names:
-            self.run(self.server.emit_event(name))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.helpers import unavailable
 
 REFERENCE = 'qemu.qmp==0.0.6'
 MEMBER = 'tests/test_protocol.py'

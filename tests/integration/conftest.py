@@ -20,7 +20,7 @@ from typing import AsyncIterator, List
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.helpers import free_port, require_binary
 
 
 class Daemon:
@@ -61,12 +61,6 @@ async def running(argv: List[str], address, pidfile: Path
         yield peer
     finally:
         peer.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 QEMU_BASE = ['-M', 'none', '-nodefaults', '-display', 'none']

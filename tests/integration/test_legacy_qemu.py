@@ -12,7 +12,7 @@ import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, StateError
 from qemu.qmp.legacy import QEMUMonitorProtocol
-from tests.conftest import require_binary
+from tests.helpers import require_binary
 from tests.integration.conftest import QEMU_BASE
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
-from tests.conftest import require_binary
+from tests.helpers import require_binary, started
 from tests.integration.conftest import QEMU_BASE
 
 pytestmark = pytest.mark.integration
@@ -150,7 +150,7 @@ async def test_kill_mid_command(qemu):
     await qmp.connect(qemu.address)
     stop = asyncio.ensure_future(asyncio.gather(
         *(qmp.execute('query-qmp-schema') for _ in range(20))))
-    await asyncio.sleep(0)
+    await started()  # the commands are sent
     qemu.kill()
     with pytest.raises(ExecInterruptedError):
         await stop

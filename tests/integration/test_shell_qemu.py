@@ -8,23 +8,16 @@ import uuid
 
 import pytest
 
-from tests.conftest import require_binary
+from tests.helpers import pty_session, require_binary, run_shell
 from tests.integration.conftest import QEMU_BASE
-from tests.unit.test_shell import pty_session
 
 pytestmark = pytest.mark.integration
 
 
-def shell(args, stdin=''):
-    return subprocess.run(
-        [sys.executable, '-m', 'qemu.qmp.qmp_shell', *args], input=stdin,
-        capture_output=True, text=True, timeout=60)
-
-
 def test_commands_and_errors(qemu):
     """Plain mode: values printed, errors printed, status 1 after one."""
-    result = shell([qemu.address], 'query-status\nno-such-cmd\n'
-                   'human-monitor-command command-line="info status"\n')
+    result = run_shell([qemu.address], 'query-status\nno-such-cmd\n'
+                       'human-monitor-command command-line="info status"\n')
     lines = result.stdout.splitlines()
     assert json.loads(lines[0])['status'] == 'running'
     assert lines[1].startswith('Error: CommandNotFound:')
@@ -34,13 +27,14 @@ def test_commands_and_errors(qemu):
 
 def test_transaction_and_nested_keys(storage_daemon):
     """Nested keys and a transaction reach a real qemu-storage-daemon."""
-    result = shell([storage_daemon.address],
-                   'blockdev-add driver=null-co node-name=n0 size=1048576\n'
-                   'transaction(\n'
-                   'block-dirty-bitmap-add node=n0 name=b0\n'
-                   'block-dirty-bitmap-add node=n0 name=b1 granularity=65536\n'
-                   ')\n'
-                   'query-named-block-nodes flat=true\n')
+    result = run_shell(
+        [storage_daemon.address],
+        'blockdev-add driver=null-co node-name=n0 size=1048576\n'
+        'transaction(\n'
+        'block-dirty-bitmap-add node=n0 name=b0\n'
+        'block-dirty-bitmap-add node=n0 name=b1 granularity=65536\n'
+        ')\n'
+        'query-named-block-nodes flat=true\n')
     assert result.returncode == 0, result.stdout
     nodes = json.loads(result.stdout.splitlines()[-1])
     bitmaps = {b['name'] for n in nodes for b in n.get('dirty-bitmaps', [])}
@@ -50,14 +44,14 @@ def test_transaction_and_nested_keys(storage_daemon):
 def test_verbose_pretty_json_and_log(qemu, tmp_path):
     """-v, -p, --json and -l together."""
     log = tmp_path / 'session.log'
-    result = shell(['-v', '-p', '-l', str(log), qemu.address],
-                   'query-status\n')
+    result = run_shell(['-v', '-p', '-l', str(log), qemu.address],
+                       'query-status\n')
     assert result.stdout.startswith('{\n    "execute": "query-status"\n}')
     assert '"return": {' in result.stdout
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert entries[0] == {'command': {'execute': 'query-status'}}
     assert entries[1]['reply']['return']['running'] is True
-    result = shell(['--json', qemu.address], 'stop\ncont\n')
+    result = run_shell(['--json', qemu.address], 'stop\ncont\n')
     objects = [json.loads(line) for line in result.stdout.splitlines()]
     assert {'return': {}} in objects
     assert 'STOP' in [o.get('event') for o in objects]
@@ -65,15 +59,15 @@ def test_verbose_pretty_json_and_log(qemu, tmp_path):
 
 def test_one_shot_exit_codes(qemu):
     """-c: status 0 on success, 1 on an error reply."""
-    ok = shell([qemu.address, '-c', 'query-status'])
+    ok = run_shell([qemu.address, '-c', 'query-status'])
     assert ok.returncode == 0 and json.loads(ok.stdout)['running']
-    bad = shell([qemu.address, '-c', 'query-status bogus=1'])
+    bad = run_shell([qemu.address, '-c', 'query-status bogus=1'])
     assert bad.returncode == 1 and 'GenericError' in bad.stdout
 
 
 def test_hmp_mode(qemu):
     """-H: HMP commands in, text out; starting it does not crash."""
-    result = shell(['-H', qemu.address], 'info status\nhelp info\n')
+    result = run_shell(['-H', qemu.address], 'info status\nhelp info\n')
     assert result.returncode == 0, result.stderr
     assert 'VM status: running' in result.stdout
 
@@ -88,7 +82,7 @@ def test_hmp_mode_interactive(qemu, tmp_path):
 
 def test_guest_agent(guest_agent):
     """-N talks to qemu-ga."""
-    result = shell(['-N', guest_agent.address, '-c', 'guest-sync id=7'])
+    result = run_shell(['-N', guest_agent.address, '-c', 'guest-sync id=7'])
     assert result.returncode == 0 and result.stdout.strip() == '7'
 
 
@@ -171,7 +165,7 @@ def test_shell_wrap_sigterm_stops_qemu(tmp_path):
 def test_demo_with_qemu():
     """--demo attaches to a real QEMU when installed."""
     require_binary('qemu-system-x86_64')
-    result = shell(['--demo'], 'query-status\n')
+    result = run_shell(['--demo'], 'query-status\n')
     assert result.returncode == 0, result.stderr
     assert 'Starting' in result.stdout and '"running"' in result.stdout
 

@@ -27,12 +27,11 @@ from qemu.qmp.qmp_client import (
 )
 from qemu.qmp.error import QMPError
 from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
-from tests.conftest import assert_no_tasks_left
-
-
-async def wait_disconnecting(qmp):
-    while qmp.runstate is Runstate.RUNNING:
-        await qmp.runstate_changed()
+from tests.helpers import (
+    assert_no_tasks_left,
+    client_tasks,
+    wait_for_state,
+)
 
 
 class Gate:
@@ -465,7 +464,7 @@ async def test_garbage_keeps_what_came_before(client, server):
     before it is still delivered."""
     await server.send_raw(
         QMPTestServer.event_bytes('FIRST') + b'\xff\xfe not json\n')
-    await wait_disconnecting(client)
+    await wait_for_state(client, Runstate.DISCONNECTING)
     assert (await client.events.get())['event'] == 'FIRST'
     with pytest.raises(DeserializationError):
         await client.disconnect()
@@ -500,13 +499,6 @@ async def test_raw_with_own_id(client, server):
     assert reply['id'] == [1, 'a'] and 'return' in reply
 
 
-def our_tasks(qmp):
-    """The client's own tasks that are still pending."""
-    return [task for task in (qmp._reader_task, qmp._writer_task,
-                              qmp._dc_task)
-            if task is not None and not task.done()]
-
-
 async def test_disconnect_while_waiting_for_the_greeting():
     """disconnect() while connect() waits for a greeting that never comes:
     connect() fails at once with ConnectError (ConnectionAbortedError),
@@ -519,7 +511,7 @@ async def test_disconnect_while_waiting_for_the_greeting():
         with pytest.raises(ConnectError) as info:
             await asyncio.wait_for(connecting, 5)
         assert isinstance(info.value.exc, ConnectionAbortedError)
-        assert qmp.runstate is Runstate.IDLE and not our_tasks(qmp)
+        assert qmp.runstate is Runstate.IDLE and not client_tasks()
     async with QMPTestServer() as server:
         await qmp.connect(await server.start())
         await qmp.disconnect()
@@ -549,7 +541,7 @@ async def test_disconnect_just_after_negotiation(server):
     assert isinstance(info.value.exc, ConnectionAbortedError)
     assert 'disconnect() was called' in str(info.value)
     await asyncio.wait_for(disconnecting, 5)
-    assert qmp.runstate is Runstate.IDLE and not our_tasks(qmp)
+    assert qmp.runstate is Runstate.IDLE and not client_tasks()
     await qmp.disconnect()
     await qmp.connect(server.address)
     assert await qmp.execute('query-status')
@@ -643,7 +635,8 @@ async def test_send_fd_scm_over_unix(client, server):
     rfd, wfd = socket.socketpair()
     with rfd, wfd:
         client.send_fd_scm(rfd.fileno())
-        assert rfd.fileno() >= 0
+        rfd.send(b'still open')  # the caller's descriptor was not closed
+        assert wfd.recv(16) == b'still open'
     assert await client.execute('query-status')
 
 
@@ -682,8 +675,7 @@ async def test_send_fd_scm_refuses_a_closed_descriptor():
         ours.recvmsg(64, socket.CMSG_SPACE(4))
     # A real descriptor still goes through, the same one, and only it.
     with open(os.devnull) as passed:
-        qmp.send_fd_scm(passed.fileno())
-        await asyncio.sleep(0)
+        qmp.send_fd_scm(passed.fileno())  # sent before it returns
         _, fds, _, _ = socket.recv_fds(ours, 64, 4)
         assert len(fds) == 1
         assert os.path.samestat(os.fstat(fds[0]), os.fstat(passed.fileno()))

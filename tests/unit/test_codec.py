@@ -91,7 +91,7 @@ def test_over_long_partial_line_keeps_memory_bounded():
     with pytest.raises(MessageTooLongError):
         buf.next_line()
     buf.feed(b'y' * 100_000)
-    assert buf._tail_len == 0 and not buf._tail
+    assert buf._tail_len == 0 and not buf._tail  # white-box: none kept
     assert buf.next_line() is None
     buf.feed(b'yyy\nnext\n')
     assert drain_lines(buf) == [b'next']

@@ -19,9 +19,9 @@ import pytest
 from qemu.qmp import ExecInterruptedError, QMPClient, Runstate
 from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.message import DeserializationError, UnexpectedTypeError
-from qemu.qmp.qmp_client import ServerParseError
+from qemu.qmp.qmp_client import BadReplyError, ServerParseError
 from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
-from tests.conftest import assert_no_tasks_left
+from tests.helpers import assert_no_tasks_left
 
 READBUFLEN = 4096
 
@@ -187,6 +187,7 @@ async def test_server_stops_reading():
                  for _ in range(200)]  # ~13 MB, far beyond socket buffers
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(qmp.execute('big', {'blob': 'y'}), 0.1)
+        # white-box: the commands really are stuck in our buffer
         assert qmp._writer.transport.get_write_buffer_size() > 0
         await asyncio.wait_for(qmp.disconnect(), 10)
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -213,7 +214,7 @@ async def test_per_command_timeout_pattern(client, server):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(client.execute('hang'), 0.02)
     assert await client.execute('query-status')
-    assert len(client._pending) == 0
+    assert len(client._pending) == 0  # white-box: no reply slot leaked
 
 
 async def test_secrets_are_not_logged_above_debug(server, caplog):
@@ -233,7 +234,7 @@ async def test_secrets_are_not_logged_above_debug(server, caplog):
                 'object-add', {'data': secret}), 0.01)
         await server.send_message({'return': {}, 'id': 'unknown'})
         await server.send_message({'hello': 1, 'id': sent['id']})
-        with pytest.raises(Exception):
+        with pytest.raises(BadReplyError):
             await pending
         await server.reply_without_id('Invalid JSON')
         while qmp.runstate is Runstate.RUNNING:

@@ -26,8 +26,8 @@ from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
 from qemu.qmp.message import DeserializationError, SerializationError
 from qemu.qmp.qmp_client import BadReplyError, ServerParseError
-from qemu.qmp.testing import NO_REPLY
-from tests.conftest import ThreadedServer, unavailable
+from qemu.qmp.testing import NO_REPLY, QUIT
+from tests.helpers import ThreadedServer, unavailable
 
 
 @pytest.fixture
@@ -360,10 +360,10 @@ def test_exec_oob(qmp, fake):
 def test_command_timeout_leaves_connection_usable(qmp, fake, caplog):
     """A timed-out command raises asyncio.TimeoutError; its late reply is
     dropped without a warning and the next command gets its own reply."""
-    release = []
+    release = fake.call(asyncio.Event)  # made in the server's loop
 
     async def slow(args):
-        await fake.server.wait_until(lambda: release)
+        await release.wait()
         return {'late': True}
     fake.server.on('slow', slow)
     qmp.settimeout(0.05)
@@ -371,8 +371,7 @@ def test_command_timeout_leaves_connection_usable(qmp, fake, caplog):
         qmp.cmd('slow')
     qmp.settimeout(None)
     with caplog.at_level(logging.DEBUG, logger='qemu.qmp'):
-        fake.call(lambda: release.append(True))
-        fake.run(fake.server._notify())
+        fake.call(release.set)
         assert qmp.cmd('query-status') == {'status': 'running'}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any('stopped waiting' in r.getMessage() for r in caplog.records)
@@ -694,13 +693,7 @@ async def test_usable_inside_a_running_event_loop(fake):
 def test_with_and_quit(fake):
     """with + connect + quit: QEMU answers and hangs up, and leaving the
     block raises nothing (the normal end of a session)."""
-    async def quit_(args):
-        fake.server._send(fake.server._writer, {
-            'return': {}, 'id': fake.server.received[-1]['id']})
-        await fake.server.emit_event('SHUTDOWN')
-        await fake.server.hang_up()
-        return NO_REPLY
-    fake.server.on('quit', quit_)
+    fake.server.on('quit', QUIT)
     address = fake.start()
     for _ in range(5):
         with QEMUMonitorProtocol(address) as monitor:
@@ -714,13 +707,7 @@ def test_command_to_a_server_that_left(qmp, fake):
     """A command sent after the server answered quit and left fails with
     ExecInterruptedError, the end is known (runstate), and the event the
     server sent before leaving is kept."""
-    async def quit_(args):
-        fake.server._send(fake.server._writer, {
-            'return': {}, 'id': fake.server.received[-1]['id']})
-        await fake.server.emit_event('SHUTDOWN')
-        await fake.server.hang_up()
-        return NO_REPLY
-    fake.server.on('quit', quit_)
+    fake.server.on('quit', QUIT)
     assert qmp.cmd('quit') == {}
     fake.run(fake.server.wait_disconnected())
     with pytest.raises((ExecInterruptedError, StateError)):

@@ -150,7 +150,7 @@ def test_clone_is_independent_and_lazy():
     when first used."""
     msg = Message(b'{"event": "X", "data": {"list": [1, 2]}}')
     clone = msg.clone()
-    assert clone._obj is None  # not decoded yet
+    assert clone._obj is None  # white-box: not decoded yet
     assert bytes(clone) == b'{"event": "X", "data": {"list": [1, 2]}}'
     clone['data']['list'].append(3)
     assert msg['data']['list'] == [1, 2]

@@ -19,7 +19,12 @@ from qemu.qmp.protocol import (
     StateError,
     require,
 )
-from tests.conftest import assert_no_tasks_left
+from tests.helpers import (
+    assert_no_tasks_left,
+    free_port,
+    started,
+    wait_for_state,
+)
 
 
 class LineProtocol(AsyncProtocol[bytes]):
@@ -57,18 +62,13 @@ def sock_path(tmp_path):
 async def pair(address):
     """A listening and a connecting LineProtocol, connected."""
     server, client = LineProtocol('server'), LineProtocol('client')
+    if isinstance(address, tuple) and address[1] == 0:
+        address = (address[0], free_port())
     await server.start_server(address)
-    if isinstance(address, tuple):
-        address = server._listener.getsockname()[:2]
     accepting = asyncio.create_task(server.accept())
     await client.connect(address)
     await accepting
     return server, client
-
-
-async def wait_for_state(proto, state):
-    while proto.runstate is not state:
-        await proto.runstate_changed()
 
 
 async def close_both(first, second):
@@ -187,7 +187,7 @@ async def test_cancel_during_accept(sock_path):
     server = LineProtocol()
     await server.start_server(sock_path)
     accepting = asyncio.create_task(server.accept())
-    await asyncio.sleep(0)
+    await started()
     accepting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await accepting
@@ -233,8 +233,7 @@ async def test_start_server_and_accept(sock_path):
     """start_server_and_accept() is start_server() then accept()."""
     server = LineProtocol()
     serving = asyncio.create_task(server.start_server_and_accept(sock_path))
-    while not os.path.exists(sock_path):
-        await asyncio.sleep(0)
+    await wait_for_state(server, Runstate.CONNECTING)  # it listens now
     client = LineProtocol()
     await client.connect(sock_path)
     await serving
@@ -309,7 +308,7 @@ async def test_disconnect_when_idle():
             seen.append(await proto.runstate_changed())
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    await started()
     await proto.disconnect()
     await watcher
     assert seen == [Runstate.DISCONNECTING, Runstate.IDLE]
@@ -327,7 +326,7 @@ async def test_runstate_changed_never_loses_a_change(tmp_path):
             seen.append(await proto.runstate_changed())
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    await started()
     with pytest.raises(ConnectError):
         await proto.connect(str(tmp_path / 'absent.sock'))
     await asyncio.wait_for(watcher, 5)
@@ -346,7 +345,7 @@ async def test_runstate_changed_per_task_positions():
         return await proto.runstate_changed()
 
     first = asyncio.create_task(next_change())
-    await asyncio.sleep(0)
+    await started()
     assert not first.done()
     await proto.disconnect()
     assert await first is Runstate.DISCONNECTING
@@ -361,7 +360,7 @@ async def test_runstate_changed_per_task_positions():
 
     gate = asyncio.Event()
     task = asyncio.create_task(fall_behind())
-    await asyncio.sleep(0)
+    await started()
     for _ in range(20):
         await proto.disconnect()
     gate.set()
@@ -384,14 +383,12 @@ async def test_runstate_changed_reports_each_state(sock_path):
                 return
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    await started()
     await server.start_server(sock_path)
-    await asyncio.sleep(0)
     client = LineProtocol()
     accepting = asyncio.create_task(server.accept())
     await client.connect(sock_path)
     await accepting
-    await asyncio.sleep(0)
     await server.disconnect()
     await watcher
     assert seen == [Runstate.CONNECTING, Runstate.RUNNING,
@@ -418,8 +415,7 @@ async def test_line_too_long_ends_session(sock_path):
 async def test_unterminated_last_line_is_delivered(sock_path):
     """Bytes after the last newline arrive as a final line before EOF."""
     server, client = await pair(sock_path)
-    server.send(b'partial')
-    await asyncio.sleep(0)
+    await server._send(b'partial')  # written now, not queued
     await server.disconnect()
     assert await client.inbox.get() == b'partial'
     await wait_for_state(client, Runstate.DISCONNECTING)
@@ -481,7 +477,7 @@ def test_require_decorator():
 async def test_accept_without_start_server_on_connecting_object():
     """accept() in CONNECTING without a listener is a QMPError."""
     proto = LineProtocol()
-    proto._runstate = Runstate.CONNECTING
+    proto._set_state(Runstate.CONNECTING)
     with pytest.raises(QMPError, match='start_server'):
         await proto.accept()
 

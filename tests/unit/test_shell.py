@@ -3,9 +3,7 @@
 import io
 import json
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -24,7 +22,8 @@ from qemu.qmp.qmp_shell import (
     history_path,
     main,
 )
-from qemu.qmp.testing import NO_REPLY, CommandError
+from qemu.qmp.testing import NO_REPLY, QUIT, CommandError
+from tests.helpers import FAKE_QEMU, ThreadedServer, pty_session, run_shell
 
 
 # -- the input syntax ------------------------------------------------------
@@ -327,20 +326,13 @@ def test_bad_address_and_port(capsys, tmp_path):
     assert "Bad port" in capsys.readouterr().err
 
 
-def run_shell_process(args, stdin, env=None):
-    return subprocess.run(
-        [sys.executable, '-m', 'qemu.qmp.qmp_shell', *args],
-        input=stdin, capture_output=True, text=True, timeout=60,
-        env=env)
-
-
 def test_piped_input(address, fake):
     """From a pipe: no prompts, events printed, status 1 if a line failed."""
     async def stop(args):
         await fake.server.emit_event('STOP')
         return {}
     fake.server.on('stop', stop)
-    result = run_shell_process(
+    result = run_shell(
         [address], 'stop\nquery-status\n\nfail\necho a.b=2\n')
     assert '(QEMU)' not in result.stdout
     lines = result.stdout.splitlines()
@@ -354,60 +346,13 @@ def test_piped_input(address, fake):
 
 def test_skip_negotiation(fake):
     """-N works against a greeting-less (guest agent) server."""
-    from tests.conftest import ThreadedServer
     agent = ThreadedServer(greeting=None)
     agent.server.on('guest-ping', {})
     try:
-        result = run_shell_process(['-N', agent.start()], 'guest-ping\n')
+        result = run_shell(['-N', agent.start()], 'guest-ping\n')
         assert result.stdout == '{}\n' and result.returncode == 0
     finally:
         agent.close()
-
-
-def pty_session(args, keys, env, program='shell', waits=None):
-    """
-    Run the shell (or ``program='wrap'``, qmp-shell-wrap) on a
-    pseudo-terminal, type each of ``keys`` at a prompt, return the output
-    and the exit status.  For a key whose index is in ``waits``, instead
-    of waiting for a prompt: wait for that text to show (bytes), or call
-    that function (to type into a running command).
-    """
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        main = 'main_wrap' if program == 'wrap' else 'main'
-        os.execve(sys.executable,
-                  [sys.executable, '-c', 'import sys; from qemu.qmp.'
-                   f'qmp_shell import {main}; sys.exit({main}())', *args],
-                  env)
-    output = b''
-    try:
-        for index, chunk in enumerate(keys):
-            wait = (waits or {}).get(index, b'(QEMU) ')
-            if callable(wait):
-                wait()
-            while not callable(wait) and \
-                    wait not in output.rsplit(b'\n', 1)[-1]:
-                ready, _, _ = select.select([fd], [], [], 30)
-                assert ready, f"no {wait!r}; output so far: {output!r}"
-                output += os.read(fd, 65536)
-            os.write(fd, chunk)
-            output = output + b'\n' if chunk != b'\x04' else output
-        while True:
-            ready, _, _ = select.select([fd], [], [], 30)
-            if not ready:
-                break
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            output += data
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return output.decode(errors='replace'), os.waitstatus_to_exitcode(status)
 
 
 def test_interactive_history_and_eof(address, tmp_path):
@@ -433,8 +378,8 @@ def test_history_path(monkeypatch, tmp_path):
 def test_demo_without_qemu(tmp_path):
     """--demo works on a machine without QEMU (the test server)."""
     env = dict(os.environ, PATH=str(tmp_path))
-    result = run_shell_process(['--demo'], 'query-status\nstop\n'
-                               'query-status\n', env=env)
+    result = run_shell(['--demo'], 'query-status\nstop\nquery-status\n',
+                       env=env)
     assert result.returncode == 0, result.stderr
     assert 'built-in QMP test server' in result.stdout
     assert '"paused"' in result.stdout
@@ -445,7 +390,6 @@ def test_guest_agent_socket_without_n_says_so(monkeypatch, capsys):
     """Pointed at a socket that never greets (the guest agent's) without
     -N, the shell gives up after a while and says to use -N, instead of
     waiting forever."""
-    from tests.conftest import ThreadedServer
     import qemu.qmp.qmp_shell as qmp_shell
     monkeypatch.setattr(qmp_shell, 'GREETING_TIMEOUT', 0.05)
     agent = ThreadedServer(greeting=None)
@@ -486,7 +430,7 @@ def test_bad_lines_in_one_shot_and_raw_json(address, capsys):
 
 def test_piped_bad_lines_go_on(address):
     """From a pipe, bad lines are reported and the next lines still run."""
-    result = run_shell_process(
+    result = run_shell(
         [address], '"\n{"execute": "x", "id": "__qmp#7"}\nquery-status\n')
     assert 'Traceback' not in result.stderr
     lines = result.stdout.splitlines()
@@ -522,20 +466,14 @@ def test_server_gone_says_so_once(address, fake):
         await fake.server.hang_up()
         return NO_REPLY
 
-    async def quit_(args):
-        fake.server._send(fake.server._writer, {
-            'return': {}, 'id': fake.server.received[-1]['id']})
-        await fake.server.hang_up()
-        return NO_REPLY
-
     fake.server.on('die', die)
-    fake.server.on('quit', quit_)
-    result = run_shell_process(
+    fake.server.on('quit', QUIT)
+    result = run_shell(
         [address], 'query-status\ndie\nquery-status\nquery-status\n')
     assert result.stdout.count('closed the connection') == 1, result.stdout
     assert 'StateError' not in result.stdout + result.stderr
     assert result.returncode == 1
-    result = run_shell_process([address], 'quit\nquery-status\n')
+    result = run_shell([address], 'quit\nquery-status\n')
     assert result.stdout.count('closed the connection') == 1, result.stdout
     assert result.returncode == 0
 
@@ -547,9 +485,6 @@ def wrap_process(args, env=None):
          'main_wrap; sys.exit(main_wrap())', *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env=env)
-
-
-FAKE_QEMU = os.path.join(os.path.dirname(__file__), '..', 'fake_qemu.py')
 
 
 def test_wrap_notices_qemu_dying_at_once():

@@ -25,12 +25,12 @@ def test_server_thread_lifecycle():
     """The thread is a daemon, call() runs in it, close() joins it and
     may be called twice."""
     thread = ServerThread()
-    assert thread._thread.daemon
-    assert thread.call(threading.current_thread) is thread._thread
+    serving = thread.call(threading.current_thread)
+    assert serving is not threading.current_thread() and serving.daemon
     address = thread.start()
     assert thread.address == address
     thread.close()
-    assert not thread._thread.is_alive()
+    assert not serving.is_alive()
     thread.close()
 
 
@@ -80,13 +80,13 @@ async def test_second_client_waits_its_turn_and_close_ends_both():
         first, second = QMPClient('first'), QMPClient('second')
         await first.connect(address)
         waiting = asyncio.create_task(second.connect(address))
-        await server.wait_until(lambda: server._serving == 2)
+        await server.wait_until(lambda: server.queued == 1)
         assert not waiting.done()
         await first.disconnect()
         await asyncio.wait_for(waiting, 5)
         assert server.connections == 2
         third = asyncio.create_task(QMPClient('third').connect(address))
-        await server.wait_until(lambda: server._serving == 2)
+        await server.wait_until(lambda: server.queued == 1)
     # close() ended the second client's session and the waiting third.
     with pytest.raises(EOFError):
         await second.disconnect()

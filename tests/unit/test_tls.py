@@ -8,7 +8,7 @@ import pytest
 
 from qemu.qmp import ConnectError, QMPClient, Runstate
 from qemu.qmp.testing import QMPTestServer
-from tests.conftest import assert_no_tasks_left, require_binary
+from tests.helpers import assert_no_tasks_left, free_port, require_binary
 
 
 @pytest.fixture(scope='module')
@@ -67,8 +67,8 @@ async def test_tls_listening_client(certificate, tmp_path):
     async with QMPTestServer() as server:
         server.on('query-status', {'status': 'running'})
         qmp = QMPClient('tls-listen')
-        await qmp.start_server(('127.0.0.1', 0), ssl=server_ctx)
-        port = qmp._listener.getsockname()[1]
+        port = free_port()
+        await qmp.start_server(('127.0.0.1', port), ssl=server_ctx)
         # The handshake needs both sides at once.
         accepting = asyncio.create_task(qmp.accept())
         await server.connect_to(('127.0.0.1', port), ssl=client_ctx)

@@ -1,0 +1,166 @@
+"""
+Helpers shared by the test modules: the real-peer policy, waiting on
+conditions instead of sleeping, a test server in a thread, the shell in a
+process or on a terminal.  (conftest.py holds only fixtures.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from typing import List, Optional
+
+import pytest
+
+from qemu.qmp import Runstate
+from qemu.qmp.protocol import AsyncProtocol
+from qemu.qmp.testing import CommandError, QMPTestServer, ServerThread
+
+
+IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+#: tests/fake_qemu.py: a stand-in for QEMU in qmp-shell-wrap's tests.
+FAKE_QEMU = os.path.join(os.path.dirname(__file__), 'fake_qemu.py')
+
+
+# -- what a test needs from the machine -------------------------------------
+
+def unavailable(what: str) -> None:
+    """
+    Something a test needs is missing: skip the test locally, fail it in
+    CI, where everything must be there.
+    """
+    if IN_CI:
+        pytest.fail(f"{what} (required in CI)")
+    pytest.skip(reason=what)
+
+
+def require_binary(name: str) -> str:
+    """Return the path of ``name``, or skip (fail in CI) without it."""
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"{name} is not installed")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- asyncio -----------------------------------------------------------------
+
+def assert_no_tasks_left() -> None:
+    """Only the current task may still exist."""
+    current = asyncio.current_task()
+    leftover = [task for task in asyncio.all_tasks() if task is not current]
+    assert not leftover, f"tasks leaked: {leftover}"
+
+
+def client_tasks() -> List['asyncio.Task[object]']:
+    """The pending tasks that belong to a client (AsyncProtocol's)."""
+    names = {name for name in vars(AsyncProtocol) if name.startswith('_')}
+    return [task for task in asyncio.all_tasks() if not task.done()
+            and task.get_coro().__name__ in names]
+
+
+async def started() -> None:
+    """
+    Let the tasks just created run until each first waits.
+
+    One event loop iteration does exactly that: a new task's first step
+    is already scheduled, and runs until the task awaits something not
+    ready.  (Not a sleep: nothing here depends on time.)
+    """
+    await asyncio.sleep(0)
+
+
+async def wait_for_state(proto: AsyncProtocol, state: Runstate) -> None:
+    """Wait until ``proto`` is in ``state`` (awaiting, never sleeping)."""
+    while proto.runstate is not state:
+        await proto.runstate_changed()
+
+
+# -- a test server in a thread ----------------------------------------------
+
+class ThreadedServer(ServerThread):
+    """A QMPTestServer in an event loop of its own thread, like QEMU,
+    answering query-status, echo (its arguments) and fail (an error)."""
+
+    def __init__(self, greeting='default'):
+        super().__init__(QMPTestServer() if greeting == 'default'
+                         else QMPTestServer(greeting))
+        self.server.on('query-status', {'status': 'running'})
+        self.server.on('echo', lambda args: args)
+        self.server.on('fail', CommandError('GenericError', 'it failed'))
+
+    def emit(self, *names):
+        for name in names:
+            self.run(self.server.emit_event(name))
+
+
+# -- the shell ---------------------------------------------------------------
+
+def run_shell(args: List[str], stdin: str = '',
+              env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    """Run qmp-shell with ``args`` in a process, ``stdin`` piped in."""
+    return subprocess.run(
+        [sys.executable, '-m', 'qemu.qmp.qmp_shell', *args], input=stdin,
+        capture_output=True, text=True, timeout=60, env=env)
+
+
+def pty_session(args, keys, env, program='shell', waits=None):
+    """
+    Run the shell (or ``program='wrap'``, qmp-shell-wrap) on a
+    pseudo-terminal, type each of ``keys`` at a prompt, return the output
+    and the exit status.  For a key whose index is in ``waits``, instead
+    of waiting for a prompt: wait for that text to show (bytes), or call
+    that function (to type into a running command).
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        main = 'main_wrap' if program == 'wrap' else 'main'
+        os.execve(sys.executable,
+                  [sys.executable, '-c', 'import sys; from qemu.qmp.'
+                   f'qmp_shell import {main}; sys.exit({main}())', *args],
+                  env)
+    output = b''
+    try:
+        for index, chunk in enumerate(keys):
+            wait = (waits or {}).get(index, b'(QEMU) ')
+            if callable(wait):
+                wait()
+            while not callable(wait) and \
+                    wait not in output.rsplit(b'\n', 1)[-1]:
+                ready, _, _ = select.select([fd], [], [], 30)
+                assert ready, f"no {wait!r}; output so far: {output!r}"
+                output += os.read(fd, 65536)
+            os.write(fd, chunk)
+            output = output + b'\n' if chunk != b'\x04' else output
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            if not ready:
+                break
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            output += data
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    return output.decode(errors='replace'), os.waitstatus_to_exitcode(status)
