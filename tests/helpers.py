@@ -127,6 +127,12 @@ def pty_session(args, keys, env, program='shell', waits=None):
     and the exit status.  For a key whose index is in ``waits``, instead
     of waiting for a prompt: wait for that text to show (bytes), or call
     that function (to type into a running command).
+
+    A Ctrl-C at a prompt is pressed again if no new prompt answers it
+    within a second, as a person would: CPython's readline loses a SIGINT
+    that lands in the instant between handling a key and waiting for the
+    next one (it notices only at the next key), and a test, unlike a
+    person, can type into exactly that instant.
     """
     pid, fd = pty.fork()
     if pid == 0:  # child
@@ -149,6 +155,8 @@ def pty_session(args, keys, env, program='shell', waits=None):
                 output += os.read(fd, 65536)
             os.write(fd, chunk)
             output = output + b'\n' if chunk != b'\x04' else output
+            if chunk == b'\x03':
+                output = _until_prompt(fd, output)
         while True:
             ready, _, _ = select.select([fd], [], [], 30)
             if not ready:
@@ -164,3 +172,22 @@ def pty_session(args, keys, env, program='shell', waits=None):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     return output.decode(errors='replace'), os.waitstatus_to_exitcode(status)
+
+
+def _until_prompt(fd: int, output: bytes) -> bytes:
+    """After a Ctrl-C: read until a prompt or the end; Ctrl-C again if
+    nothing answers (see pty_session)."""
+    for _ in range(10):
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            os.write(fd, b'\x03')
+            continue
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return output  # the program ended (Ctrl-C during a command)
+        output += data
+        if not data or b'(QEMU) ' in output.rsplit(b'\n', 1)[-1] \
+                or b'interrupted' in data:
+            return output
+    raise AssertionError(f"nothing answers Ctrl-C; output: {output!r}")

@@ -1,11 +1,10 @@
 """
-Demonstrations: a scripted tour, and a fake QEMU for ``qmp-shell --demo``.
+A scripted tour: ``python3 -m qemu.qmp.demo``.
 
-``python3 -m qemu.qmp.demo`` starts ``qemu-system-x86_64`` (no guest, no
-display) when it is installed, or the library's own test server otherwise,
-then connects, queries, stops and resumes the machine and prints what it
-sees.  `FakeQEMU` runs that test server in a thread of its own, for the
-blocking shell.
+It starts ``qemu-system-x86_64`` (no guest, no display) when it is
+installed, or the library's demonstration server
+(`qemu.qmp.testing.demo_server`) otherwise, then connects, queries, stops
+and resumes the machine and prints what it sees.
 """
 
 from __future__ import annotations
@@ -15,52 +14,10 @@ import os
 import shutil
 import sys
 import tempfile
-from types import TracebackType
-from typing import List, Optional, Type
+from typing import List
 
 from . import QMPClient, QMPError
-from ._sockets import SocketAddrT
-from .testing import CommandError, QMPTestServer, ServerThread
-
-
-def _fake_server() -> QMPTestServer:
-    server = QMPTestServer()
-    state = {'status': 'running', 'running': True}
-
-    async def set_running(running: bool) -> object:
-        state.update(status='running' if running else 'paused',
-                     running=running)
-        await server.emit_event('RESUME' if running else 'STOP')
-        return {}
-
-    server.on('query-status', lambda args: dict(state))
-    server.on('stop', lambda args: set_running(False))
-    server.on('cont', lambda args: set_running(True))
-    server.on('query-version', {'qemu': {'major': 7, 'minor': 2,
-                                         'micro': 0}, 'package': 'demo'})
-    server.on('quit', CommandError('GenericError', 'demo server stays'))
-    server.on('query-commands', lambda args: [
-        {'name': name} for name in sorted(server.handlers)])
-    return server
-
-
-class FakeQEMU:
-    """
-    The demo test server in a background thread; a context manager.
-
-    ``with FakeQEMU() as address:`` gives the address to connect to.
-    """
-
-    def __init__(self) -> None:
-        self._thread = ServerThread(_fake_server())
-
-    def __enter__(self) -> SocketAddrT:
-        return self._thread.start()
-
-    def __exit__(self, exc_type: Optional[Type[BaseException]],
-                 exc_val: Optional[BaseException],
-                 exc_tb: Optional[TracebackType]) -> None:
-        self._thread.close()
+from .testing import demo_server
 
 
 async def _session(qmp: QMPClient, lines: List[str]) -> None:
@@ -107,7 +64,7 @@ async def main() -> int:
     else:
         lines.append("qemu-system-x86_64 not found: using the built-in "
                      "test server")
-        async with _fake_server() as server:
+        async with demo_server() as server:
             await qmp.connect(await server.start())
             await _session(qmp, lines)
             await qmp.disconnect()

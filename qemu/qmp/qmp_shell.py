@@ -949,12 +949,17 @@ def _demo(args: argparse.Namespace) -> int:
               flush=True)
         return wrap([qemu, '-M', 'none', '-nodefaults', '-display', 'none'],
                     args)
-    from .demo import FakeQEMU  # pylint: disable=import-outside-toplevel
+    # Imported only here: the test server is not the shell's business.
+    from .testing import (  # pylint: disable=import-outside-toplevel
+        ServerThread,
+        demo_server,
+    )
     print("qemu-system-x86_64 is not installed: using the built-in QMP "
           "test server, with a few commands (query-status, stop, cont, "
           "query-version, query-commands).", flush=True)
-    with FakeQEMU() as address:
-        shell = _make_shell(address, args)
+    with ServerThread(demo_server()) as thread:
+        assert thread.address is not None
+        shell = _make_shell(thread.address, args)
         shell.connect()
         return _run(shell, args)
 

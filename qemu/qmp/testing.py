@@ -87,7 +87,7 @@ from .util import exception_summary
 
 
 __all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
-           'QUIT', 'DEFAULT_GREETING', 'Handler']
+           'QUIT', 'DEFAULT_GREETING', 'Handler', 'demo_server']
 
 _T = TypeVar('_T')
 
@@ -676,3 +676,35 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def demo_server() -> QMPTestServer:
+    """
+    A test server that plays a small, idle QEMU, for demonstrations.
+
+    It answers ``query-status``, ``stop`` and ``cont`` (which emit ``STOP``
+    and ``RESUME``, and change what ``query-status`` says),
+    ``query-version`` and ``query-commands``; ``quit`` is refused, so a
+    demonstration keeps going.  ``qmp-shell --demo`` uses it when QEMU is
+    not installed.
+
+    :return: The server, not started.
+    """
+    server = QMPTestServer()
+    state: Dict[str, object] = {'status': 'running', 'running': True}
+
+    async def set_running(running: bool) -> object:
+        state.update(status='running' if running else 'paused',
+                     running=running)
+        await server.emit_event('RESUME' if running else 'STOP')
+        return {}
+
+    server.on('query-status', lambda args: dict(state))
+    server.on('stop', lambda args: set_running(False))
+    server.on('cont', lambda args: set_running(True))
+    server.on('query-version', {'qemu': {'major': 7, 'minor': 2,
+                                         'micro': 0}, 'package': 'demo'})
+    server.on('quit', CommandError('GenericError', 'the demo server stays'))
+    server.on('query-commands', lambda args: [
+        {'name': name} for name in sorted(server.handlers)])
+    return server

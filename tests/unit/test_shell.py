@@ -551,7 +551,8 @@ def test_wrap_ctrl_c_does_not_reach_qemu(tmp_path):
     the prompt reaches the shell only, and QEMU goes on."""
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
     output, code = pty_session(
-        ['--', sys.executable, FAKE_QEMU], [b'\x03', b'query-status\r',
-                                            b'\x04'], env, program='wrap')
+        ['--', sys.executable, FAKE_QEMU],
+        [b'query-sta', b'\x03', b'query-status\r', b'\x04'], env,
+        program='wrap', waits={1: b'query-sta'})  # see test_ctrl_c
     assert code == 0, output
     assert '"status": "running"' in output

@@ -92,3 +92,25 @@ async def test_second_client_waits_its_turn_and_close_ends_both():
         await second.disconnect()
     with pytest.raises(ConnectError):
         await asyncio.wait_for(third, 5)
+
+
+async def test_demo_server():
+    """demo_server() plays a small QEMU: stop and cont change the status
+    and emit events; quit is refused; query-commands lists all."""
+    from qemu.qmp import ExecuteError, QMPClient
+    from qemu.qmp.testing import demo_server
+
+    async with demo_server() as server:
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        with qmp.listener(('STOP', 'RESUME')) as listener:
+            await qmp.execute('stop')
+            assert (await listener.get())['event'] == 'STOP'
+            assert (await qmp.execute('query-status'))['status'] == 'paused'
+            await qmp.execute('cont')
+            assert (await listener.get())['event'] == 'RESUME'
+        with pytest.raises(ExecuteError):
+            await qmp.execute('quit')
+        names = {c['name'] for c in await qmp.execute('query-commands')}
+        assert {'query-status', 'stop', 'cont', 'quit'} <= names
+        await qmp.disconnect()
