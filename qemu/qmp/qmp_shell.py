@@ -33,16 +33,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
 import json
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from typing import (
     IO,
     Any,
@@ -52,14 +46,13 @@ from typing import (
     NoReturn,
     Optional,
     Sequence,
-    Type,
     Union,
 )
 
 from .error import QMPError
-from .legacy import QEMUMonitorProtocol, QMPBadPortError, QMPMessage
-from .protocol import ConnectError, Runstate, SocketAddrT, StateError
-from .qmp_client import ExecInterruptedError, GreetingError
+from .legacy import QEMUMonitorProtocol, QMPMessage
+from .protocol import Runstate, SocketAddrT, StateError
+from .qmp_client import ExecInterruptedError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
@@ -527,13 +520,15 @@ class QMPShell(QEMUMonitorProtocol):
         """The prompt for the next line, with its trailing space."""
         return 'TRANS> ' if self.parser.in_transaction else '(QEMU) '
 
-    def _interactive(self) -> bool:
+    @property
+    def interactive(self) -> bool:
+        """Whether lines come from a terminal (prompts, history, Tab)."""
         stream = self.stdin or sys.stdin
         return stream is sys.stdin and stream.isatty()
 
     def _read_line(self) -> Optional[str]:
         """The next input line; `None` at end of input."""
-        if self._interactive():
+        if self.interactive:
             try:
                 return input(self.prompt)
             except EOFError:
@@ -582,7 +577,7 @@ class QMPShell(QEMUMonitorProtocol):
         connection is closed at the end, as in the reference library.
         """
         try:
-            if self._interactive():
+            if self.interactive:
                 self._setup_readline()
                 if not self.json_output:
                     self.show_banner()
@@ -742,226 +737,34 @@ def common_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shell_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--json', action='store_true', dest='json_output',
-                        help='machine-readable output: one JSON line per '
-                             'reply or event')
-    parser.add_argument('-c', '--command', metavar='LINE',
-                        help='run LINE, print the reply and exit '
-                             '(status 1 on an error reply)')
-
-
-#: Seconds ``qmp-shell`` waits for the server's greeting (and for the
-#: negotiation): a socket that never greets is most likely the guest agent's.
-GREETING_TIMEOUT = 10.0
-
-
 def die(msg: str) -> NoReturn:
     """Print ``ERROR: msg`` on standard error and exit with status 1."""
     sys.stderr.write(f"ERROR: {msg}\n")
     sys.exit(1)
 
 
-def _make_shell(address: SocketAddrT, args: argparse.Namespace,
-                server: bool = False) -> QMPShell:
-    shell_class: Type[QMPShell] = HMPShell if args.hmp else QMPShell
-    return shell_class(address, args.pretty, args.verbose, server,
-                       logfile=args.logfile, json_output=args.json_output)
-
-
-def _run(shell: QMPShell, args: argparse.Namespace) -> int:
-    """
-    Run the one-shot command or the REPL; close; the exit status.
-
-    0; 1 if a line failed when input was not a terminal, or the server
-    closed the connection without being told to quit; 130 after Ctrl-C
-    during a command (which closes the connection).
-    """
-    try:
-        if args.command is not None:
-            ok = shell.run_line(args.command)
-            if ok and shell.parser.in_transaction:
-                ok = False
-                print("Error: transaction( was not closed", file=sys.stderr)
-            shell.print_events()
-            return 0 if ok else 1
-        interactive = shell._interactive()
-        for _ in shell.repl():
-            pass
-        if shell.connection_lost:
-            return 0 if shell.quit_answered else 1
-        return 1 if shell.failures and not interactive else 0
-    except KeyboardInterrupt:
-        print('\ninterrupted: the connection is closed', flush=True)
-        return 130
-    except BrokenPipeError:
-        # Our output was closed (qmp-shell ... | head -1): stop quietly,
-        # and keep Python from failing to flush it again at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return 1
-    finally:
-        shell.close()
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``qmp-shell``."""
-    parser = common_parser()
-    parser.prog = 'qmp-shell'
-    parser.description = 'An interactive QMP shell.'
-    parser.add_argument('-N', '--skip-negotiation', action='store_true',
-                        help='do not wait for a greeting nor negotiate '
-                             '(for the guest agent)')
-    _shell_options(parser)
-    parser.add_argument('--demo', action='store_true',
-                        help='start a QEMU (or, without one, the built-in '
-                             'test server) and open a shell on it')
-    parser.add_argument('address', nargs='?',
-                        default=os.environ.get('QMP_SOCKET'),
-                        help='UNIX socket path or host:port '
-                             '(default: $QMP_SOCKET)')
-    args = parser.parse_args(argv)
-    if args.demo:
-        return _demo(args)
-    if args.address is None:
-        parser.error('the address is required (or set QMP_SOCKET)')
-    try:
-        address = QMPShell.parse_address(args.address)
-    except QMPBadPortError as err:
-        parser.error(str(err))
-    shell = _make_shell(address, args)
-    try:
-        shell.connect(negotiate=not args.skip_negotiation,
-                      timeout=GREETING_TIMEOUT)
-    except QMPError as err:
-        shell.close()
-        if isinstance(err, ConnectError) \
-                and isinstance(err.exc, GreetingError) \
-                and isinstance(err.exc.exc, asyncio.TimeoutError):
-            die(f"could not connect to {args.address}: no greeting within "
-                f"{GREETING_TIMEOUT} seconds; for the guest agent's socket "
-                f"(which never greets), use -N")
-        die(f"could not connect to {args.address}: {err}")
-    return _run(shell, args)
+    """
+    Entry point of ``qmp-shell`` (the program lives in ``_shell_cli``).
+
+    :param argv: The arguments, without the program name; the process's
+        when `None`.
+    :return: The exit status.
+    """
+    from . import _shell_cli  # pylint: disable=import-outside-toplevel
+    return _shell_cli.qmp_shell(argv)
 
 
 def main_wrap(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``qmp-shell-wrap``: start QEMU, attach a shell."""
-    parser = common_parser()
-    parser.prog = 'qmp-shell-wrap'
-    parser.description = ('Start QEMU with a private QMP socket and attach '
-                          'a shell to it: qmp-shell-wrap [options] -- '
-                          'QEMU ARGS... (qemu-system-x86_64 by default)')
-    _shell_options(parser)
-    parser.add_argument('qemu', nargs=argparse.REMAINDER,
-                        help='the QEMU command line, after --')
-    args = parser.parse_args(argv)
-    qemu = args.qemu[1:] if args.qemu[:1] == ['--'] else args.qemu
-    return wrap(qemu or ['qemu-system-x86_64'], args)
-
-
-#: Seconds ``qmp-shell-wrap`` waits for its QEMU to connect.
-WRAP_CONNECT_TIMEOUT = 30.0
-
-
-def wrap(qemu: List[str], args: argparse.Namespace) -> int:
     """
-    Run ``qemu`` with a QMP socket in a private directory, attach.
+    Entry point of ``qmp-shell-wrap``: start QEMU, attach a shell.
 
-    QEMU runs in a process group of its own, so Ctrl-C at the shell never
-    reaches it; SIGTERM and SIGHUP to the shell stop QEMU and remove the
-    directory before the shell exits (status 128 + the signal).
+    :param argv: The arguments, without the program name; the process's
+        when `None`.
+    :return: The exit status.
     """
-    tmpdir = tempfile.mkdtemp(prefix='qmp-shell-wrap-')
-    path = os.path.join(tmpdir, 'qmp.sock')
-    proc: Optional[subprocess.Popen[bytes]] = None
-    handlers = {signum: signal.signal(signum, _exit_on_signal)
-                for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        shell = _make_shell(path, args, server=True)
-        try:
-            proc = subprocess.Popen(
-                [*qemu, '-chardev', f'socket,id=qmp-shell,path={path}',
-                 '-mon', 'chardev=qmp-shell,mode=control'],
-                **_own_process_group())
-        except OSError as err:
-            shell.close()
-            die(f"could not start {qemu[0]}: {err}")
-        _await_qemu(shell, proc, qemu[0])
-        shell.quit_on_close = True
-        return _run(shell, args)
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _await_qemu(shell: QMPShell, proc: 'subprocess.Popen[bytes]',
-                name: str) -> None:
-    """Accept QEMU's connection; die at once if QEMU exits first."""
-    deadline = time.monotonic() + WRAP_CONNECT_TIMEOUT
-    while True:
-        try:
-            # Short waits, to notice a QEMU that exits instead.
-            shell.accept(0.1)
-            return
-        except asyncio.TimeoutError:
-            pass
-        except QMPError as err:
-            shell.close()
-            die(f"{name} did not connect: {err}")
-        status = proc.poll()
-        if status is not None:
-            shell.close()
-            die(f"{name} exited with status {status} before connecting "
-                f"(its own messages are above)")
-        if time.monotonic() > deadline:
-            shell.close()
-            die(f"{name} did not connect within {WRAP_CONNECT_TIMEOUT} "
-                f"seconds")
-
-
-def _own_process_group() -> Dict[str, Any]:
-    # Popen's process_group is new in Python 3.11.
-    if sys.version_info >= (3, 11):
-        return {'process_group': 0}
-    return {'preexec_fn': os.setpgrp}  # nothing runs threads here yet
-
-
-def _exit_on_signal(signum: int, frame: object) -> NoReturn:
-    # Unwinds through the finally clauses that stop QEMU and clean up.
-    raise SystemExit(128 + signum)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    qemu = shutil.which('qemu-system-x86_64')
-    if qemu:
-        print(f"Starting {qemu} (no guest) with a QMP shell attached.",
-              flush=True)
-        return wrap([qemu, '-M', 'none', '-nodefaults', '-display', 'none'],
-                    args)
-    # Imported only here: the test server is not the shell's business.
-    from .testing import (  # pylint: disable=import-outside-toplevel
-        ServerThread,
-        demo_server,
-    )
-    print("qemu-system-x86_64 is not installed: using the built-in QMP "
-          "test server, with a few commands (query-status, stop, cont, "
-          "query-version, query-commands).", flush=True)
-    with ServerThread(demo_server()) as thread:
-        assert thread.address is not None
-        shell = _make_shell(thread.address, args)
-        shell.connect()
-        return _run(shell, args)
+    from . import _shell_cli  # pylint: disable=import-outside-toplevel
+    return _shell_cli.qmp_shell_wrap(argv)
 
 
 if __name__ == '__main__':

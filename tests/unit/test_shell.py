@@ -390,8 +390,8 @@ def test_guest_agent_socket_without_n_says_so(monkeypatch, capsys):
     """Pointed at a socket that never greets (the guest agent's) without
     -N, the shell gives up after a while and says to use -N, instead of
     waiting forever."""
-    import qemu.qmp.qmp_shell as qmp_shell
-    monkeypatch.setattr(qmp_shell, 'GREETING_TIMEOUT', 0.05)
+    from qemu.qmp import _shell_cli
+    monkeypatch.setattr(_shell_cli, 'GREETING_TIMEOUT', 0.05)
     agent = ThreadedServer(greeting=None)
     try:
         address = agent.start()
