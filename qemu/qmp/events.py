@@ -3,8 +3,8 @@ QMP events and event listeners.
 
 An `EventListener` is a FIFO queue of the events it accepts (by name, by
 filter function, or by an overridden `EventListener.accept`).  Every
-registered listener gets its own copy of each event (`Message.clone`), so
-one consumer never steals from, nor changes, another's.  A listener whose
+registered listener gets its own copy of each event, so one consumer never
+steals from, nor changes, another's.  A listener whose
 filter or ``put()`` raises misses that event (the error is logged); the
 others and the session go on.  `Events` is the mix-in that gives
 `QMPClient` its built-in all-events listener, ``qmp.events``, and the
@@ -58,6 +58,26 @@ DEFAULT_HISTORY_SIZE = 1000
 DEFAULT_BUILTIN_BACKLOG = 10000
 
 
+# What a listener queues: the event itself for the first listener to take
+# it; for every other, the bytes the event was decoded from.  Bytes cost
+# nothing to keep (thousands may sit unread in the built-in backlog, and
+# thousands of small objects make every garbage collection slower) and
+# become an independent Message only when read.
+_Entry = Union[Message, bytes]
+
+
+def _opened(entry: _Entry) -> Message:
+    """The queued event as a `Message`."""
+    if isinstance(entry, bytes):
+        return Message(entry, eager=False)
+    return entry
+
+
+def _copy_of(event: Message) -> bytes:
+    """What a listener after the first queues: an independent copy."""
+    return event.decoded_from or bytes(event)
+
+
 class ListenerError(QMPError):
     """Generic error class for `EventListener`-related problems."""
 
@@ -102,10 +122,10 @@ class EventListener:
         #: How many unread events were dropped because of `max_pending`.
         self.dropped: int = 0
 
-        self._pending: Deque[Message] = deque()
+        self._pending: Deque[_Entry] = deque()
         # Tasks waiting in get(), woken one per event, in order.
         self._getters: Deque[asyncio.Future[object]] = deque()
-        self._history: Deque[Message] = deque(maxlen=history_size)
+        self._history: Deque[_Entry] = deque(maxlen=history_size)
         self._history_trimmed = False
         # Iteration may skip get() when a subclass did not replace it.
         self._plain_get = type(self).get is EventListener.get
@@ -135,9 +155,13 @@ class EventListener:
         A read-only record of the events accepted so far, oldest first.
 
         It includes events not yet read with `get()` and persists across
-        `clear()`.  It keeps the newest `history_size` events.
+        `clear()`.  It keeps the newest `history_size` events.  Events
+        are as received: when another listener took an event first, this
+        listener keeps it as the bytes received, and each read of
+        `history` decodes a fresh copy, so changes made to what `get()`
+        returned do not show here.
         """
-        return tuple(self._history)
+        return tuple(_opened(entry) for entry in self._history)
 
     @property
     def history_size(self) -> Optional[int]:
@@ -176,7 +200,7 @@ class EventListener:
         if self.accept(event):
             self._deliver(event)
 
-    def _deliver(self, event: Message) -> None:
+    def _deliver(self, event: _Entry) -> None:
         """Queue an accepted event and wake the oldest waiting reader."""
         history = self._history
         if not self._history_trimmed and len(history) == history.maxlen:
@@ -237,7 +261,7 @@ class EventListener:
                 if pending and self._getters:
                     self._getters.popleft().set_result(None)
                 raise
-        return pending.popleft()
+        return _opened(pending.popleft())
 
     def empty(self) -> bool:
         """
@@ -256,7 +280,7 @@ class EventListener:
 
         :return: The cleared events, oldest first.
         """
-        cleared = list(self._pending)
+        cleared = [_opened(entry) for entry in self._pending]
         self._pending.clear()
         return cleared
 
@@ -273,7 +297,7 @@ class EventListener:
     async def __anext__(self) -> Message:
         """The next event; iteration ends when the listener is removed."""
         if self._plain_get and self._pending:
-            return self._pending.popleft()
+            return _opened(self._pending.popleft())
         try:
             return await self.get()
         except ListenerError:
@@ -308,9 +332,9 @@ class Events:
         self._listeners: List[EventListener] = [self.events]
         # What the reader task walks for each event: (listener, fast),
         # where fast means put() is not overridden and can be skipped.
-        # The built-in listener comes last: it is the one that gets a
-        # clone when another listener takes the event too, and a clone
-        # costs almost nothing until it is read, which it may never be.
+        # The built-in listener comes last: it is the one that queues a
+        # copy when another listener takes the event too, and a copy
+        # costs nothing until it is read, which it may never be.
         self._dispatch: Tuple[Tuple[EventListener, bool], ...] = ()
         # True when no listener overrides put(): events are then handed
         # out without creating a coroutine per event.
@@ -355,8 +379,8 @@ class Events:
             except Exception as err:  # pylint: disable=broad-except
                 self._listener_failed(listener, msg, err)
                 continue
-            # The first taker gets the message itself, later ones clones.
-            listener._deliver(msg.clone() if delivered else msg)
+            # The first taker gets the message itself, later ones copies.
+            listener._deliver(_copy_of(msg) if delivered else msg)
             delivered = True
 
     async def _dispatch_awaiting(self, msg: Message) -> None:
@@ -367,7 +391,7 @@ class Events:
                 if fast:
                     if not listener.accept(msg):
                         continue
-                    listener._deliver(msg.clone() if delivered else msg)
+                    listener._deliver(_copy_of(msg) if delivered else msg)
                 else:
                     await listener.put(msg.clone() if delivered else msg)
             except Exception as err:  # pylint: disable=broad-except

@@ -245,6 +245,24 @@ class Message(MutableMapping[str, object]):
         msg._raw = msg._src = src
         return msg
 
+    @property
+    def decoded_from(self) -> Optional[bytes]:
+        """
+        The JSON `bytes` this message was decoded from, or `None`.
+
+        Every message received has them until its top level changes
+        (setting or deleting a member); a message built from a mapping
+        has none.  Changes to nested values are not tracked.
+
+        >>> msg = Message(b'{"return": {}}')
+        >>> msg.decoded_from
+        b'{"return": {}}'
+        >>> msg['id'] = 1
+        >>> msg.decoded_from is None
+        True
+        """
+        return self._src
+
     # -- conversion ----------------------------------------------------
 
     def wire_copy(self, **members: object) -> 'Message':

@@ -337,6 +337,30 @@ async def test_each_listener_gets_its_own_copy(client, server):
         mine['extra'] = True
         theirs = await second.get()
         assert theirs['data'] == {'nested': {'n': 1}} and 'extra' not in theirs
+        theirs['data']['nested']['n'] = 7
         backlog = client.events.clear()[-1]
         assert backlog['data'] == {'nested': {'n': 1}}
         assert first.history[-1] is mine
+        # A listener that holds a copy shows the event as received.
+        assert second.history[-1]['data'] == {'nested': {'n': 1}}
+        assert second.history[-1] is not second.history[-1]
+
+
+async def test_copies_reach_listeners_that_override_put(client, server):
+    """A listener with its own put() gets a Message of its own too, and
+    events it queues read back like any other."""
+    seen = []
+
+    class Recording(EventListener):
+        async def put(self, event):
+            seen.append(event)
+            await super().put(event)
+
+    recording = Recording('STOP')
+    with client.listener('STOP') as plain, client.listen(recording):
+        await server.emit_event('STOP', {'n': 1})
+        first = await plain.get()
+        first['data']['n'] = 2
+        assert isinstance(seen[0], Message) and seen[0] is not first
+        assert (await recording.get())['data'] == {'n': 1}
+        assert (await client.events.get())['data'] == {'n': 1}

@@ -158,6 +158,20 @@ def test_clone_is_independent_and_lazy():
     assert clone.clone()['data']['list'] == [1, 2]  # as received, see doc
 
 
+def test_decoded_from():
+    """The bytes received, until the top level changes; none for a
+    message built from a mapping."""
+    raw = b'{"event": "X", "data": {"n": 1}}'
+    for msg in Message(raw), Message(raw, eager=False):
+        assert msg.decoded_from == raw
+        msg['data']['n'] = 2  # nested changes are not tracked
+        assert msg.decoded_from == raw
+        del msg['data']
+        assert msg.decoded_from is None
+    assert Message({'a': 1}).decoded_from is None
+    assert Message(bytearray(b'{}')).decoded_from == b'{}'
+
+
 def test_clone_after_changes_and_of_built_messages():
     """A message changed at its top level, or built from a mapping, is
     cloned from its current content."""
