@@ -319,7 +319,7 @@ class Events:
     """
     Mix-in giving `QMPClient` its event listeners.
 
-    It needs the class it is mixed into to have a ``logger`` attribute.
+    It logs to this module's logger, ``qemu.qmp.events``.
     """
 
     def __init__(self) -> None:

@@ -220,9 +220,10 @@ class AsyncProtocol(Generic[T]):
       message, for logging or rewriting.
 
     :param name:
-        Name used for logging messages, if any.  By default, messages log
-        to 'qemu.qmp.protocol', but each connection can get its own logger
-        by giving it a name; it then logs to 'qemu.qmp.protocol.${name}'.
+        Name used for logging messages, if any.  A connection logs to its
+        class's `logger` ('qemu.qmp.protocol' here, 'qemu.qmp.qmp_client'
+        for `QMPClient`); given a name, it logs to a child of that logger
+        instead ('qemu.qmp.qmp_client.${name}').
     :param readbuflen:
         The longest message accepted from the peer, in bytes.  A longer
         one ends the session with `MessageTooLongError`.
