@@ -86,6 +86,17 @@ async def started() -> None:
     await asyncio.sleep(0)
 
 
+async def stop_and_cont(qmp) -> None:
+    """``stop`` then ``cont``, as QEMU does them: each gives its event,
+    and query-status follows.  Real QEMU and ``demo_server()`` both pass."""
+    with qmp.listener(('STOP', 'RESUME')) as listener:
+        await qmp.execute('stop')
+        assert (await listener.get())['event'] == 'STOP'
+        assert (await qmp.execute('query-status'))['status'] == 'paused'
+        await qmp.execute('cont')
+        assert (await listener.get())['event'] == 'RESUME'
+
+
 async def wait_for_state(proto: AsyncProtocol, state: Runstate) -> None:
     """Wait until ``proto`` is in ``state`` (awaiting, never sleeping)."""
     while proto.runstate is not state:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
-from tests.helpers import require_binary, started
+from tests.helpers import require_binary, started, stop_and_cont
 from tests.integration.conftest import QEMU_BASE
 
 pytestmark = pytest.mark.integration
@@ -38,12 +38,7 @@ async def test_query_status(qmp):
 
 async def test_stop_cont_events(qmp):
     """stop and cont produce STOP and RESUME events."""
-    with qmp.listener(('STOP', 'RESUME')) as listener:
-        await qmp.execute('stop')
-        assert (await listener.get())['event'] == 'STOP'
-        assert (await qmp.execute('query-status'))['status'] == 'paused'
-        await qmp.execute('cont')
-        assert (await listener.get())['event'] == 'RESUME'
+    await stop_and_cont(qmp)
     assert [e['event'] for e in qmp.events.history] == ['STOP', 'RESUME']
 
 

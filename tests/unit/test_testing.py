@@ -7,6 +7,7 @@ import pytest
 from qemu.qmp import ConnectError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.testing import QMPTestServer, ServerThread
+from tests.helpers import stop_and_cont
 
 
 def test_server_thread_example():
@@ -103,12 +104,7 @@ async def test_demo_server():
     async with demo_server() as server:
         qmp = QMPClient()
         await qmp.connect(await server.start())
-        with qmp.listener(('STOP', 'RESUME')) as listener:
-            await qmp.execute('stop')
-            assert (await listener.get())['event'] == 'STOP'
-            assert (await qmp.execute('query-status'))['status'] == 'paused'
-            await qmp.execute('cont')
-            assert (await listener.get())['event'] == 'RESUME'
+        await stop_and_cont(qmp)
         with pytest.raises(ExecuteError):
             await qmp.execute('quit')
         names = {c['name'] for c in await qmp.execute('query-commands')}
