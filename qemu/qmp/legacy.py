@@ -68,7 +68,7 @@ __all__ = ['QEMUMonitorProtocol', 'QMPBadPortError', 'QMPMessage',
 QMPMessage = Dict[str, Any]
 
 #: QMPReturnValue is the 'return' value of a command.
-QMPReturnValue = object
+QMPReturnValue = Any
 
 #: QMPObject is any object in a QMP message.
 QMPObject = Dict[str, object]

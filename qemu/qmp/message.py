@@ -139,7 +139,7 @@ def _deserialize(data: bytes) -> Dict[str, object]:
     return obj
 
 
-class Message(MutableMapping[str, object]):
+class Message(MutableMapping[str, Any]):
     """
     Represents a single QMP protocol message.
 
@@ -307,7 +307,7 @@ class Message(MutableMapping[str, object]):
 
     # -- mapping protocol ---------------------------------------------
 
-    def __getitem__(self, key: str) -> object:
+    def __getitem__(self, key: str) -> Any:
         return self._object[key]
 
     def __setitem__(self, key: str, value: object) -> None:

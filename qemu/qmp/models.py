@@ -83,7 +83,7 @@ class QMPGreeting(Model):
     def __init__(self, raw: Mapping[str, Any]) -> None:
         super().__init__(raw)
         #: 'version' member
-        self.version: Mapping[str, object] = self._member(
+        self.version: Mapping[str, Any] = self._member(
             'version', (_AbcMapping,), 'an object')
         capabilities = self._member(
             'capabilities', (_AbcSequence,), 'an array')
@@ -91,7 +91,7 @@ class QMPGreeting(Model):
             raise TypeError("'capabilities' member of QMPGreeting must be "
                             "an array, not str")
         #: 'capabilities' member
-        self.capabilities: Sequence[object] = capabilities
+        self.capabilities: Sequence[Any] = capabilities
 
 
 class ErrorResponse(Model):

@@ -14,6 +14,7 @@ import logging
 import socket
 from collections import deque
 from typing import (
+    Any,
     Deque,
     Dict,
     Hashable,
@@ -214,7 +215,7 @@ def check_reply(reply: Message, sent: Message) -> Optional[ErrorResponse]:
                             reply, sent) from err
 
 
-def reply_value(reply: Message, sent: Message) -> object:
+def reply_value(reply: Message, sent: Message) -> Any:
     """
     Return the 'return' member of a reply; raise its error otherwise.
 
@@ -489,9 +490,14 @@ class QMPClient(AsyncProtocol[Message], Events):
     @upper_half
     async def execute(self, cmd: str,
                       arguments: Optional[Mapping[str, object]] = None,
-                      oob: bool = False) -> object:
+                      oob: bool = False) -> Any:
         """
         Execute a QMP command on the server and return its value.
+
+        The value is JSON as `json` decodes it, typed `Any` as `json.loads`
+        is, so ``(await qmp.execute('query-status'))['status']`` passes
+        ``mypy --strict``.  Give it a type of your own where that helps:
+        ``status: Dict[str, Any] = await qmp.execute('query-status')``.
 
         :param cmd: QMP command name.
         :param arguments: Arguments (if any).  Must be JSON-serializable.
@@ -509,7 +515,7 @@ class QMPClient(AsyncProtocol[Message], Events):
 
     @upper_half
     @require(Runstate.RUNNING)
-    async def execute_msg(self, msg: Message) -> object:
+    async def execute_msg(self, msg: Message) -> Any:
         """
         Execute a QMP command on the server and return its value.
 

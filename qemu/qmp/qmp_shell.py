@@ -440,7 +440,7 @@ class QMPShell(QEMUMonitorProtocol):
 
     def _completion_words(self) -> List[str]:
         commands = self.cmd('query-commands')
-        return [cmd['name'] for cmd in commands  # type: ignore
+        return [cmd['name'] for cmd in commands
                 if isinstance(cmd, dict) and isinstance(cmd.get('name'), str)]
 
     def complete(self, text: str, state: int) -> Optional[str]:

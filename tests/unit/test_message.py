@@ -51,7 +51,7 @@ def test_mutation_changes_bytes():
 def test_nested_mutation_is_not_hidden_by_a_cache():
     """bytes() reflects changes made inside nested values."""
     msg = Message({'arguments': {}})
-    msg['arguments']['x'] = 1  # type: ignore[index]
+    msg['arguments']['x'] = 1
     assert bytes(msg) == b'{"arguments":{"x":1}}'
 
 
