@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from contextlib import contextmanager
 from typing import (
+    AsyncIterator,
     Awaitable,
     Callable,
     Deque,
@@ -251,15 +252,7 @@ class EventListener:
                     raise ListenerError(f"{self!r} was removed while get() "
                                         f"waited for an event")
             except asyncio.CancelledError:
-                getter.cancel()
-                try:
-                    self._getters.remove(getter)
-                except ValueError:
-                    pass
-                # Woken but cancelled: pass the wake-up on, or an event
-                # would sit unread while another reader waits.
-                if pending and self._getters:
-                    self._getters.popleft().set_result(None)
+                self._give_up(getter)
                 raise
         return _opened(pending.popleft())
 
@@ -302,6 +295,68 @@ class EventListener:
             return await self.get()
         except ListenerError:
             raise StopAsyncIteration from None
+
+    async def iter_until(self, done: Awaitable[object]
+                         ) -> AsyncIterator[Message]:
+        """
+        Iterate over events until ``done`` completes, then end.
+
+        Events queued by the time ``done`` completes are still yielded:
+        nothing already received is lost.  Iteration also ends when the
+        listener is removed.  ``done`` is not cancelled when iteration
+        ends (a coroutine given as ``done`` runs in a task of its own,
+        and that task is).  `QMPClient.session_events` uses this to end
+        with the session.
+
+        >>> async def demo():
+        ...     listener = EventListener()
+        ...     await listener.put(Message({'event': 'STOP'}))
+        ...     done = asyncio.get_running_loop().create_future()
+        ...     done.set_result(None)
+        ...     return [event['event'] async for event in
+        ...             listener.iter_until(done)]
+        >>> asyncio.run(demo())
+        ['STOP']
+
+        :param done: An awaitable; iteration ends once it completes.
+        :return: An asynchronous iterator of events.
+        """
+        end = asyncio.ensure_future(done)
+        pending = self._pending
+        try:
+            while True:
+                while pending:
+                    yield _opened(pending.popleft())
+                if end.done():
+                    return
+                getter = asyncio.get_running_loop().create_future()
+                self._getters.append(getter)
+                try:
+                    await asyncio.wait((getter, end),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:
+                    self._give_up(getter)
+                    raise
+                if not getter.done():
+                    self._give_up(getter)  # end came first
+                elif getter.result() is _REMOVED:
+                    return
+        finally:
+            if end is not done and not end.done():
+                end.cancel()
+                await asyncio.wait((end,))
+
+    def _give_up(self, getter: 'asyncio.Future[object]') -> None:
+        """A reader stops waiting with ``getter``: forget it, and pass a
+        wake-up it took on, or an event would sit unread while another
+        reader waits."""
+        getter.cancel()
+        try:
+            self._getters.remove(getter)
+        except ValueError:
+            pass
+        if self._pending and self._getters:
+            self._getters.popleft().set_result(None)
 
 
 # What get()'s waiters are woken with when their listener is removed.

@@ -275,6 +275,9 @@ class AsyncProtocol(Generic[T]):
         self._dc_task: Optional[asyncio.Future[None]] = None
         # Errors that ended the bottom half, first one first.
         self._bh_errors: List[Exception] = []
+        # Resolved when the session starts to end (enters DISCONNECTING),
+        # for whoever reads until then (QMPClient.session_events).
+        self._session_over: Optional[asyncio.Future[None]] = None
         # While the writer task sends a batch, _write() collects here.
         self._write_batch: Optional[List[bytes]] = None
 
@@ -459,6 +462,7 @@ class AsyncProtocol(Generic[T]):
         self._outgoing = asyncio.Queue()
         self._bh_errors = []
         self._lines = LineBuffer(self.readbuflen)
+        self._session_over = asyncio.get_running_loop().create_future()
 
     @upper_half
     @asynccontextmanager
@@ -530,6 +534,9 @@ class AsyncProtocol(Generic[T]):
         if self._dc_task is None:
             self._set_state(Runstate.DISCONNECTING)
             self._dc_task = asyncio.ensure_future(self._bh_disconnect())
+            over = self._session_over
+            if over is not None and not over.done():
+                over.set_result(None)
 
     @upper_half
     async def _wait_disconnect(self) -> None:

@@ -15,6 +15,7 @@ import socket
 from collections import deque
 from typing import (
     Any,
+    AsyncIterator,
     Deque,
     Dict,
     Hashable,
@@ -28,10 +29,10 @@ from . import _sockets
 from ._ids import IdMaker, check_caller_id, reply_key
 from .codec import DEFAULT_LIMIT, Codec, TruncatedMessageError
 from .error import ProtocolError, QMPError
-from .events import Events
+from .events import EventListener, Events, ListenerError
 from .message import Message
 from .models import ErrorResponse, Greeting
-from .protocol import AsyncProtocol, Runstate, require
+from .protocol import AsyncProtocol, Runstate, StateError, require
 from .util import bottom_half, exception_summary, pretty_traceback, upper_half
 
 
@@ -462,6 +463,61 @@ class QMPClient(AsyncProtocol[Message], Events):
             dispatching = self._dispatch_event(msg)
             if dispatching is not None:
                 await dispatching
+
+    # ------------------------------------------------------------------
+    # Upper half: events until the session ends
+    # ------------------------------------------------------------------
+
+    @upper_half
+    async def session_events(self, listener: Optional[EventListener] = None
+                             ) -> AsyncIterator[Message]:
+        """
+        Iterate over events until the session ends.
+
+        ``async for event in qmp.events`` waits for the next event even
+        after the connection is gone (a listener may outlive a session,
+        as in the reference library).  This loop ends with the session:
+        every event received by then is still yielded, then the session
+        is torn down as by `disconnect()`, leaving the client `IDLE`.
+
+        The loop finishes normally when the server hung up (``quit``, or
+        QEMU exiting for any other reason: a ``SHUTDOWN`` event before the
+        end tells a clean exit from a crash) or when `disconnect()` was
+        called, and raises the error that ended the session otherwise.
+        Leaving the loop early (``break``), or removing the listener,
+        leaves the session as it is.
+
+        .. code-block:: python
+
+            await qmp.connect('qmp.sock')
+            async for event in qmp.session_events():
+                print(event['event'])
+
+        :param listener: The registered listener to read; by default the
+            built-in `events`.  Started while `CONNECTING`, the loop
+            waits for that session.
+        :return: An asynchronous iterator of events.
+        :raise StateError: The client is `IDLE`.
+        :raise ListenerError: ``listener`` is not registered.
+        :raise Exception: The error that ended the session, as
+            `disconnect()` raises it (except `EOFError` for a hang-up).
+        """
+        listener = self.events if listener is None else listener
+        if listener not in self._listeners:
+            raise ListenerError(f"{listener!r} is not registered")
+        over = self._session_over
+        if self.runstate is Runstate.IDLE or over is None:
+            raise StateError(f"{type(self).__name__} is disconnected and "
+                             f"idle.", self.runstate, Runstate.RUNNING)
+        async for event in listener.iter_until(over):
+            yield event
+        if not over.done():
+            return  # the listener was removed; the session goes on
+        try:
+            await self.disconnect()
+        except EOFError as err:
+            if isinstance(err, ProtocolError):  # cut off mid-message
+                raise
 
     # ------------------------------------------------------------------
     # Upper half: executing commands
