@@ -39,7 +39,17 @@ import logging
 import socket
 import time
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import (
+    Any,
+    Dict,
+    List,
+    Literal,
+    Optional,
+    Type,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from . import _sockets
 from ._blocking import BlockingConnection
@@ -192,6 +202,15 @@ class QEMUMonitorProtocol:
         except ValueError:
             raise QMPBadPortError(
                 f"Bad port: '{text}' in '{address}'.") from None
+
+    @overload
+    def connect(self, negotiate: Literal[True] = True, *,
+                timeout: Optional[float] = None) -> Dict[str, Any]: ...
+
+    @overload
+    def connect(self, negotiate: bool, *,
+                timeout: Optional[float] = None
+                ) -> Optional[Dict[str, Any]]: ...
 
     def connect(self, negotiate: bool = True, *,
                 timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:

@@ -354,7 +354,8 @@ class QMPShell(QEMUMonitorProtocol):
 
     # -- connecting and closing --------------------------------------------
 
-    def connect(self, negotiate: bool = True, *,
+    # Returns None, as the reference's QMPShell.connect does.
+    def connect(self, negotiate: bool = True, *,  # type: ignore[override]
                 timeout: Optional[float] = None) -> None:
         """
         Connect to the QMP monitor (see `QEMUMonitorProtocol.connect`).
