@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, NoReturn, Optional, Type
 
+from . import __version__
 from .error import QMPError
 from .legacy import QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
@@ -29,6 +30,8 @@ from .qmp_shell import HMPShell, QMPShell, common_parser, die
 
 
 def _shell_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--version', action='version',
+                        version=f'%(prog)s (qemu.qmp) {__version__}')
     parser.add_argument('--json', action='store_true', dest='json_output',
                         help='machine-readable output: one JSON line per '
                              'reply or event')

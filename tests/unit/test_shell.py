@@ -556,3 +556,16 @@ def test_wrap_ctrl_c_does_not_reach_qemu(tmp_path):
         program='wrap', waits={1: b'query-sta'})  # see test_ctrl_c
     assert code == 0, output
     assert '"status": "running"' in output
+
+
+@pytest.mark.parametrize('program', ['qmp-shell', 'qmp-shell-wrap'])
+def test_version(program):
+    """Both programs say which library, and which version, they are."""
+    import qemu.qmp
+    code = ('import sys; from qemu.qmp.qmp_shell import main, main_wrap; '
+            f'sys.exit({"main" if program == "qmp-shell" else "main_wrap"}'
+            '())')
+    result = subprocess.run([sys.executable, '-c', code, '--version'],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{program} (qemu.qmp) {qemu.qmp.__version__}\n"
