@@ -10,17 +10,22 @@ Every error raised on purpose derives from `QMPError`; see
 `qemu.qmp.error` for the whole tree.  `qemu.qmp.legacy` has a blocking
 wrapper for scripts, and `qemu.qmp.testing` a QMP server for your tests.
 
-Example::
+Example:
+
+.. code-block:: python
 
     import asyncio
+
     from qemu.qmp import QMPClient
 
-    async def main():
+
+    async def main() -> None:
         qmp = QMPClient('my-vm')
         await qmp.connect('qmp.sock')
         status = await qmp.execute('query-status')
         print(f"VM status: {status['status']}")
         await qmp.disconnect()
+
 
     asyncio.run(main())
 """

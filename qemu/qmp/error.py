@@ -3,7 +3,9 @@ The root of every exception this package raises.
 
 Every error raised on purpose by ``qemu.qmp`` derives from `QMPError`, so
 ``except QMPError`` catches all of them.  Each class is defined in the module
-that raises it; this map shows the whole tree in one place::
+that raises it; this map shows the whole tree in one place:
+
+.. code-block:: text
 
     QMPError                                  error.py
     ├── ProtocolError                         error.py

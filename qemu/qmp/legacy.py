@@ -18,11 +18,13 @@ a blocking socket through the same `Codec` as `QMPClient`.  So:
 Replies and events are plain `dict`\\ s.  New code can also use `QMPClient`
 with asyncio.
 
-Example::
+Example:
+
+.. code-block:: python
 
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    with QEMUMonitorProtocol('/tmp/qmp.sock') as qmp:
+    with QEMUMonitorProtocol('qmp.sock') as qmp:
         qmp.connect()
         print(qmp.cmd('query-status'))
 

@@ -330,6 +330,12 @@ class Message(MutableMapping[str, Any]):
         return key in self._object
 
     def get(self, key: str, default: Any = None) -> Any:
+        """
+        The member ``key``, or ``default`` when there is none.
+
+        :param key: The member's name.
+        :param default: What to return without such a member.
+        """
         return self._object.get(key, default)
 
     def __eq__(self, other: object) -> bool:

@@ -7,7 +7,9 @@ half* is two tasks, a reader and a writer, plus a disconnect task that tears
 a session down.  A subclass says what a message is by implementing
 `_do_recv` and `_do_send`, and reacts to messages in `_on_message`.
 
-Every session walks the same states::
+Every session walks the same states:
+
+.. code-block:: text
 
     IDLE -> CONNECTING -> RUNNING -> DISCONNECTING -> IDLE
                  \\__________________________/
@@ -47,7 +49,7 @@ from typing import (
 from weakref import WeakKeyDictionary
 
 from . import _sockets
-from ._sockets import SocketAddrT
+from ._sockets import SocketAddrT as _SocketAddrT
 from .error import QMPError
 from .codec import LineBuffer
 from .util import bottom_half, exception_summary, upper_half
@@ -55,6 +57,10 @@ from .util import bottom_half, exception_summary, upper_half
 
 __all__ = ['Runstate', 'ConnectError', 'StateError', 'require',
            'AsyncProtocol', 'SocketAddrT']
+
+#: An address to connect to or listen at: a UNIX socket path, or a
+#: ``(host, port)`` tuple for TCP.
+SocketAddrT = _SocketAddrT
 
 T = TypeVar('T')
 F = TypeVar('F', bound=Callable[..., Any])
@@ -93,11 +99,25 @@ class ConnectError(QMPError):
 
     It always wraps a root cause, available as `exc`, and names the
     address it was about when it knows it.  For example, when connecting
-    to a socket that does not exist::
+    to a socket that does not exist:
 
-        await qmp.connect('not_found.sock')
-        # ConnectError: Failed to establish connection (not_found.sock):
-        #   [Errno 2] No such file or directory
+    .. code-block:: python
+
+        import asyncio
+
+        from qemu.qmp import ConnectError, QMPClient
+
+
+        async def main() -> None:
+            try:
+                await QMPClient().connect('not_found.sock')
+            except ConnectError as err:
+                print(err)
+                # Failed to establish connection (not_found.sock):
+                #   [Errno 2] No such file or directory
+
+
+        asyncio.run(main())
 
     :param error_message: Human-readable string describing the error.
     :param exc: The root-cause exception.
@@ -319,11 +339,34 @@ class AsyncProtocol(Generic[T]):
         call returns the change after the one its previous call returned,
         at once if that change already happened.  So a watcher like this
         prints ``CONNECTING``, ``DISCONNECTING``, ``IDLE`` for a connection
-        that fails at once::
+        that fails at once:
 
-            async def watch(qmp):
+        .. code-block:: python
+
+            import asyncio
+
+            from qemu.qmp import ConnectError, QMPClient, Runstate
+
+
+            async def watch(qmp: QMPClient) -> None:
                 while True:
-                    print((await qmp.runstate_changed()).name)
+                    state = await qmp.runstate_changed()
+                    print(state.name)
+                    if state is Runstate.IDLE:
+                        break
+
+
+            async def main() -> None:
+                qmp = QMPClient()
+                watcher = asyncio.create_task(watch(qmp))
+                try:
+                    await qmp.connect('not_found.sock')
+                except ConnectError:
+                    pass
+                await watcher
+
+
+            asyncio.run(main())
 
         The newest 32 changes are kept; a task further behind than that
         skips to the oldest one kept.
@@ -828,7 +871,7 @@ class AsyncProtocol(Generic[T]):
         return self._cb_inbound(msg)
 
     def _do_send(self, msg: T) -> None:
-        """Abstract: write one message to the stream (see `_write`)."""
+        """Abstract: write one message to the stream (see ``_write``)."""
         raise NotImplementedError
 
     async def _send(self, msg: T) -> None:
@@ -837,7 +880,7 @@ class AsyncProtocol(Generic[T]):
         until the transport has taken it.
 
         For handshakes in `_establish_session`; once the session runs,
-        use `_submit`, which keeps messages in order.
+        use ``_submit``, which keeps messages in order.
 
         :raise OSError: For problems with the underlying stream.
         """

@@ -82,12 +82,28 @@ class ExecuteError(QMPError):
     Exception raised by `QMPClient.execute()` on RPC failure.
 
     The server received, understood and answered the command, and the
-    answer is that the command failed.  For example::
+    answer is that the command failed.  For example:
 
-        await qmp.execute('block-dirty-bitmap-add',
-                          {'node': 'foo', 'name': 'my_bitmap'})
-        # qemu.qmp.qmp_client.ExecuteError:
-        #   Cannot find device='foo' nor node-name='foo'
+    .. code-block:: python
+
+        import asyncio
+
+        from qemu.qmp import ExecuteError, QMPClient
+
+
+        async def main() -> None:
+            qmp = QMPClient('my-vm')
+            await qmp.connect('qmp.sock')
+            try:
+                await qmp.execute('block-dirty-bitmap-add',
+                                  {'node': 'foo', 'name': 'my_bitmap'})
+            except ExecuteError as err:
+                print(err.error_class, err)
+                # GenericError Cannot find device='foo' nor node-name='foo'
+            await qmp.disconnect()
+
+
+        asyncio.run(main())
 
     :param error_response: The RPC error response object.
     :param sent: The sent RPC message that caused the failure.
@@ -119,14 +135,36 @@ class ExecInterruptedError(QMPError):
 
     The session ended before the reply arrived; `disconnect()` raises the
     reason.  QMP cannot tell whether the command ran, so ask the server
-    when it matters.  For example, ECONNRESET might look like this::
+    when it matters.  Here the test server plays a QEMU that goes away
+    while a command waits:
 
-        try:
-            await qmp.execute('query-block')
-            # ExecInterruptedError: the session ended before the reply ...
-        except ExecInterruptedError:
-            await qmp.disconnect()
-            # ConnectionResetError: [Errno 104] Connection reset by peer
+    .. code-block:: python
+
+        import asyncio
+
+        from qemu.qmp import ExecInterruptedError, QMPClient
+        from qemu.qmp.testing import NO_REPLY, QMPTestServer
+
+
+        async def main() -> None:
+            async with QMPTestServer() as server:
+                server.on('query-block', lambda arguments: NO_REPLY)
+                qmp = QMPClient()
+                await qmp.connect(await server.start())
+                waiting = asyncio.create_task(qmp.execute('query-block'))
+                await server.wait_for_command('query-block')
+                await server.hang_up()
+                try:
+                    await waiting
+                except ExecInterruptedError as err:
+                    print(err)
+                try:
+                    await qmp.disconnect()
+                except EOFError:
+                    print("The reason: the server closed the connection.")
+
+
+        asyncio.run(main())
     """
 
 
@@ -331,29 +369,34 @@ class QMPClient(AsyncProtocol[Message], Events):
     :param readbuflen: The longest message accepted from the server, in
         bytes (10 MiB by default).  A longer one ends the session.
 
-    Basic script-style usage::
+    Basic script-style usage, with events watched by a task of their own
+    until QEMU quits:
+
+    .. code-block:: python
 
         import asyncio
+
         from qemu.qmp import QMPClient
 
-        async def main():
+
+        async def watch_events(qmp: QMPClient) -> None:
+            async for event in qmp.session_events():
+                print(f"Event: {event['event']}")
+
+
+        async def main() -> None:
             qmp = QMPClient('my_virtual_machine_name')
-            await qmp.connect(('127.0.0.1', 1234))
+            await qmp.connect('qmp.sock')
+            watcher = asyncio.create_task(watch_events(qmp))
             res = await qmp.execute('query-status')
             print(res['status'])
-            await qmp.disconnect()
+            await qmp.execute('quit')
+            await watcher
+
 
         asyncio.run(main())
 
-    Watching events while doing other work::
-
-        async def watch_events(qmp):
-            async for event in qmp.events:
-                print(f"Event: {event['event']}")
-
-        task = asyncio.create_task(watch_events(qmp))
-
-    See ``docs/events.rst`` for event handling patterns.
+    The documentation's "Events" page has more patterns.
     """
 
     #: Logger object used for debugging messages.
@@ -489,9 +532,20 @@ class QMPClient(AsyncProtocol[Message], Events):
 
         .. code-block:: python
 
-            await qmp.connect('qmp.sock')
-            async for event in qmp.session_events():
-                print(event['event'])
+            import asyncio
+
+            from qemu.qmp import QMPClient
+
+
+            async def main() -> None:
+                qmp = QMPClient('my-vm')
+                await qmp.connect('qmp.sock')
+                await qmp.execute('quit')
+                async for event in qmp.session_events():
+                    print(event['event'])  # SHUTDOWN
+
+
+            asyncio.run(main())
 
         :param listener: The registered listener to read; by default the
             built-in `events`.  Started while `CONNECTING`, the loop

@@ -1,14 +1,18 @@
 """
 qmp-shell: an interactive (or scripted) QMP shell.
 
-Usage::
+Usage:
+
+.. code-block:: text
 
     qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c CMD] ADDRESS
     qmp-shell-wrap [shell options] [--] [qemu-system-x86_64 [QEMU options]]
     qmp-shell --demo
 
 ADDRESS is a UNIX socket path or ``host:port`` (``$QMP_SOCKET`` when
-omitted).  Input lines look like::
+omitted).  Input lines look like:
+
+.. code-block:: text
 
     query-status
     block-job-cancel device=job0 force=true
@@ -297,9 +301,13 @@ class QMPShell(QEMUMonitorProtocol):
     """
     A QMP shell: a `QEMUMonitorProtocol` that runs the commands it reads.
 
-    Used as in the reference library::
+    Used as in the reference library (it reads standard input):
 
-        with QMPShell('/tmp/qmp.sock') as shell:
+    .. code-block:: python
+
+        from qemu.qmp.qmp_shell import QMPShell
+
+        with QMPShell('qmp.sock') as shell:
             shell.connect()
             for _ in shell.repl():
                 pass

@@ -7,12 +7,14 @@ handlers you register, emits events when told to, and records everything it
 received.  It can also misbehave on request (garbage, id-less errors,
 hang-ups, over-long lines, not reading) so you can test how your code copes.
 
-Example::
+Example:
+
+.. code-block:: python
 
     from qemu.qmp import QMPClient
     from qemu.qmp.testing import CommandError, QMPTestServer
 
-    async def test_status():
+    async def test_status() -> None:
         async with QMPTestServer() as server:
             server.on('query-status', {'status': 'running'})
             server.on('stop', CommandError('GenericError', 'not now'))
@@ -38,12 +40,14 @@ and no negotiation.
 
 For a blocking client (`qemu.qmp.legacy.QEMUMonitorProtocol`) or a test
 without an event loop, `ServerThread` runs the server in an event loop of
-its own thread::
+its own thread:
+
+.. code-block:: python
 
     from qemu.qmp.legacy import QEMUMonitorProtocol
     from qemu.qmp.testing import QMPTestServer, ServerThread
 
-    def test_blocking():
+    def test_blocking() -> None:
         server = QMPTestServer()
         server.on('query-status', {'status': 'running'})
         with ServerThread(server) as thread:
@@ -51,7 +55,8 @@ its own thread::
                 qmp.connect()
                 assert qmp.cmd('query-status') == {'status': 'running'}
                 thread.run(server.emit_event('STOP'))
-                assert qmp.pull_event(wait=5)['event'] == 'STOP'
+                event = qmp.pull_event(wait=5)
+                assert event is not None and event['event'] == 'STOP'
 """
 
 from __future__ import annotations
@@ -136,6 +141,9 @@ class _Quit:
 #: (``server.on('quit', QUIT)``).
 QUIT: Any = _Quit()
 
+#: What `QMPTestServer.on` takes for a command: a value returned as the
+#: reply, a `CommandError`, `QUIT`, or a function (plain or ``async``) of
+#: the arguments dict that returns one of those, or `NO_REPLY`.
 Handler = Union[object, Callable[[Dict[str, Any]], Any]]
 
 _encode = json.JSONEncoder(separators=(',', ':')).encode
