@@ -54,10 +54,11 @@ check: develop system-deps
 	$(MAKE) check-only
 
 lint:
-	$(PYTHON) -m flake8 qemu tests $(wildcard bench)
+	$(PYTHON) -m flake8 qemu tests examples $(wildcard bench)
 
 typecheck:
 	$(PYTHON) -m mypy -p qemu
+	$(PYTHON) -m mypy examples
 
 # Debug mode and warnings-as-errors: "exception was never retrieved",
 # "Task was destroyed" and ResourceWarning fail the run.

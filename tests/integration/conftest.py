@@ -111,18 +111,17 @@ _SOCKET_ACTIVATION = (
     "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
-@pytest.fixture
-async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
+@asynccontextmanager
+async def socket_activated(path: Path, state: Path) -> AsyncIterator[Daemon]:
     """
-    qemu-ga listening on a UNIX socket on the host.
+    qemu-ga listening on the UNIX socket ``path`` on the host.
 
-    qemu-ga daemonizes before it creates its socket, so instead the test
-    listens first and hands the socket over (systemd socket activation:
-    fd 3, LISTEN_FDS=1, LISTEN_PID its own pid): it exists before qemu-ga
+    qemu-ga daemonizes before it creates its socket, so instead we listen
+    first and hand the socket over (systemd socket activation: fd 3,
+    LISTEN_FDS=1, LISTEN_PID its own pid): it exists before qemu-ga
     starts, and connecting can never race it.
     """
     binary = require_binary('qemu-ga')
-    path, state = tmp_path / 'qga.sock', tmp_path / 'qga-state'
     state.mkdir()
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(path))
@@ -138,3 +137,11 @@ async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+@pytest.fixture
+async def guest_agent(tmp_path) -> AsyncIterator[Daemon]:
+    """qemu-ga on ``qga.sock`` (see `socket_activated`)."""
+    async with socket_activated(tmp_path / 'qga.sock',
+                                tmp_path / 'qga-state') as peer:
+        yield peer
