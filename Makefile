@@ -23,7 +23,8 @@ help:
 	@echo "                    and pytest; non-zero on any failure"
 	@echo "  make check-only   the same checks, without the set-up"
 	@echo "  make demo         a live qmp-shell session: real QEMU when"
-	@echo "                    installed, the built-in test server otherwise"
+	@echo "                    installed, the built-in test server otherwise;"
+	@echo "                    needs nothing but python3 (no install)"
 	@echo "  make bench        benchmarks against the reference library"
 	@echo "  make reference-api  regenerate tests/reference_api.txt, the"
 	@echo "                    reference library's names, in a throwaway venv"
@@ -67,8 +68,9 @@ test:
 
 check-only: lint typecheck test
 
-demo: develop
-	@$(PYTHON) -m qemu.qmp.qmp_shell --demo
+# The library needs only the standard library: run it from the checkout.
+demo:
+	@PYTHONPATH=$(CURDIR) python3 -m qemu.qmp.qmp_shell --demo
 
 bench: develop
 	$(PYTHON) bench/run.py
