@@ -10,8 +10,8 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.qemu-qmp-devel
 DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
-.PHONY: help develop system-deps check check-only lint typecheck test demo bench clean \
-	reference-api
+.PHONY: help develop system-deps check check-only lint typecheck docs test demo \
+	bench clean reference-api
 
 help:
 	@echo "qemu.qmp developer targets:"
@@ -19,9 +19,10 @@ help:
 	@echo "                    \$$VIRTUAL_ENV, or into .venv (created if needed)"
 	@echo "  make system-deps  install QEMU, qemu-storage-daemon and qemu-ga"
 	@echo "                    (Debian, as root) for the integration tests"
-	@echo "  make check        set everything up, then flake8, mypy --strict"
-	@echo "                    and pytest; non-zero on any failure"
+	@echo "  make check        set everything up, then flake8, mypy --strict,"
+	@echo "                    the documentation build and pytest"
 	@echo "  make check-only   the same checks, without the set-up"
+	@echo "  make docs         the documentation site, into build/docs"
 	@echo "  make demo         a live qmp-shell session: real QEMU when"
 	@echo "                    installed, the built-in test server otherwise;"
 	@echo "                    needs nothing but python3 (no install)"
@@ -33,7 +34,7 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[devel]'
+	$(PYTHON) -m pip install -q -e '.[devel,docs]'
 	@touch $@
 
 develop: $(STAMP)
@@ -55,18 +56,25 @@ check: develop system-deps
 	$(MAKE) check-only
 
 lint:
-	$(PYTHON) -m flake8 qemu tests examples $(wildcard bench)
+	$(PYTHON) -m flake8 qemu tests examples docs $(wildcard bench)
 
 typecheck:
 	$(PYTHON) -m mypy -p qemu
-	$(PYTHON) -m mypy examples
+	$(PYTHON) -m mypy examples docs/_ext
+
+# Warnings are errors: a broken reference or a public name missing from
+# the API reference (docs/_ext/apicheck.py) fails the build.  -E: read
+# every page again, so no warning hides in an old environment.
+docs:
+	$(PYTHON) -m sphinx -E -q -W --keep-going -b html -d build/doctrees \
+	    docs build/docs
 
 # Debug mode and warnings-as-errors: "exception was never retrieved",
 # "Task was destroyed" and ResourceWarning fail the run.
 test:
 	PYTHONASYNCIODEBUG=1 PYTHONDEVMODE=1 $(PYTHON) -m pytest
 
-check-only: lint typecheck test
+check-only: lint typecheck docs test
 
 # The library needs only the standard library: run it from the checkout.
 demo:
