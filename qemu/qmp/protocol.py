@@ -713,6 +713,11 @@ class AsyncProtocol(Generic[T]):
                 await async_fn()
         except asyncio.CancelledError:
             self.logger.debug("Task.%s: cancelled.", name)
+            if self._dc_task is None and self._writer is not None:
+                # Cancelled by someone else than disconnect(): typically
+                # asyncio.run() ending while the session is open.  No task
+                # may start now, but the connection can still be closed.
+                self._writer.close()
         except Exception as err:  # pylint: disable=broad-except
             if isinstance(err, EOFError):
                 self.logger.info("Task.%s: the peer closed the connection.",

@@ -7,6 +7,8 @@ import os
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -521,3 +523,24 @@ async def test_disconnect_while_accepting(sock_path):
     assert not os.path.exists(sock_path)
     server, client = await pair(sock_path)
     await close_both(client, server)
+
+
+def test_a_script_that_never_disconnects_exits_quietly():
+    """asyncio.run() cancels the reader and writer of a client nobody
+    disconnected: the connection is closed then, with no ResourceWarning
+    ("unclosed StreamWriter") and no error from asyncio."""
+    script = (
+        "import asyncio\n"
+        "from qemu.qmp import QMPClient\n"
+        "from qemu.qmp.testing import ServerThread\n"
+        "with ServerThread() as thread:\n"
+        "    async def main():\n"
+        "        qmp = QMPClient('careless')\n"
+        "        await qmp.connect(thread.address)\n"
+        "    asyncio.run(main())\n"
+        "print('done')\n")
+    result = subprocess.run([sys.executable, '-X', 'dev', '-c', script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'done\n'
+    assert result.stderr == ''
