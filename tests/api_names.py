@@ -75,7 +75,8 @@ def api() -> Dict[str, Optional[List[str]]]:
                 continue
             found[f"{modname}:{name}"] = _parameters(obj) \
                 if not inspect.isclass(obj) else None
-            if inspect.isclass(obj) and origin == modname:
+            if inspect.isclass(obj) and (origin == modname
+                                         or name in exported):
                 found.update(_members(modname, name, obj))
     return found
 

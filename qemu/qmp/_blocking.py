@@ -53,7 +53,7 @@ from .codec import Codec
 from .error import ProtocolError, QMPError
 from .message import Message
 from .protocol import Runstate, StateError
-from .qmp_client import ExecInterruptedError, ServerParseError
+from .replies import ExecInterruptedError, ServerParseError
 from .util import exception_summary
 
 

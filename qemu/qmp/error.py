@@ -15,13 +15,13 @@ that raises it; this map shows the whole tree in one place:
     │   ├── TruncatedMessageError             codec.py
     │   ├── GreetingError                     qmp_client.py
     │   ├── NegotiationError                  qmp_client.py
-    │   ├── ServerParseError                  qmp_client.py
-    │   └── BadReplyError                     qmp_client.py
+    │   ├── ServerParseError                  replies.py
+    │   └── BadReplyError                     replies.py
     ├── SerializationError                    message.py
     ├── StateError                            protocol.py
     ├── ConnectError                          protocol.py
-    ├── ExecuteError                          qmp_client.py
-    ├── ExecInterruptedError                  qmp_client.py
+    ├── ExecuteError                          replies.py
+    ├── ExecInterruptedError                  replies.py
     ├── ListenerError                         events.py
     ├── QMPBadPortError                       legacy.py
     └── QMPShellError                         qmp_shell.py

@@ -61,13 +61,11 @@ from .error import ProtocolError, QMPError
 from .message import Message
 from .models import Greeting
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
-from .qmp_client import (
+from .qmp_client import GreetingError, NegotiationError, greeting_timeout
+from .replies import (
     ExecInterruptedError,
     ExecuteError,
-    GreetingError,
-    NegotiationError,
     check_reply,
-    greeting_timeout,
     reply_value,
 )
 from .util import exception_summary

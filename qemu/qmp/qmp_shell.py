@@ -56,7 +56,7 @@ from typing import (
 from .error import QMPError
 from .legacy import QEMUMonitorProtocol, QMPMessage
 from .protocol import Runstate, SocketAddrT, StateError
-from .qmp_client import ExecInterruptedError
+from .replies import ExecInterruptedError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
