@@ -22,6 +22,7 @@ that raises it; this map shows the whole tree in one place:
     ├── ConnectError                          protocol.py
     ├── ExecuteError                          replies.py
     ├── ExecInterruptedError                  replies.py
+    ├── ExecuteTimeoutError                   replies.py
     ├── ListenerError                         events.py
     ├── QMPBadPortError                       legacy.py
     └── QMPShellError                         qmp_shell.py

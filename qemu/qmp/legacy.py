@@ -65,6 +65,7 @@ from .qmp_client import GreetingError, NegotiationError, greeting_timeout
 from .replies import (
     ExecInterruptedError,
     ExecuteError,
+    ExecuteTimeoutError,
     check_reply,
     reply_value,
 )
@@ -378,6 +379,19 @@ class QEMUMonitorProtocol:
         timeout = self._timeout
         return None if timeout is None else time.monotonic() + timeout
 
+    def _exchange(self, conn: BlockingConnection, msg: QMPMessage,
+                  exec_id: object) -> Message:
+        """Send ``msg`` (its id is ``exec_id``), return the reply.
+
+        :raise ExecuteTimeoutError: No reply within `settimeout` seconds.
+        """
+        try:
+            return conn.execute(Codec.encode(msg), exec_id, self._deadline())
+        except asyncio.TimeoutError:
+            name = str(msg.get('execute', msg.get('exec-oob')))
+            assert self._timeout is not None
+            raise ExecuteTimeoutError(name, self._timeout) from None
+
     def cmd_obj(self, qmp_cmd: QMPMessage) -> QMPMessage:
         """
         Send a QMP command as given and return the whole reply.
@@ -390,7 +404,7 @@ class QEMUMonitorProtocol:
         :raise ValueError: ``qmp_cmd`` has neither 'execute' nor
             'exec-oob', or an id the client reserves for itself.
         :raise SerializationError: ``qmp_cmd`` cannot be encoded as JSON.
-        :raise asyncio.TimeoutError: No reply within `settimeout` seconds;
+        :raise ExecuteTimeoutError: No reply within `settimeout` seconds;
             the connection stays usable.
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: Not connected.
@@ -406,7 +420,7 @@ class QEMUMonitorProtocol:
             exec_id = qmp_cmd['id']
             check_caller_id(exec_id)
             wire = qmp_cmd
-        reply = conn.execute(Codec.encode(wire), exec_id, self._deadline())
+        reply = self._exchange(conn, wire, exec_id)
         check_reply(reply, Message(wire, eager=False))
         result = dict(reply)
         if ours:
@@ -434,14 +448,14 @@ class QEMUMonitorProtocol:
         :param cmd: The command name.
         :return: The 'return' member of the reply.
         :raise ExecuteError: The server replied with an error.
-        :raise asyncio.TimeoutError: No reply within `settimeout` seconds.
+        :raise ExecuteTimeoutError: No reply within `settimeout` seconds.
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: Not connected.
         """
         conn = self._connection()
         exec_id = self._make_id()
         msg = {'execute': cmd, 'arguments': kwds, 'id': exec_id}
-        reply = conn.execute(Codec.encode(msg), exec_id, self._deadline())
+        reply = self._exchange(conn, msg, exec_id)
         if 'return' in reply:
             return reply['return']
         return reply_value(reply, Message(msg, eager=False))
@@ -453,10 +467,11 @@ class QEMUMonitorProtocol:
         """
         Set the timeout for `cmd`, `cmd_obj` and `cmd_raw`.
 
-        A command that times out raises `asyncio.TimeoutError`; the
-        connection stays usable, and the reply, if it comes later, is
-        dropped.  Only if the server stopped reading and the command was
-        sent in part is the connection closed, since the stream is broken.
+        A command that times out raises `ExecuteTimeoutError` (an
+        `asyncio.TimeoutError` too); the connection stays usable, and the
+        reply, if it comes later, is dropped.  Only if the server stopped
+        reading and the command was sent in part is the connection closed,
+        since the stream is broken.
 
         :param timeout: Seconds, or `None` to wait indefinitely.
         """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import deque
+from collections import OrderedDict, deque
 from typing import (
     Any,
     AsyncIterator,
@@ -40,6 +40,7 @@ from .replies import (
     BadReplyError,
     ExecInterruptedError,
     ExecuteError,
+    ExecuteTimeoutError,
     ServerParseError,
     check_reply,
     reply_value,
@@ -48,8 +49,8 @@ from .util import bottom_half, exception_summary, pretty_traceback, upper_half
 
 
 __all__ = ['QMPClient', 'ExecuteError', 'ExecInterruptedError',
-           'GreetingError', 'NegotiationError', 'ServerParseError',
-           'BadReplyError', 'TruncatedMessageError']
+           'ExecuteTimeoutError', 'GreetingError', 'NegotiationError',
+           'ServerParseError', 'BadReplyError', 'TruncatedMessageError']
 
 
 class _WrappedProtocolError(ProtocolError):
@@ -113,6 +114,12 @@ class _NoId:
 NO_ID: object = _NoId()
 
 
+# How many abandoned executions (timed out, cancelled) are remembered, so
+# that their late replies are dropped quietly; older ones are forgotten,
+# and a reply to one of those is logged as unknown.
+_ABANDONED_KEPT = 1000
+
+
 class _PendingReplies:
     """
     The reply router: which execution waits for which reply.
@@ -121,12 +128,15 @@ class _PendingReplies:
     their JSON id, so ids of any JSON type route, ``null`` included.
     Executions sent without an id (`NO_ID`, the raw path) wait in a FIFO:
     the server answers in-band commands in order, so an id-less reply
-    belongs to the oldest of them.
+    belongs to the oldest of them, even one that stopped waiting.
+    An execution that stops waiting is remembered as abandoned, so that
+    its late reply can be told from a stray one.
     """
 
     def __init__(self) -> None:
         self._by_key: Dict[Hashable, asyncio.Future[Message]] = {}
         self._idless: Deque[asyncio.Future[Message]] = deque()
+        self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_key) + len(self._idless)
@@ -152,31 +162,45 @@ class _PendingReplies:
 
     def discard(self, key: Hashable,
                 future: asyncio.Future[Message]) -> None:
-        """Forget ``future`` (added under ``key``), if it still waits."""
-        if key is NO_ID:
-            try:
-                self._idless.remove(future)
-            except ValueError:
-                pass
-        elif self._by_key.get(key) is future:
+        """
+        The execution of ``future`` (added under ``key``) is over.
+
+        If it still waited (it timed out or was cancelled), its id is
+        remembered as abandoned.  An id-less one keeps its place in the
+        FIFO: the next id-less reply is still its own.
+        """
+        if key is not NO_ID and self._by_key.get(key) is future:
             del self._by_key[key]
+            abandoned = self._abandoned
+            abandoned[key] = None
+            if len(abandoned) > _ABANDONED_KEPT:
+                abandoned.popitem(last=False)
 
     def resolve(self, exec_id: object, msg: Message) -> bool:
         """Hand ``msg`` to the execution waiting on ``exec_id``, if any."""
         future = self._by_key.pop(reply_key(exec_id), None)
-        if future is None or future.done():
+        if future is None:
             return False
-        future.set_result(msg)
+        # Done already: cancelled, and its task has not run since.  The
+        # reply is that execution's own, and dropped.
+        if not future.done():
+            future.set_result(msg)
         return True
 
+    def abandoned(self, exec_id: object) -> bool:
+        """Whether ``exec_id`` is that of an abandoned execution; a late
+        reply takes it off the list."""
+        return self._abandoned.pop(reply_key(exec_id), False) is None
+
     def resolve_idless(self, msg: Message) -> bool:
-        """Hand ``msg`` to the oldest id-less execution, if any."""
-        while self._idless:
-            future = self._idless.popleft()
-            if not future.done():
-                future.set_result(msg)
-                return True
-        return False
+        """Hand ``msg`` to the oldest id-less execution, if any (if that
+        one was abandoned, the reply is its late one, and dropped)."""
+        if not self._idless:
+            return False
+        future = self._idless.popleft()
+        if not future.done():
+            future.set_result(msg)
+        return True
 
     def fail_all(self, reason: str) -> None:
         """Raise `ExecInterruptedError` in every waiting execution."""
@@ -431,7 +455,8 @@ class QMPClient(AsyncProtocol[Message], Events):
     @upper_half
     async def execute(self, cmd: str,
                       arguments: Optional[Mapping[str, object]] = None,
-                      oob: bool = False) -> Any:
+                      oob: bool = False, *,
+                      timeout: Optional[float] = None) -> Any:
         """
         Execute a QMP command on the server and return its value.
 
@@ -443,20 +468,26 @@ class QMPClient(AsyncProtocol[Message], Events):
         :param cmd: QMP command name.
         :param arguments: Arguments (if any).  Must be JSON-serializable.
         :param oob: If `True`, execute "out of band".
+        :param timeout: Seconds to wait for the reply; `None` waits as
+            long as it takes.  The session outlives a timeout: the late
+            reply is dropped quietly.
         :return: The command's return value from the server; its type
             depends on the command, most QEMU commands return a `dict`.
         :raise ExecuteError: When the server returns an error response.
+        :raise ExecuteTimeoutError: No reply within ``timeout`` seconds
+            (an `asyncio.TimeoutError` too).
         :raise ExecInterruptedError: If the connection was disrupted before
             receiving a reply from the server.
         :raise SerializationError: ``arguments`` cannot be encoded as JSON.
         :raise StateError: The client is not connected.
         """
         msg = self.make_execute_msg(cmd, arguments, oob=oob)
-        return await self.execute_msg(msg)
+        return await self.execute_msg(msg, timeout=timeout)
 
     @upper_half
     @require(Runstate.RUNNING)
-    async def execute_msg(self, msg: Message) -> Any:
+    async def execute_msg(self, msg: Message, *,
+                          timeout: Optional[float] = None) -> Any:
         """
         Execute a QMP command on the server and return its value.
 
@@ -464,16 +495,18 @@ class QMPClient(AsyncProtocol[Message], Events):
         itself is not changed.
 
         :param msg: The QMP `Message` to execute.
+        :param timeout: Seconds to wait for the reply (see `execute`).
         :return: The command's return value from the server.
         :raise ValueError: If the QMP `Message` does not have either the
             'execute' or 'exec-oob' fields set.
         :raise ExecuteError: When the server returns an error response.
+        :raise ExecuteTimeoutError: No reply within ``timeout`` seconds.
         :raise ExecInterruptedError: If the connection was disrupted before
             receiving a reply from the server.
         :raise SerializationError: ``msg`` cannot be encoded as JSON.
         """
         exec_id, wire = self._prepare(msg, assign_id=True)
-        reply = await self._exchange(exec_id, wire)
+        reply = await self._exchange(exec_id, wire, timeout)
         return reply_value(reply, wire)
 
     @upper_half
@@ -544,16 +577,27 @@ class QMPClient(AsyncProtocol[Message], Events):
             raise ValueError("'exec-oob' requires an 'id'")
         return NO_ID, msg.wire_copy()
 
-    async def _exchange(self, exec_id: object, wire: Message) -> Message:
-        """Send ``wire`` and wait for the reply routed to ``exec_id``."""
+    async def _exchange(self, exec_id: object, wire: Message,
+                        timeout: Optional[float] = None) -> Message:
+        """
+        Send ``wire`` and wait for the reply routed to ``exec_id``.
+
+        :raise ExecuteTimeoutError: No reply within ``timeout`` seconds.
+        """
         pending = self._pending
         key, future = pending.add(exec_id)
         try:
             # Alone: no other execution waits, so none can share a write.
             self._submit(wire, alone=len(pending) == 1)
-            return await future
+            if timeout is None:
+                return await future
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                command = wire.get('execute', wire.get('exec-oob'))
+                raise ExecuteTimeoutError(str(command), timeout) from None
         finally:
-            # On cancellation the late reply finds no one and is dropped.
+            # Timed out or cancelled: the late reply is dropped quietly.
             pending.discard(key, future)
 
     @upper_half
@@ -628,11 +672,16 @@ class QMPClient(AsyncProtocol[Message], Events):
         """
         exec_id = msg.get('id', _ABSENT)
         if exec_id is not _ABSENT:
-            if not self._pending.resolve(exec_id, msg):
+            pending = self._pending
+            if not pending.resolve(exec_id, msg):
                 # The QMP spec: clients drop replies with an unknown id.
-                # It may also be the late reply of a cancelled execute().
-                self.logger.warning("Dropping reply with unknown id %r",
-                                    exec_id)
+                if pending.abandoned(exec_id):
+                    self.logger.debug("Dropping the late reply to a command "
+                                      "that timed out or was cancelled "
+                                      "(id %r)", exec_id)
+                else:
+                    self.logger.warning("Dropping reply with unknown id %r",
+                                        exec_id)
             return
 
         if 'event' in msg:

@@ -13,6 +13,7 @@ reference library defines them.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Optional
 
 from .error import ProtocolError, QMPError
@@ -20,8 +21,9 @@ from .message import Message
 from .models import ErrorResponse
 
 
-__all__ = ['ExecuteError', 'ExecInterruptedError', 'ServerParseError',
-           'BadReplyError', 'check_reply', 'reply_value']
+__all__ = ['ExecuteError', 'ExecInterruptedError', 'ExecuteTimeoutError',
+           'ServerParseError', 'BadReplyError', 'check_reply',
+           'reply_value']
 
 
 class ExecuteError(QMPError):
@@ -113,6 +115,31 @@ class ExecInterruptedError(QMPError):
 
         asyncio.run(main())
     """
+
+
+class ExecuteTimeoutError(QMPError, asyncio.TimeoutError):
+    """
+    No reply came within the time a command was given.
+
+    The session is still usable: the late reply, if it comes, is dropped
+    quietly.  QMP cannot tell whether the command ran; ask the server when
+    it matters.  It is an `asyncio.TimeoutError` too, so code written for
+    ``asyncio.wait_for`` catches it.
+
+    :param command: The command's name (never its arguments, which may
+        hold secrets).
+    :param timeout: The seconds it was given.
+    """
+
+    def __init__(self, command: str, timeout: float) -> None:
+        # One argument only: asyncio.TimeoutError is an OSError on Python
+        # 3.11+, which would read a second one as an errno.
+        super().__init__(f"no reply to {command!r} within {timeout} "
+                         f"seconds (the command may still run)")
+        #: The command's name.
+        self.command: str = command
+        #: The seconds it was given.
+        self.timeout: float = timeout
 
 
 class _MsgProtocolError(ProtocolError):

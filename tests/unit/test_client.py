@@ -21,6 +21,7 @@ from qemu.qmp import (
 from qemu.qmp.message import DeserializationError, SerializationError
 from qemu.qmp.qmp_client import (
     BadReplyError,
+    ExecuteTimeoutError,
     GreetingError,
     NegotiationError,
     ServerParseError,
@@ -309,17 +310,73 @@ async def test_oob_reply_overtakes(client, server):
 
 
 async def test_cancelled_execute_only_affects_itself(client, server, caplog):
-    """A timed-out execute leaves the session usable; its late reply is
-    dropped."""
+    """A cancelled execute leaves the session usable; its late reply is
+    dropped quietly (at DEBUG), while a stray reply is still a warning."""
     gate = Gate('late')
     server.on('slow', gate)
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(client.execute('slow'), 0.05)
     gate.opened.set()
-    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+    with caplog.at_level(logging.DEBUG, logger='qemu.qmp'):
         assert await client.execute('query-status')
-    assert any('unknown id' in r.getMessage() for r in caplog.records)
+        await server.send_message({'return': {}, 'id': 'stray'})
+        assert await client.execute('query-status')
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING]
+    assert warnings == ["Dropping reply with unknown id 'stray'"]
+    assert any('late reply' in r.getMessage() for r in caplog.records)
     assert client.runstate is Runstate.RUNNING
+
+
+async def test_execute_timeout(client, server, caplog):
+    """execute(timeout=) raises ExecuteTimeoutError, an asyncio.TimeoutError
+    that names the command and never its arguments; the session goes on
+    and the late reply is dropped without a warning."""
+    gate = Gate('late')
+    server.on('slow', gate)
+    with pytest.raises(ExecuteTimeoutError) as caught:
+        await client.execute('slow', {'password': 'hunter2'}, timeout=0.05)
+    err = caught.value
+    assert isinstance(err, asyncio.TimeoutError)
+    assert (err.command, err.timeout) == ('slow', 0.05)
+    assert "'slow' within 0.05 seconds" in str(err)
+    assert 'hunter2' not in str(err) + repr(err)
+    with pytest.raises(ExecuteTimeoutError):
+        await client.execute_msg(Message({'execute': 'slow'}), timeout=0)
+    gate.opened.set()
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        assert await client.execute('query-status', timeout=5)
+        assert await client.execute('query-status')
+    assert not caplog.records
+    assert client.runstate is Runstate.RUNNING
+
+
+async def test_abandoned_ids_are_bounded(client, server):
+    """Thousands of timed-out commands whose replies never come do not
+    grow the client's memory without bound."""
+    server.on('never', lambda arguments: NO_REPLY)
+    for _ in range(1100):
+        with pytest.raises(ExecuteTimeoutError):
+            await client.execute('never', timeout=0)
+    assert len(client._pending._abandoned) == 1000  # white-box: the bound
+    assert len(client._pending) == 0
+
+
+async def test_idless_late_reply_is_not_the_next_ones(client, server):
+    """Commands sent without an id are answered in order: the late reply
+    of one that stopped waiting is its own, not the next command's."""
+    gate = Gate({'answer': 'slow'})
+    server.on('slow', gate)
+    server.on('quick', {'answer': 'quick'})
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(
+            client._execute(Message({'execute': 'slow'}), assign_id=False),
+            0.05)
+    quick = asyncio.ensure_future(
+        client._execute(Message({'execute': 'quick'}), assign_id=False))
+    await server.wait_for_command('quick')
+    gate.opened.set()
+    assert (await asyncio.wait_for(quick, 5))['return'] == {'answer': 'quick'}
 
 
 async def test_disconnect_with_executes_pending(client, server):

@@ -66,7 +66,7 @@ def test_signatures():
         return list(inspect.signature(func).parameters)
     assert params(qmp_client.QMPClient) == ['name', 'readbuflen']
     assert params(qmp_client.QMPClient.execute) == [
-        'self', 'cmd', 'arguments', 'oob']
+        'self', 'cmd', 'arguments', 'oob', 'timeout']
     assert params(qmp_client.QMPClient.make_execute_msg) == [
         'cmd', 'arguments', 'oob']
     assert params(protocol.AsyncProtocol.connect) == [

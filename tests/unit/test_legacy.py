@@ -25,7 +25,11 @@ from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
 from qemu.qmp.message import DeserializationError, SerializationError
-from qemu.qmp.qmp_client import BadReplyError, ServerParseError
+from qemu.qmp.qmp_client import (
+    BadReplyError,
+    ExecuteTimeoutError,
+    ServerParseError,
+)
 from qemu.qmp.testing import NO_REPLY, QUIT
 from tests.helpers import ThreadedServer, unavailable
 
@@ -369,6 +373,8 @@ def test_command_timeout_leaves_connection_usable(qmp, fake, caplog):
     qmp.settimeout(0.05)
     with pytest.raises(asyncio.TimeoutError):
         qmp.cmd('slow')
+    with pytest.raises(ExecuteTimeoutError, match="'slow' within 0.05"):
+        qmp.cmd_obj({'execute': 'slow'})
     qmp.settimeout(None)
     with caplog.at_level(logging.DEBUG, logger='qemu.qmp'):
         fake.call(release.set)
