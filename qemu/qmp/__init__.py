@@ -37,7 +37,12 @@ from .error import QMPError
 from .events import EventListener
 from .message import Message
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
-from .qmp_client import ExecInterruptedError, ExecuteError, QMPClient
+from .qmp_client import (
+    ExecInterruptedError,
+    ExecuteError,
+    QMPClient,
+    session,
+)
 
 
 logging.getLogger('qemu.qmp').addHandler(logging.NullHandler())
@@ -47,6 +52,7 @@ __version__ = '0.1.0'
 __all__ = (
     # Classes, most to least important
     'QMPClient',
+    'session',
     'Message',
     'EventListener',
     'Runstate',

@@ -212,6 +212,11 @@ def require(required_state: Runstate) -> Callable[[F], F]:
     return _decorator
 
 
+# connect(retry=): the first pause between attempts, and the longest.
+_RETRY_FIRST = 0.01
+_RETRY_MAX = 0.5
+
+
 def _aborted() -> ConnectionAbortedError:
     return ConnectionAbortedError(
         "disconnect() was called while connecting")
@@ -456,24 +461,35 @@ class AsyncProtocol(Generic[T]):
     @upper_half
     @require(Runstate.IDLE)
     async def connect(self, address: Union[SocketAddrT, socket.socket],
-                      ssl: Optional[SSLContext] = None) -> None:
+                      ssl: Optional[SSLContext] = None, *,
+                      retry: Optional[float] = None) -> None:
         """
         Connect to the server and start a session.
 
         If this call fails, `runstate` is guaranteed to be set back to
         `IDLE`.
 
+        With ``retry``, a socket that does not exist yet or refuses the
+        connection (a server still starting) is tried again, after 10 ms,
+        then twice as long each time up to half a second, until ``retry``
+        seconds have passed: no polling loop of your own.  Other failures
+        are not retried.
+
         :param address: Address to connect to: a UNIX socket path, a TCP
             ``(host, port)``, or an already connected `socket.socket`.
         :param ssl: SSL context to use, if any.
+        :param retry: Seconds to keep trying a missing or refusing socket.
         :raise StateError: When the `Runstate` is not `IDLE`.
         :raise ConnectError: When a connection or session cannot be
             established; it wraps the root cause (an `OSError`, `EOFError`
             or, for a protocol-level failure, a `QMPError`).
         """
         self._begin_session(address)
-        async with self._session_guard("Failed to establish connection"):
-            await self._do_connect(address, ssl)
+        emsg = "Failed to establish connection"
+        if retry:
+            emsg += f" (tried for {retry} seconds)"
+        async with self._session_guard(emsg):
+            await self._connect_retrying(address, ssl, retry)
         async with self._session_guard("Failed to establish session"):
             await self._establish_session()
 
@@ -625,6 +641,34 @@ class AsyncProtocol(Generic[T]):
         self._reader, self._writer = await _sockets.open_stream(
             address, ssl, self.readbuflen)
         self.logger.debug("Connected.")
+
+    @upper_half
+    async def _connect_retrying(self, address: Union[SocketAddrT,
+                                                     socket.socket],
+                                ssl: Optional[SSLContext],
+                                retry: Optional[float]) -> None:
+        """`_do_connect`, tried again while the socket is missing or
+        refuses, for up to ``retry`` seconds (see `connect`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (retry or 0.0)
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                await self._do_connect(address, ssl)
+                return
+            except (FileNotFoundError, ConnectionRefusedError) as err:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or isinstance(address, socket.socket):
+                    raise
+                self.logger.debug("%s; trying again in %.2f s",
+                                  exception_summary(err), delay)
+            over = self._session_over
+            assert over is not None
+            # A disconnect() meanwhile ends the wait, and the attempts.
+            await asyncio.wait((over,), timeout=min(delay, remaining))
+            if over.done():
+                raise _aborted()
+            delay = min(delay * 2, _RETRY_MAX)
 
     @upper_half
     async def _do_start_server(self, address: SocketAddrT,

@@ -16,6 +16,9 @@ import asyncio
 import logging
 import socket
 from collections import OrderedDict, deque
+from contextlib import asynccontextmanager
+from ssl import SSLContext
+from types import TracebackType
 from typing import (
     Any,
     AsyncIterator,
@@ -25,6 +28,7 @@ from typing import (
     Mapping,
     Optional,
     Tuple,
+    Type,
     Union,
 )
 
@@ -35,7 +39,13 @@ from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
 from .message import Message
 from .models import Greeting
-from .protocol import AsyncProtocol, Runstate, StateError, require
+from .protocol import (
+    AsyncProtocol,
+    Runstate,
+    SocketAddrT,
+    StateError,
+    require,
+)
 from .replies import (
     BadReplyError,
     ExecInterruptedError,
@@ -48,7 +58,7 @@ from .replies import (
 from .util import bottom_half, exception_summary, pretty_traceback, upper_half
 
 
-__all__ = ['QMPClient', 'ExecuteError', 'ExecInterruptedError',
+__all__ = ['QMPClient', 'session', 'ExecuteError', 'ExecInterruptedError',
            'ExecuteTimeoutError', 'GreetingError', 'NegotiationError',
            'ServerParseError', 'BadReplyError', 'TruncatedMessageError']
 
@@ -286,6 +296,37 @@ class QMPClient(AsyncProtocol[Message], Events):
         # The wire format of the current session; made anew by each one.
         self._codec = Codec(readbuflen)
 
+    async def __aenter__(self) -> 'QMPClient':
+        return self
+
+    async def __aexit__(self, exc_type: Optional[Type[BaseException]],
+                        exc: Optional[BaseException],
+                        traceback: Optional[TracebackType]) -> None:
+        """
+        Leave ``async with QMPClient(...) as qmp:``: end the session.
+
+        The server having closed the connection (after ``quit``, say) is
+        the normal end of a session, not an error.  Any other error that
+        ended the session is raised, unless the block itself raised: that
+        exception goes on, and this one is logged.
+        """
+        await self._end_session(block_failed=exc is not None)
+
+    async def _end_session(self, block_failed: bool) -> None:
+        try:
+            await self.disconnect()
+        except EOFError as err:
+            if isinstance(err, ProtocolError):  # cut off mid-message
+                if not block_failed:
+                    raise
+                self.logger.error("The session had ended with: %s",
+                                  exception_summary(err))
+        except Exception as err:
+            if not block_failed:
+                raise
+            self.logger.error("The session had ended with: %s",
+                              exception_summary(err))
+
     @property
     def greeting(self) -> Optional[Greeting]:
         """
@@ -422,11 +463,7 @@ class QMPClient(AsyncProtocol[Message], Events):
             yield event
         if not over.done():
             return  # the listener was removed; the session goes on
-        try:
-            await self.disconnect()
-        except EOFError as err:
-            if isinstance(err, ProtocolError):  # cut off mid-message
-                raise
+        await self._end_session(block_failed=False)
 
     # ------------------------------------------------------------------
     # Upper half: executing commands
@@ -709,3 +746,54 @@ class QMPClient(AsyncProtocol[Message], Events):
         reason += "; disconnect() reports why"
         self._pending.fail_all(reason)
         await super()._bh_disconnect()
+
+
+@asynccontextmanager
+async def session(address: Union[SocketAddrT, socket.socket], *,
+                  name: Optional[str] = None,
+                  ssl: Optional[SSLContext] = None,
+                  negotiate: bool = True,
+                  retry: Optional[float] = None,
+                  session_timeout: Optional[float] = None,
+                  ) -> AsyncIterator[QMPClient]:
+    """
+    Connect, yield the connected client, and always disconnect.
+
+    .. code-block:: python
+
+        import asyncio
+
+        from qemu.qmp import session
+
+
+        async def main() -> None:
+            async with session('qmp.sock', name='my-vm') as qmp:
+                print(await qmp.execute('query-status'))
+
+
+        asyncio.run(main())
+
+    Leaving the block disconnects, as ``async with QMPClient()`` does:
+    the server having closed the connection is no error.
+
+    :param address: A UNIX socket path, a TCP ``(host, port)``, or a
+        connected `socket.socket`.
+    :param name: The client's name, for its logs.
+    :param ssl: SSL context to use, if any.
+    :param negotiate: `False` for the guest agent: no greeting, no
+        negotiation.
+    :param retry: Seconds to keep trying a socket that is missing or
+        refuses, for a server still starting (see `QMPClient.connect`).
+    :param session_timeout: Seconds to wait for the greeting and the
+        negotiation, each (`QMPClient.session_timeout`).
+    :return: An async context manager that gives the connected
+        `QMPClient`.
+    :raise ConnectError: The connection or the session could not be
+        established.
+    """
+    qmp = QMPClient(name)
+    qmp.await_greeting = qmp.negotiate = negotiate
+    qmp.session_timeout = session_timeout
+    await qmp.connect(address, ssl, retry=retry)
+    async with qmp:
+        yield qmp

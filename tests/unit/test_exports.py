@@ -30,11 +30,11 @@ def test_every_reference_name_exists_with_its_parameters():
 
 
 def test_package_all():
-    """qemu.qmp exports exactly the reference's names."""
+    """qemu.qmp exports the reference's names, and session()."""
     assert set(qemu.qmp.__all__) == {
         'QMPClient', 'Message', 'EventListener', 'Runstate', 'QMPError',
         'StateError', 'ConnectError', 'ExecuteError', 'ExecInterruptedError',
-        'SocketAddrT'}
+        'SocketAddrT', 'session'}
     for name in qemu.qmp.__all__:
         assert hasattr(qemu.qmp, name)
 
@@ -70,7 +70,7 @@ def test_signatures():
     assert params(qmp_client.QMPClient.make_execute_msg) == [
         'cmd', 'arguments', 'oob']
     assert params(protocol.AsyncProtocol.connect) == [
-        'self', 'address', 'ssl']
+        'self', 'address', 'ssl', 'retry']
     assert params(events.EventListener)[:2] == ['names', 'event_filter']
     assert params(events.Events.listener) == [
         'self', 'names', 'event_filter']

@@ -1,0 +1,138 @@
+"""Connecting to a server still starting (retry=), and sessions that
+always end: ``async with QMPClient()`` and ``qemu.qmp.session()``."""
+
+import asyncio
+import logging
+
+import pytest
+
+from qemu.qmp import ConnectError, QMPClient, Runstate, session
+from qemu.qmp.message import DeserializationError
+from qemu.qmp.testing import QUIT, QMPTestServer
+from tests.helpers import assert_no_tasks_left, free_port, wait_for_state
+
+
+class _Seen(logging.Handler):
+    """Sets an event when a record containing ``text`` is logged."""
+
+    def __init__(self, text):
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record):
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.fixture
+def retried():
+    """An event set once a client has failed an attempt and will retry."""
+    seen = _Seen('trying again')
+    logger = logging.getLogger('qemu.qmp')
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(seen)
+    yield seen.event
+    logger.removeHandler(seen)
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize('where', ['unix', 'tcp'])
+async def test_retry_until_the_server_listens(tmp_path, retried, where):
+    """A socket that does not exist yet (UNIX) or refuses (TCP) is tried
+    again until the server listens there."""
+    address = str(tmp_path / 'qmp.sock') if where == 'unix' \
+        else ('127.0.0.1', free_port())
+    qmp = QMPClient('patient')
+    connecting = asyncio.ensure_future(qmp.connect(address, retry=30))
+    await asyncio.wait_for(retried.wait(), 10)
+    assert qmp.runstate is Runstate.CONNECTING
+    async with QMPTestServer() as server:
+        await server.start(address)
+        await asyncio.wait_for(connecting, 10)
+        assert qmp.runstate is Runstate.RUNNING
+        await qmp.disconnect()
+
+
+async def test_retry_gives_up_at_the_deadline(tmp_path):
+    qmp = QMPClient()
+    with pytest.raises(ConnectError, match='tried for 0.05 seconds') as err:
+        await qmp.connect(str(tmp_path / 'never.sock'), retry=0.05)
+    assert isinstance(err.value.exc, FileNotFoundError)
+    assert qmp.runstate is Runstate.IDLE
+    assert_no_tasks_left()
+
+
+async def test_retry_is_only_for_a_missing_or_refusing_socket():
+    """A server that answers with garbage is not tried again."""
+    async with QMPTestServer(greeting=None) as server:
+        address = await server.start()
+        qmp = QMPClient()
+        connecting = asyncio.ensure_future(qmp.connect(address, retry=30))
+        await server.wait_connected()
+        await server.send_raw(b'not json\n')
+        with pytest.raises(ConnectError, match='establish session'):
+            await asyncio.wait_for(connecting, 10)
+        assert qmp.runstate is Runstate.IDLE
+
+
+async def test_disconnect_ends_the_retries(tmp_path, retried):
+    qmp = QMPClient()
+    connecting = asyncio.ensure_future(
+        qmp.connect(str(tmp_path / 'never.sock'), retry=600))
+    await asyncio.wait_for(retried.wait(), 10)
+    await qmp.disconnect()
+    with pytest.raises(ConnectError) as err:
+        await asyncio.wait_for(connecting, 10)
+    assert isinstance(err.value.exc, ConnectionAbortedError)
+    assert qmp.runstate is Runstate.IDLE
+
+
+async def test_session_connects_and_always_disconnects(server):
+    async with session(server.address, name='vm') as qmp:
+        assert qmp.name == 'vm' and qmp.runstate is Runstate.RUNNING
+        assert await qmp.execute('query-status')
+    assert qmp.runstate is Runstate.IDLE
+    with pytest.raises(KeyError):
+        async with session(server.address) as qmp:
+            raise KeyError('the block failed')
+    assert qmp.runstate is Runstate.IDLE
+
+
+async def test_quit_inside_a_session_is_no_error(server):
+    """The server closing the connection is the normal end of a
+    session: leaving the block raises nothing."""
+    server.on('quit', QUIT)
+    async with session(server.address) as qmp:
+        with qmp.listener('SHUTDOWN') as shutdown:
+            await qmp.execute('quit')
+            await shutdown.get()
+    assert qmp.runstate is Runstate.IDLE
+
+
+async def test_a_broken_session_is_raised_at_the_end(server, caplog):
+    """Garbage from the server is raised when the block ends, unless the
+    block raised: then the block's error goes on, and this one is
+    logged."""
+    with pytest.raises(DeserializationError):
+        async with QMPClient() as qmp:
+            await qmp.connect(server.address)
+            await server.send_raw(b'garbage\n')
+            await wait_for_state(qmp, Runstate.DISCONNECTING)
+    assert qmp.runstate is Runstate.IDLE
+    with pytest.raises(RuntimeError, match='mine'):
+        async with QMPClient() as qmp:
+            await qmp.connect(server.address)
+            await server.send_raw(b'garbage\n')
+            await wait_for_state(qmp, Runstate.DISCONNECTING)
+            raise RuntimeError('mine')
+    assert 'The session had ended with: ' in caplog.text
+
+
+async def test_session_for_the_guest_agent():
+    async with QMPTestServer(greeting=None) as server:
+        server.on('guest-ping', {})
+        async with session(await server.start(), negotiate=False) as qga:
+            assert qga.greeting is None
+            assert await qga.execute('guest-ping') == {}
