@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 MODULES = [
     'qemu.qmp', 'qemu.qmp.qmp_client', 'qemu.qmp.protocol',
-    'qemu.qmp.replies', 'qemu.qmp.events', 'qemu.qmp.message',
+    'qemu.qmp.replies', 'qemu.qmp.events', 'qemu.qmp.expect',
+    'qemu.qmp.message',
     'qemu.qmp.models',
     'qemu.qmp.error', 'qemu.qmp.legacy', 'qemu.qmp.testing',
     'qemu.qmp.codec', 'qemu.qmp.util', 'qemu.qmp.qmp_shell',

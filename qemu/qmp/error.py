@@ -24,6 +24,7 @@ that raises it; this map shows the whole tree in one place:
     ├── ExecInterruptedError                  replies.py
     ├── ExecuteTimeoutError                   replies.py
     ├── ListenerError                         events.py
+    ├── EventTimeoutError                     expect.py
     ├── QMPBadPortError                       legacy.py
     └── QMPShellError                         qmp_shell.py
 

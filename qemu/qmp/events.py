@@ -26,7 +26,7 @@ import logging
 from collections import deque
 from contextlib import contextmanager
 from typing import (
-    AsyncIterator,
+    AsyncGenerator,
     Awaitable,
     Callable,
     Deque,
@@ -297,7 +297,7 @@ class EventListener:
             raise StopAsyncIteration from None
 
     async def iter_until(self, done: Awaitable[object]
-                         ) -> AsyncIterator[Message]:
+                         ) -> AsyncGenerator[Message, None]:
         """
         Iterate over events until ``done`` completes, then end.
 

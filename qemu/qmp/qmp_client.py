@@ -37,6 +37,7 @@ from ._ids import IdMaker, check_caller_id, reply_key
 from .codec import DEFAULT_LIMIT, Codec, TruncatedMessageError
 from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
+from .expect import EventTimeoutError, ExpectedEvent
 from .message import Message
 from .models import Greeting
 from .protocol import (
@@ -545,6 +546,106 @@ class QMPClient(AsyncProtocol[Message], Events):
         exec_id, wire = self._prepare(msg, assign_id=True)
         reply = await self._exchange(exec_id, wire, timeout)
         return reply_value(reply, wire)
+
+    def expect(self, event: str, match: Optional[Mapping[str, object]] = None,
+               *, timeout: Optional[float] = None) -> ExpectedEvent:
+        """
+        Expect an event caused by what the ``async with`` block does.
+
+        Listening starts when the block is entered, so the event cannot
+        be missed however early QEMU sends it; at the end of the block the
+        event is waited for (not if the block raised), and kept in
+        ``.event``.  ``await expected.wait()`` inside the block waits
+        earlier.
+
+        .. code-block:: python
+
+            import asyncio
+
+            from qemu.qmp import QMPClient
+
+
+            async def main() -> None:
+                qmp = QMPClient('my-vm')
+                await qmp.connect('qmp.sock')
+                async with qmp.expect('RESUME', timeout=10) as resumed:
+                    await qmp.execute('stop')
+                    await qmp.execute('cont')
+                assert resumed.event is not None
+                print(resumed.event['timestamp'])
+                await qmp.disconnect()
+
+
+            asyncio.run(main())
+
+        :param event: The event's name.
+        :param match: Members its ``data`` must have, compared member by
+            member (nested mappings too): ``{'device': 'j0'}``.
+        :param timeout: Seconds the end of the block waits for it.
+        :return: An `ExpectedEvent`, to use with ``async with``.
+        :raise EventTimeoutError: (leaving the block) It did not come in
+            time.
+        :raise ExecInterruptedError: (leaving the block) The session ended
+            before it came.
+        """
+        return ExpectedEvent(self, event, match, timeout, self._session_over)
+
+    @upper_half
+    async def execute_and_wait(
+            self, cmd: str,
+            arguments: Optional[Mapping[str, object]] = None, *,
+            event: str, match: Optional[Mapping[str, object]] = None,
+            timeout: Optional[float] = None) -> Tuple[Any, Message]:
+        """
+        Execute a command and wait for the event it causes, with no race.
+
+        The event is listened for before the command is sent.  An error
+        reply raises `ExecuteError` at once, without waiting.
+
+        .. code-block:: python
+
+            import asyncio
+
+            from qemu.qmp import QMPClient
+
+
+            async def main() -> None:
+                qmp = QMPClient('my-vm')
+                await qmp.connect('qmp.sock')
+                value, event = await qmp.execute_and_wait(
+                    'stop', event='STOP', timeout=10)
+                print(value, event['event'])  # {} STOP
+                await qmp.execute('cont')
+                await qmp.disconnect()
+
+
+            asyncio.run(main())
+
+        :param cmd: The command's name.
+        :param arguments: Its arguments, if any.
+        :param event: The name of the event to wait for.
+        :param match: Members the event's ``data`` must have (see
+            `expect`).
+        :param timeout: Seconds for the reply and the event together.
+        :return: The command's return value, and the event.
+        :raise ExecuteError: The command failed.
+        :raise ExecuteTimeoutError: No reply in time.
+        :raise EventTimeoutError: The reply came, the event not in time.
+        :raise ExecInterruptedError: The session ended first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        async with self.expect(event, match) as expected:
+            value = await self.execute(cmd, arguments, timeout=timeout)
+            remaining = None if deadline is None \
+                else max(0.0, deadline - loop.time())
+            try:
+                received = await expected.wait(remaining)
+            except EventTimeoutError:
+                assert timeout is not None
+                raise EventTimeoutError(expected.description, timeout) \
+                    from None
+        return value, received
 
     @upper_half
     @require(Runstate.RUNNING)

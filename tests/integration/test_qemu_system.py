@@ -173,3 +173,24 @@ async def test_quit_with_commands_pending(qemu):
     with pytest.raises((EOFError, ConnectionResetError)):
         await qmp.disconnect()
     assert qmp.runstate is Runstate.IDLE
+
+
+async def test_execute_and_wait_for_a_job(qmp, tmp_path):
+    """A job's status change is caught however fast the job runs; a
+    partial match on the event's data picks the right one."""
+    value, event = await qmp.execute_and_wait('stop', event='STOP',
+                                              timeout=30)
+    assert value == {} and event['event'] == 'STOP'
+    target = tmp_path / 'created.raw'
+    _, concluded = await qmp.execute_and_wait(
+        'blockdev-create',
+        {'job-id': 'create', 'options': {
+            'driver': 'file', 'filename': str(target), 'size': 1 << 20}},
+        event='JOB_STATUS_CHANGE',
+        match={'id': 'create', 'status': 'concluded'}, timeout=30)
+    assert concluded['data'] == {'id': 'create', 'status': 'concluded'}
+    await qmp.execute('job-dismiss', {'id': 'create'})
+    assert target.stat().st_size == 1 << 20
+    async with qmp.expect('RESUME', timeout=30) as resumed:
+        await qmp.execute('cont')
+    assert resumed.event is not None
