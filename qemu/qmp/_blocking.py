@@ -45,11 +45,13 @@ from typing import (
     Set,
     Tuple,
     TypeVar,
+    Union,
+    cast,
 )
 
 from ._ids import reply_key
 from ._sockets import READ_SIZE
-from .codec import Codec
+from .codec import Codec, MessageTooLongError
 from .error import ProtocolError, QMPError
 from .message import Message
 from .protocol import Runstate, StateError
@@ -75,8 +77,10 @@ _LATE_READS = 16
 # Marks a member missing from a message (None is a valid JSON id).
 _ABSENT = object()
 
-# A read's result: the messages decoded, and why the stream ended, if it did.
-_Batch = Tuple[List[Message], Optional[Exception]]
+# A read's result: the messages decoded (or, for a reply over the limit
+# whose id is known, the error that replaces it), and why the stream
+# ended, if it did.
+_Batch = Tuple[List[Union[Message, MessageTooLongError]], Optional[Exception]]
 
 
 def _milliseconds(seconds: float) -> int:
@@ -111,7 +115,7 @@ class BlockingConnection:
         self._greeting: Optional[Message] = None
         # Ids whose callers wait; replies that came for them.
         self._waiting: Set[Hashable] = set()
-        self._replies: Dict[Hashable, Message] = {}
+        self._replies: Dict[Hashable, Union[Message, Exception]] = {}
         # Ids whose callers gave up; their late replies drop quietly.
         self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
         self._events: Deque[Message] = deque()
@@ -169,8 +173,13 @@ class BlockingConnection:
             sent = False
             self._send(data, deadline)
             sent = True
-            reply = self._wait(lambda: self._replies.pop(key, None),
-                               deadline)
+            replies = self._replies
+
+            def take() -> Optional[Union[Message, Exception]]:
+                return replies.pop(key, None)
+            # (mypy joins Message and Exception into object here.)
+            reply = cast(Optional[Union[Message, Exception]],
+                         self._wait(take, deadline))
         except BaseException as exc:
             with self._lock:
                 self._waiting.discard(key)
@@ -186,6 +195,8 @@ class BlockingConnection:
                 self._abandon(key)
         if reply is None:
             raise asyncio.TimeoutError
+        if isinstance(reply, Exception):
+            raise reply  # a reply over the limit: this command failed
         return reply
 
     def _abandon(self, key: Hashable) -> None:
@@ -350,20 +361,30 @@ class BlockingConnection:
             return [], err
         codec = self._codec
         codec.feed(data)
-        messages: List[Message] = []
-        try:
-            msg = codec.next_message()
-            while msg is not None:
-                messages.append(msg)
+        messages: List[Union[Message, MessageTooLongError]] = []
+        while True:
+            try:
                 msg = codec.next_message()
-        except (ProtocolError, EOFError) as err:
-            return messages, err
-        return messages, None
+            except MessageTooLongError as err:
+                if not err.has_reply_id:
+                    return messages, err
+                messages.append(err)  # fails only its own command
+                continue
+            except (ProtocolError, EOFError) as err:
+                return messages, err
+            if msg is None:
+                return messages, None
+            messages.append(msg)
 
     def _route(self, batch: _Batch) -> None:
         """Hand out what one read brought; called with the lock held."""
         messages, end = batch
         for msg in messages:
+            if isinstance(msg, MessageTooLongError):
+                self._logger.warning("A reply over the size limit (id %r): "
+                                     "%s", msg.reply_id, msg)
+                self._route_reply(msg.reply_id, msg)
+                continue
             if self._debug:
                 self._logger.debug("< %s", msg)
             if self._greeting_pending:
@@ -391,7 +412,8 @@ class BlockingConnection:
         if end is not None:
             self._end(end)
 
-    def _route_reply(self, exec_id: object, msg: Message) -> None:
+    def _route_reply(self, exec_id: object,
+                     msg: Union[Message, Exception]) -> None:
         key = reply_key(exec_id)
         if key in self._waiting:
             self._replies[key] = msg

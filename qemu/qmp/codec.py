@@ -6,7 +6,8 @@ turns whatever a socket delivered (any split, any number of messages) into
 `Message`\\ s, in order, and turns a message into the bytes to send.  Every
 decision about what a message on the wire is lives here:
 
-- the longest line accepted (`MessageTooLongError`, for that line only);
+- the longest line accepted (`MessageTooLongError`, for that line only,
+  with the id of the reply it was, when its tail shows one);
 - the guest agent's 0xFF resynchronisation byte (`SYNC_BYTE`), skipped in
   front of a message;
 - blank lines between messages, skipped;
@@ -32,15 +33,17 @@ b'{"execute":"query-status"}\\n'
 
 from __future__ import annotations
 
+import json
 from collections import deque
-from typing import Deque, List, Mapping, Optional
+from typing import Deque, List, Mapping, NamedTuple, Optional, Tuple
 
 from .error import ProtocolError
 from .message import Message
 
 
 __all__ = ['Codec', 'LineBuffer', 'MessageTooLongError',
-           'TruncatedMessageError', 'SYNC_BYTE', 'DEFAULT_LIMIT']
+           'TruncatedMessageError', 'SYNC_BYTE', 'DEFAULT_LIMIT',
+           'reply_id_of']
 
 #: The byte the guest agent puts before its reply to
 #: ``guest-sync-delimited``, and a client sends to make the agent drop any
@@ -54,23 +57,93 @@ DEFAULT_LIMIT = 10 * 1024 * 1024
 # CRLF) and the guest agent's sync bytes.
 _FILLER = b' \t\r\n' + SYNC_BYTE
 
+# How much of the end of an over-long line is kept, to find its id in.
+_TAIL_KEPT = 512
+
+# An over-long line is skipped up to this many times the limit; a longer
+# one is taken for an endless stream, and reported without waiting for
+# its end.
+_SKIP_FACTOR = 16
+
+
+class _TooLong(NamedTuple):
+    """What is known of a line that was over the limit."""
+
+    size: Optional[int]     # its length with the newline, if it ended
+    tail: bytes             # its last bytes, for reply_id_of()
+
+
+def reply_id_of(tail: bytes) -> Tuple[bool, object]:
+    """
+    Find the id of a reply from the last bytes of its line.
+
+    QEMU puts ``"id"`` last in a reply: ``{"return": ..., "id": ID}``.
+    So an ``"id"`` member followed only by the closing brace of the whole
+    message (an id inside the returned value is followed by more closing
+    brackets) is the reply's id.
+
+    >>> reply_id_of(b'..., "size": 5}], "id": "__qmp#00001"}\\r')
+    (True, '__qmp#00001')
+    >>> reply_id_of(b'..., "data": {"id": "not-the-reply-id"}}')
+    (False, None)
+
+    :param tail: The last bytes of the line, without its newline.
+    :return: Whether an id was found, and the id.
+    """
+    text = tail.decode('utf-8', errors='ignore')
+    end = len(text)
+    while True:
+        key = text.rfind('"id"', 0, end)
+        if key < 0:
+            return False, None
+        end = key
+        if text[:key].rstrip()[-1:] != ',':
+            continue  # not a member of an object, or the first one
+        rest = text[key + 4:].lstrip()
+        if rest[:1] != ':':
+            continue
+        rest = rest[1:].lstrip()
+        try:
+            value, stop = _DECODER.raw_decode(rest)
+        except ValueError:
+            continue
+        if rest[stop:].strip() == '}':
+            return True, value
+
+
+_DECODER = json.JSONDecoder()
+
 
 class MessageTooLongError(ProtocolError):
     """
     The peer sent a line longer than the configured limit.
 
     The over-long line is discarded; lines after it can still be read.
+    When the line was a reply whose id could be read from its end
+    (`reply_id_of`), the clients fail only the command it answers, with
+    this error; otherwise the session ends with it.
 
     :param limit: The limit, in bytes, that was exceeded.
+    :param size: The line's length, if known.
+    :param tail: The last bytes of the line, if kept.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, size: Optional[int] = None,
+                 tail: bytes = b'') -> None:
+        what = "message" if size is None else f"message of {size} bytes"
         super().__init__(
-            f"message exceeds readbuflen ({limit} bytes); "
+            f"{what} exceeds readbuflen ({limit} bytes); "
             f"pass a larger readbuflen to the client to accept it",
             limit)
         #: The limit, in bytes.
         self.limit: int = limit
+        #: The length of the line (newline included), if known.
+        self.size: Optional[int] = size
+        found, reply_id = reply_id_of(tail) if tail else (False, None)
+        #: Whether the line was a reply whose id was found (`reply_id`).
+        self.has_reply_id: bool = found
+        #: The id of the reply, when `has_reply_id`.
+        self.reply_id: object = reply_id
 
 
 class TruncatedMessageError(ProtocolError, EOFError):
@@ -110,9 +183,11 @@ class LineBuffer:
     pieces, so a long line arriving in many chunks is joined once, not
     re-copied on every chunk.  Lengths are only checked for chunks that
     could break the limit.  A line over the limit is dropped as it arrives
-    (memory stays bounded) and leaves `None` in its place in the deque, so
-    that `next_line` raises in stream order, then goes on with the next
-    line.
+    (memory stays bounded: only its length and last bytes are kept) and
+    leaves `None` in its place in the deque once it ends, so that
+    `next_line` raises in stream order, then goes on with the next line.
+    A line that goes on past 16 times the limit is reported
+    without waiting for its end.
 
     :param limit: The longest line accepted, newline included.
     """
@@ -120,10 +195,16 @@ class LineBuffer:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lines: Deque[Optional[bytes]] = deque()
+        # What is known of each over-long line, in the order of the Nones.
+        self._too_long: Deque[_TooLong] = deque()
         self._tail: List[bytes] = []
         self._tail_len = 0
-        # Inside an over-long line: drop bytes up to its newline.
+        # Inside an over-long line: drop bytes up to its newline, counting
+        # them and keeping the last ones.
         self._skipping = False
+        self._skip_size = 0
+        self._skip_tail = b''
+        self._skip_reported = False
 
     def feed(self, data: bytes) -> None:
         """
@@ -134,8 +215,12 @@ class LineBuffer:
         if self._skipping:
             end = data.find(b'\n')
             if end < 0:
+                self._skip(data)
                 return
+            self._skip(data[:end + 1])
             self._skipping = False
+            if not self._skip_reported:
+                self._report(self._skip_size, self._skip_tail)
             data = data[end + 1:]
         if b'\n' not in data:
             if data:
@@ -153,8 +238,11 @@ class LineBuffer:
         if len(data) > self.limit:
             limit = self.limit
             # >= because the newline split() removed counts too.
-            self._lines.extend([None if len(line) >= limit else line
-                                for line in lines])
+            for line in lines:
+                if len(line) >= limit:
+                    self._report(len(line) + 1, line[-_TAIL_KEPT:])
+                else:
+                    self._lines.append(line)
         else:
             self._lines.extend(lines)
         self._tail_len = len(rest)
@@ -164,10 +252,41 @@ class LineBuffer:
                 self._drop_tail()
 
     def _drop_tail(self) -> None:
-        self._lines.append(None)
+        """The unfinished line went over the limit: skip the rest."""
+        self._skip_tail = b''.join(self._tail)[-_TAIL_KEPT:]
+        self._skip_size = self._tail_len
+        self._skip_reported = False
         self._tail.clear()
         self._tail_len = 0
         self._skipping = True
+        self._check_endless()
+
+    def _skip(self, data: bytes) -> None:
+        """Drop bytes of an over-long line, keeping count and its end."""
+        self._skip_size += len(data)
+        self._skip_tail = (self._skip_tail + data[-_TAIL_KEPT:]
+                           ).rstrip(b'\r\n')[-_TAIL_KEPT:]
+        self._check_endless()
+
+    def _check_endless(self) -> None:
+        if not self._skip_reported \
+                and self._skip_size > self.limit * _SKIP_FACTOR:
+            self._skip_reported = True
+            self._report(None, b'')
+
+    def _report(self, size: Optional[int], tail: bytes) -> None:
+        self._too_long.append(_TooLong(size, tail))
+        self._lines.append(None)
+
+    @property
+    def skipping(self) -> bool:
+        """Whether the stream is inside an over-long line."""
+        return self._skipping
+
+    def too_long(self) -> MessageTooLongError:
+        """The error for the over-long line whose `None` was just taken."""
+        info = self._too_long.popleft()
+        return MessageTooLongError(self.limit, info.size, info.tail)
 
     def next_line(self) -> Optional[bytes]:
         """
@@ -181,7 +300,7 @@ class LineBuffer:
             return None
         line = self._lines.popleft()
         if line is None:
-            raise MessageTooLongError(self.limit)
+            raise self.too_long()
         return line
 
     def take_tail(self) -> bytes:
@@ -266,7 +385,7 @@ class Codec:
         while lines:
             line = lines.popleft()
             if line is None:
-                raise MessageTooLongError(self.limit)
+                raise self._framing.too_long()
             if line[:1] == SYNC_BYTE:
                 line = line.lstrip(SYNC_BYTE)
             try:
@@ -284,6 +403,9 @@ class Codec:
         if self._tail_taken:
             raise EOFError
         self._tail_taken = True
+        if self._framing.skipping:
+            # It ended inside an over-long line: that line is the news.
+            raise MessageTooLongError(self.limit)
         tail = self._framing.take_tail()
         if not tail.strip(_FILLER):
             raise EOFError

@@ -34,7 +34,12 @@ from typing import (
 
 from . import _sockets
 from ._ids import IdMaker, check_caller_id, reply_key
-from .codec import DEFAULT_LIMIT, Codec, TruncatedMessageError
+from .codec import (
+    DEFAULT_LIMIT,
+    Codec,
+    MessageTooLongError,
+    TruncatedMessageError,
+)
 from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
 from .expect import EventTimeoutError, ExpectedEvent
@@ -196,6 +201,16 @@ class _PendingReplies:
         # reply is that execution's own, and dropped.
         if not future.done():
             future.set_result(msg)
+        return True
+
+    def fail(self, exec_id: object, error: Exception) -> bool:
+        """Raise ``error`` in the execution waiting on ``exec_id``, if
+        any (it is then gone, as if answered)."""
+        future = self._by_key.pop(reply_key(exec_id), None)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_exception(error)
         return True
 
     def abandoned(self, exec_id: object) -> bool:
@@ -784,18 +799,38 @@ class QMPClient(AsyncProtocol[Message], Events):
         Read one message from the server (through the session's `Codec`).
 
         :raise EOFError: The server hung up.
-        :raise MessageTooLongError: The line is longer than ``readbuflen``.
+        :raise MessageTooLongError: A line is longer than ``readbuflen``
+            and is not a reply whose id could be read: a reply that names
+            its id fails only its own command, and reading goes on.
         :raise DeserializationError: The line is not UTF-8 JSON.
         :raise UnexpectedTypeError: The line is JSON, but not an object.
         :raise TruncatedMessageError: The server hung up mid-message.
         """
         codec = self._codec
-        msg = codec.next_message()
-        while msg is None:
+        while True:
+            try:
+                msg = codec.next_message()
+            except MessageTooLongError as err:
+                if not err.has_reply_id:
+                    raise
+                self._reply_too_long(err)
+                continue
+            if msg is not None:
+                return msg
             assert self._reader is not None
             codec.feed(await self._reader.read(_sockets.READ_SIZE))
-            msg = codec.next_message()
-        return msg
+
+    def _reply_too_long(self, err: MessageTooLongError) -> None:
+        """A reply over ``readbuflen``: only its command fails."""
+        if self._pending.fail(err.reply_id, err):
+            self.logger.warning("A reply over readbuflen failed its command "
+                                "(id %r): %s", err.reply_id, err)
+        elif self._pending.abandoned(err.reply_id):
+            self.logger.debug("Dropping the over-long late reply to id %r",
+                              err.reply_id)
+        else:
+            self.logger.warning("Dropping an over-long reply with unknown "
+                                "id %r", err.reply_id)
 
     def _do_send(self, msg: Message) -> None:
         self._write(Codec.encode(msg))

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
+from qemu.qmp.codec import MessageTooLongError
 from tests.helpers import require_binary, started, stop_and_cont
 from tests.integration.conftest import QEMU_BASE
 
@@ -194,3 +195,15 @@ async def test_execute_and_wait_for_a_job(qmp, tmp_path):
     async with qmp.expect('RESUME', timeout=30) as resumed:
         await qmp.execute('cont')
     assert resumed.event is not None
+
+
+async def test_reply_over_readbuflen_fails_only_that_command(qemu):
+    """QEMU puts the id last in a reply, so a reply over readbuflen
+    (query-qmp-schema is over 100 KB) fails only its command."""
+    qmp = QMPClient('small-buffer', readbuflen=64 * 1024)
+    await qmp.connect(qemu.address)
+    with pytest.raises(MessageTooLongError) as err:
+        await qmp.execute('query-qmp-schema')
+    assert err.value.size > 64 * 1024
+    assert (await qmp.execute('query-status'))['status'] == 'running'
+    await qmp.disconnect()

@@ -81,30 +81,100 @@ def test_over_long_complete_line_is_skipped_in_order():
 
 
 def test_over_long_partial_line_keeps_memory_bounded():
-    """An unfinished line growing past the limit raises once; its bytes
-    are dropped as they arrive, up to its newline."""
+    """An unfinished line growing past the limit is dropped as it
+    arrives, keeping only its count and its last bytes; it is reported
+    at its newline, once, or as soon as it runs past 16 times the limit
+    (an endless line)."""
     buf = LineBuffer(10)
     buf.feed(b'ok\n')
     for _ in range(5):
         buf.feed(b'x' * 4)
     assert buf.next_line() == b'ok'
-    with pytest.raises(MessageTooLongError):
+    assert buf.next_line() is None  # not over yet
+    buf.feed(b'x' * 100 + b'\nnext\n')
+    with pytest.raises(MessageTooLongError) as err:
         buf.next_line()
+    assert err.value.size == 121
+    assert buf.next_line() == b'next'
     buf.feed(b'y' * 100_000)
     assert buf._tail_len == 0 and not buf._tail  # white-box: none kept
-    assert buf.next_line() is None
+    assert len(buf._skip_tail) <= 512
+    with pytest.raises(MessageTooLongError) as err:
+        buf.next_line()
+    assert err.value.size is None and not err.value.has_reply_id
     buf.feed(b'yyy\nnext\n')
     assert drain_lines(buf) == [b'next']
 
 
 def test_over_long_tail_in_big_chunk():
-    """A big chunk whose unfinished tail breaks the limit raises."""
+    """A big chunk whose unfinished tail breaks the limit is reported
+    when the line ends."""
     buf = LineBuffer(10)
     buf.feed(b'ok\n' + b'z' * 20)
     assert buf.next_line() == b'ok'
-    with pytest.raises(MessageTooLongError):
+    assert buf.next_line() is None
+    buf.feed(b'z\n')
+    with pytest.raises(MessageTooLongError, match='of 22 bytes'):
         buf.next_line()
     assert buf.next_line() is None
+
+
+def big_reply(reply_id, size=300):
+    return (b'{"return": {"blob": "' + b'x' * size + b'", "id": 5}, "id": '
+            + json.dumps(reply_id).encode() + b'}\r\n')
+
+
+@given(st.one_of(st.text(max_size=20), st.integers(), st.none(),
+                 st.lists(st.integers(), max_size=3)),
+       st.lists(st.integers(min_value=0, max_value=400), max_size=8))
+def test_over_long_reply_names_its_id(reply_id, cuts):
+    """However the stream is split, an over-long reply is reported with
+    its size and the id read from its end (where QEMU puts it), and the
+    stream goes on after it."""
+    reply = big_reply(reply_id)
+    stream = b'{"event": "A"}\n' + reply + b'{"event": "B"}\n'
+    codec = Codec(limit=64)
+    seen = []
+    for chunk in split(stream, cuts):
+        codec.feed(chunk)
+        while True:
+            try:
+                msg = codec.next_message()
+            except MessageTooLongError as err:
+                seen.append((err.size, err.has_reply_id, err.reply_id))
+                continue
+            if msg is None:
+                break
+            seen.append(msg['event'])
+    assert seen == ['A', (len(reply), True, reply_id), 'B']
+
+
+@pytest.mark.parametrize('line', [
+    b'{"event": "X", "data": {"blob": "' + b'x' * 100 + b'", "id": 1}}',
+    b'{"return": ["' + b'x' * 100 + b'", {"id": 1}]}',
+    b'{"id": 1, "return": "' + b'x' * 100 + b'"}',
+    b'x' * 200,
+    b'{"return": "' + b'x' * 100 + b'", "id": {"unfinished": }',
+])
+def test_over_long_line_without_a_reply_id(line):
+    """An id that is not the last member of the message, one inside the
+    data, or none at all: no id is claimed."""
+    codec = Codec(limit=64)
+    codec.feed(line + b'\n')
+    with pytest.raises(MessageTooLongError) as err:
+        codec.next_message()
+    assert not err.value.has_reply_id and err.value.reply_id is None
+
+
+def test_stream_ends_inside_an_over_long_line():
+    codec = Codec(limit=10)
+    codec.feed(b'x' * 50)
+    assert codec.next_message() is None
+    codec.feed(b'')
+    with pytest.raises(MessageTooLongError):
+        codec.next_message()
+    with pytest.raises(EOFError):
+        codec.next_message()
 
 
 @given(st.lists(st.binary(max_size=30).map(

@@ -283,3 +283,58 @@ async def test_secrets_stay_out_of_asyncio_logs(server, caplog):
     never_retrieved = [text for text in texts if 'never retrieved' in text]
     assert len(never_retrieved) == 4, texts
     assert not [text for text in texts if secret in text]
+
+
+# -- a reply over readbuflen fails only its own command ----------------------
+
+async def test_oversized_reply_fails_only_its_command(caplog):
+    """A reply over readbuflen whose id can be read from its end fails
+    that command with MessageTooLongError naming the size and the limit;
+    the command beside it, the events around it and the session go on."""
+    async with QMPTestServer() as server:
+        async def big(arguments):
+            await server.emit_event('BEFORE')
+            return {'blob': 'x' * (2 * READBUFLEN)}
+
+        server.on('big', big)
+        server.on('small', {'small': True})
+        qmp = QMPClient('faults', readbuflen=READBUFLEN)
+        await qmp.connect(await server.start())
+        with qmp.listener() as events:
+            results = await asyncio.gather(
+                qmp.execute('big'), qmp.execute('small'),
+                return_exceptions=True)
+            err, small_value = results
+            assert isinstance(err, MessageTooLongError)
+            assert err.limit == READBUFLEN
+            assert err.size is not None and err.size > 2 * READBUFLEN
+            assert f"of {err.size} bytes exceeds readbuflen " \
+                   f"({READBUFLEN} bytes)" in str(err)
+            assert small_value == {'small': True}
+            await server.emit_event('AFTER')
+            assert [(await events.get())['event'] for _ in range(2)] == \
+                ['BEFORE', 'AFTER']
+        assert qmp.runstate is Runstate.RUNNING
+        assert await qmp.execute('small') == {'small': True}
+        await qmp.disconnect()
+    assert 'failed its command' in caplog.text
+
+
+async def test_oversized_late_reply_is_dropped():
+    """An over-long reply to a command that already timed out is dropped
+    like any late reply."""
+    async with QMPTestServer() as server:
+        gate = asyncio.Event()
+
+        async def big(arguments):
+            await gate.wait()
+            return 'x' * (2 * READBUFLEN)
+        server.on('big', big)
+        server.on('query-status', {'status': 'running'})
+        qmp = QMPClient('faults', readbuflen=READBUFLEN)
+        await qmp.connect(await server.start())
+        with pytest.raises(asyncio.TimeoutError):
+            await qmp.execute('big', timeout=0.01)
+        gate.set()
+        assert await qmp.execute('query-status') == {'status': 'running'}
+        await qmp.disconnect()

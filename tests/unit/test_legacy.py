@@ -813,6 +813,22 @@ def test_bad_input_ends_the_session_cleanly(qmp, fake, payload, cause):
     qmp.close()
 
 
+def test_oversized_reply_fails_only_its_command(qmp, fake):
+    """A reply over the limit (10 MiB) whose id can be read fails only
+    its command, with MessageTooLongError naming its size; the event
+    before it is kept and the session goes on."""
+    async def big(args):
+        await fake.server.emit_event('EARLY')
+        return 'y' * (11 << 20)
+    fake.server.on('big', big)
+    with pytest.raises(MessageTooLongError, match='exceeds readbuflen') \
+            as info:
+        qmp.cmd('big')
+    assert info.value.size > 11 << 20
+    assert qmp.pull_event()['event'] == 'EARLY'
+    assert qmp.cmd('query-status') == {'status': 'running'}
+
+
 def test_hang_up_mid_message(qmp, fake):
     """A hang-up in the middle of a reply: TruncatedMessageError."""
     async def cut(args):
