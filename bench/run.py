@@ -7,7 +7,8 @@ Benchmarks: this checkout against the reference library, side by side.
 2. starts the stand-in server (``server.py``) in its own process;
 3. runs every scenario of ``workload.py`` in fresh processes, alternating
    reference and checkout, ``--reps`` times each, and the bare-socket
-   floor (``floor.py``);
+   floor (``floor.py``); both get environments of the same size, and each
+   rep a different size (see `padded`);
 4. does the same against real ``qemu-system-x86_64`` when installed;
 5. prints a table of medians and writes it to BENCHMARKS.rst.
 
@@ -68,9 +69,27 @@ def interpreters():
              if k not in ('PYTHONPATH', 'PYTHONASYNCIODEBUG',
                           'PYTHONDEVMODE')}
     # The same interpreter and site for both: this tree comes first on
-    # sys.path, so its qemu.qmp shadows the reference's.
+    # sys.path, so its qemu.qmp shadows the reference's.  The reference
+    # gets a PYTHONPATH as long, naming no directory: the environments
+    # must be the same size (see padded).
     ours = dict(clean, PYTHONPATH=ROOT)
-    return [('reference', REF_PYTHON, clean), ('checkout', REF_PYTHON, ours)]
+    decoy = '/' + '-' * (len(ROOT) - 1)
+    return [('reference', REF_PYTHON, dict(clean, PYTHONPATH=decoy)),
+            ('checkout', REF_PYTHON, ours)]
+
+
+def padded(env, rep, reps):
+    """
+    ``env`` with a padding variable whose size depends on the rep.
+
+    The size of the environment moves where the process's stack starts,
+    and with it the alignment of CPython's hot data: on the benchmark
+    machine, a few bytes more or less changed the client's CPU per
+    command by up to 30% (docs/performance.rst).  So both libraries get
+    the same size in each rep, and the reps spread over sizes: a ratio
+    is then neither one library's luck nor the other's.
+    """
+    return dict(env, QMP_BENCH_PAD='x' * (rep * 4096 // max(reps, 1)))
 
 
 # On a machine with cores to spare, the server gets one and every client
@@ -154,17 +173,19 @@ def measure(reps):
         try:
             for name, label in SCENARIOS:
                 runs = {lib: [] for lib, _, _ in libs}
-                for _ in range(reps):
+                for rep in range(reps):
                     for lib, python, env in libs:
                         runs[lib].append(
-                            run_script(python, env, 'workload.py', name,
-                                       path))
+                            run_script(python, padded(env, rep, reps),
+                                       'workload.py', name, path))
                 rows.append(summarize(name, label, runs))
                 print(format_row(rows[-1]), flush=True)
             floor = {}
             for name in ('pipelined', 'events'):
-                results = [run_script(REF_PYTHON, libs[1][2], 'floor.py',
-                                      name, path) for _ in range(reps)]
+                results = [run_script(REF_PYTHON,
+                                      padded(libs[1][2], rep, reps),
+                                      'floor.py', name, path)
+                           for rep in range(reps)]
                 floor[name] = median(results, 'cpu') / results[0]['ops'] * 1e6
         finally:
             server.kill()
@@ -173,12 +194,13 @@ def measure(reps):
         if shutil.which('qemu-system-x86_64'):
             for name, label in QEMU_SCENARIOS:
                 runs = {lib: [] for lib, _, _ in libs}
-                for _ in range(reps):
+                for rep in range(reps):
                     for lib, python, env in libs:
                         qemu_path, pid = start_qemu(tmp)
                         try:
                             runs[lib].append(run_script(
-                                python, env, 'workload.py', name, qemu_path))
+                                python, padded(env, rep, reps),
+                                'workload.py', name, qemu_path))
                         finally:
                             os.kill(pid, 9)
                 rows.append(summarize(name, label, runs))
@@ -222,7 +244,9 @@ def report(rows, floor, imports, reps):
         f"Measured {datetime.date.today().isoformat()} on {machine()}.",
         'The server runs on one core and each client on another.',
         f"Reference: PyPI ``qemu.qmp=={REF_VERSION}``; checkout: this tree. "
-        f"Medians of {reps} interleaved runs, each in a fresh process.", '',
+        f"Medians of {reps} interleaved runs, each in a fresh process; in "
+        f"each run both get environments of the same size, and the runs "
+        f"vary it (it moves CPython's speed by up to 30% here).", '',
         'Reproduce with ``make bench`` (``python bench/run.py``).', '',
         'Client CPU is the client process\'s own CPU time per operation; '
         'the stand-in server (``bench/server.py``) runs in another process.',
@@ -263,7 +287,7 @@ def report(rows, floor, imports, reps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
-    parser.add_argument('--reps', type=int, default=3)
+    parser.add_argument('--reps', type=int, default=5)
     parser.add_argument('--output', default=os.path.join(ROOT,
                                                          'BENCHMARKS.rst'))
     args = parser.parse_args()
