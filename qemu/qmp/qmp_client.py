@@ -15,16 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from ssl import SSLContext
 from types import TracebackType
 from typing import (
     Any,
     AsyncIterator,
-    Deque,
     Dict,
-    Hashable,
     Mapping,
     Optional,
     Tuple,
@@ -33,7 +30,7 @@ from typing import (
 )
 
 from . import _sockets
-from ._ids import IdMaker, check_caller_id, reply_key
+from ._ids import IdMaker, check_caller_id
 from .codec import (
     DEFAULT_LIMIT,
     Codec,
@@ -53,6 +50,8 @@ from .protocol import (
     require,
 )
 from .replies import (
+    NO_ID,
+    PendingReplies,
     BadReplyError,
     ExecInterruptedError,
     ExecuteError,
@@ -119,123 +118,6 @@ def greeting_timeout(seconds: Optional[float],
         f"No greeting within {seconds} seconds; if this is the guest "
         f"agent's socket, which never greets, connect with "
         f"negotiate=False", cause)
-
-
-class _NoId:
-    def __repr__(self) -> str:
-        return 'NO_ID'
-
-
-#: Stands for "sent without an id" (JSON null is an id like any other).
-NO_ID: object = _NoId()
-
-
-# How many abandoned executions (timed out, cancelled) are remembered, so
-# that their late replies are dropped quietly; older ones are forgotten,
-# and a reply to one of those is logged as unknown.
-_ABANDONED_KEPT = 1000
-
-
-class _PendingReplies:
-    """
-    The reply router: which execution waits for which reply.
-
-    It owns what an id means.  Replies are keyed by `_ids.reply_key` of
-    their JSON id, so ids of any JSON type route, ``null`` included.
-    Executions sent without an id (`NO_ID`, the raw path) wait in a FIFO:
-    the server answers in-band commands in order, so an id-less reply
-    belongs to the oldest of them, even one that stopped waiting.
-    An execution that stops waiting is remembered as abandoned, so that
-    its late reply can be told from a stray one.
-    """
-
-    def __init__(self) -> None:
-        self._by_key: Dict[Hashable, asyncio.Future[Message]] = {}
-        self._idless: Deque[asyncio.Future[Message]] = deque()
-        self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._by_key) + len(self._idless)
-
-    def add(self, exec_id: object
-            ) -> Tuple[Hashable, asyncio.Future[Message]]:
-        """
-        Make the future that the reply to ``exec_id`` will resolve.
-
-        :return: The key to `discard` it with, and the future.
-        :raise ValueError: Another execution waits on the same id.
-        """
-        future = asyncio.get_running_loop().create_future()
-        if exec_id is NO_ID:
-            self._idless.append(future)
-            return NO_ID, future
-        key = reply_key(exec_id)
-        if key in self._by_key:
-            raise ValueError(f"ID {exec_id!r} is in use by an execution "
-                             f"still waiting for its reply")
-        self._by_key[key] = future
-        return key, future
-
-    def discard(self, key: Hashable,
-                future: asyncio.Future[Message]) -> None:
-        """
-        The execution of ``future`` (added under ``key``) is over.
-
-        If it still waited (it timed out or was cancelled), its id is
-        remembered as abandoned.  An id-less one keeps its place in the
-        FIFO: the next id-less reply is still its own.
-        """
-        if key is not NO_ID and self._by_key.get(key) is future:
-            del self._by_key[key]
-            abandoned = self._abandoned
-            abandoned[key] = None
-            if len(abandoned) > _ABANDONED_KEPT:
-                abandoned.popitem(last=False)
-
-    def resolve(self, exec_id: object, msg: Message) -> bool:
-        """Hand ``msg`` to the execution waiting on ``exec_id``, if any."""
-        future = self._by_key.pop(reply_key(exec_id), None)
-        if future is None:
-            return False
-        # Done already: cancelled, and its task has not run since.  The
-        # reply is that execution's own, and dropped.
-        if not future.done():
-            future.set_result(msg)
-        return True
-
-    def fail(self, exec_id: object, error: Exception) -> bool:
-        """Raise ``error`` in the execution waiting on ``exec_id``, if
-        any (it is then gone, as if answered)."""
-        future = self._by_key.pop(reply_key(exec_id), None)
-        if future is None:
-            return False
-        if not future.done():
-            future.set_exception(error)
-        return True
-
-    def abandoned(self, exec_id: object) -> bool:
-        """Whether ``exec_id`` is that of an abandoned execution; a late
-        reply takes it off the list."""
-        return self._abandoned.pop(reply_key(exec_id), False) is None
-
-    def resolve_idless(self, msg: Message) -> bool:
-        """Hand ``msg`` to the oldest id-less execution, if any (if that
-        one was abandoned, the reply is its late one, and dropped)."""
-        if not self._idless:
-            return False
-        future = self._idless.popleft()
-        if not future.done():
-            future.set_result(msg)
-        return True
-
-    def fail_all(self, reason: str) -> None:
-        """Raise `ExecInterruptedError` in every waiting execution."""
-        futures = [*self._by_key.values(), *self._idless]
-        self._by_key.clear()
-        self._idless.clear()
-        for future in futures:
-            if not future.done():
-                future.set_exception(ExecInterruptedError(reason))
 
 
 class QMPClient(AsyncProtocol[Message], Events):
@@ -308,7 +190,7 @@ class QMPClient(AsyncProtocol[Message], Events):
 
         self._greeting: Optional[Greeting] = None
         self._make_id = IdMaker()
-        self._pending = _PendingReplies()
+        self._pending = PendingReplies()
         # The wire format of the current session; made anew by each one.
         self._codec = Codec(readbuflen)
 
@@ -366,7 +248,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         :raise EOFError, OSError: The connection failed meanwhile.
         """
         self._greeting = None
-        self._pending = _PendingReplies()
+        self._pending = PendingReplies()
         self._codec = Codec(self.readbuflen)
 
         if self.await_greeting or self.negotiate:
@@ -571,27 +453,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         be missed however early QEMU sends it; at the end of the block the
         event is waited for (not if the block raised), and kept in
         ``.event``.  ``await expected.wait()`` inside the block waits
-        earlier.
-
-        .. code-block:: python
-
-            import asyncio
-
-            from qemu.qmp import QMPClient
-
-
-            async def main() -> None:
-                qmp = QMPClient('my-vm')
-                await qmp.connect('qmp.sock')
-                async with qmp.expect('RESUME', timeout=10) as resumed:
-                    await qmp.execute('stop')
-                    await qmp.execute('cont')
-                assert resumed.event is not None
-                print(resumed.event['timestamp'])
-                await qmp.disconnect()
-
-
-            asyncio.run(main())
+        earlier.  The documentation's "Events" page has examples.
 
         :param event: The event's name.
         :param match: Members its ``data`` must have, compared member by
@@ -615,26 +477,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         Execute a command and wait for the event it causes, with no race.
 
         The event is listened for before the command is sent.  An error
-        reply raises `ExecuteError` at once, without waiting.
-
-        .. code-block:: python
-
-            import asyncio
-
-            from qemu.qmp import QMPClient
-
-
-            async def main() -> None:
-                qmp = QMPClient('my-vm')
-                await qmp.connect('qmp.sock')
-                value, event = await qmp.execute_and_wait(
-                    'stop', event='STOP', timeout=10)
-                print(value, event['event'])  # {} STOP
-                await qmp.execute('cont')
-                await qmp.disconnect()
-
-
-            asyncio.run(main())
+        reply raises `ExecuteError` at once, without waiting.  The
+        documentation's "Events" page has an example.
 
         :param cmd: The command's name.
         :param arguments: Its arguments, if any.
