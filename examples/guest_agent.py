@@ -10,7 +10,6 @@ port.  Exit status 0 when the agent answered, 1 otherwise.
 
 import argparse
 import asyncio
-import random
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
@@ -22,25 +21,21 @@ async def probe(address: str) -> None:
     qga.await_greeting = qga.negotiate = False  # the agent never greets
     await qga.connect(address)
     try:
-        # A random id that comes back means the channel is clean: the
-        # agent dropped whatever an earlier client left half-written.
-        token = random.randrange(1 << 31)
+        # Once this returns, the channel is clean: the agent dropped
+        # whatever an earlier client left half-written.
         try:
-            synced = await asyncio.wait_for(
-                qga.execute('guest-sync-delimited', {'id': token}), TIMEOUT)
+            await qga.guest_sync(timeout=TIMEOUT)
         except asyncio.TimeoutError:
             raise SystemExit(f"no agent answered within {TIMEOUT} s "
                              f"(is qemu-ga running in the guest?)") from None
-        if synced != token:
-            raise SystemExit(f"out of sync: sent {token}, got {synced}")
 
-        await qga.execute('guest-ping')
-        info = await qga.execute('guest-info')
+        await qga.execute('guest-ping', timeout=TIMEOUT)
+        info = await qga.execute('guest-info', timeout=TIMEOUT)
         enabled = [cmd['name'] for cmd in info['supported_commands']
                    if cmd['enabled']]
         print(f"qemu-ga {info['version']}: {len(enabled)} commands enabled")
         try:
-            osinfo = await qga.execute('guest-get-osinfo')
+            osinfo = await qga.execute('guest-get-osinfo', timeout=TIMEOUT)
             print(f"guest: {osinfo.get('pretty-name', osinfo)}")
         except ExecuteError as err:
             print(f"guest-get-osinfo: {err}")

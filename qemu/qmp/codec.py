@@ -8,8 +8,8 @@ decision about what a message on the wire is lives here:
 
 - the longest line accepted (`MessageTooLongError`, for that line only,
   with the id of the reply it was, when its tail shows one);
-- the guest agent's 0xFF resynchronisation byte (`SYNC_BYTE`), skipped in
-  front of a message;
+- the guest agent's 0xFF resynchronisation byte (`SYNC_BYTE`): a message
+  after it is read, whatever came before it on the line;
 - blank lines between messages, skipped;
 - the end of the stream: a last message without its newline is accepted,
   an unfinished one raises `TruncatedMessageError`, then `EOFError`;
@@ -391,6 +391,14 @@ class Codec:
             try:
                 return Message(line)
             except ProtocolError:
+                sync = line.rfind(SYNC_BYTE)
+                if sync >= 0 and line[sync + 1:].strip(_FILLER):
+                    # The guest agent's reply to guest-sync-delimited
+                    # follows its 0xFF; what came before is left over.
+                    try:
+                        return Message(line[sync + 1:])
+                    except ProtocolError:
+                        pass
                 if line.strip(_FILLER):
                     raise
                 # A blank line is only whitespace between messages.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from contextlib import asynccontextmanager
 from ssl import SSLContext
@@ -33,6 +34,7 @@ from . import _sockets
 from ._ids import IdMaker, check_caller_id
 from .codec import (
     DEFAULT_LIMIT,
+    SYNC_BYTE,
     Codec,
     MessageTooLongError,
     TruncatedMessageError,
@@ -191,6 +193,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._greeting: Optional[Greeting] = None
         self._make_id = IdMaker()
         self._pending = PendingReplies()
+        # How many guest_sync() calls wait for their answer.
+        self._guest_syncs = 0
         # The wire format of the current session; made anew by each one.
         self._codec = Codec(readbuflen)
 
@@ -599,6 +603,40 @@ class QMPClient(AsyncProtocol[Message], Events):
 
     @upper_half
     @require(Runstate.RUNNING)
+    async def guest_sync(self, *, timeout: float = 10.0) -> None:
+        """
+        Resynchronise with the guest agent, as libvirt does.
+
+        Call it before the first command of a session with the guest
+        agent, and after a command timed out.  It sends the 0xFF byte,
+        which makes the agent drop any half-received input (left by an
+        earlier client, say), then ``guest-sync-delimited`` with a random
+        id; the agent answers after a 0xFF of its own, and everything
+        before that is skipped.  Late replies to commands that timed out
+        are told apart by their ids and dropped, and the id-less parse
+        errors the agent sends for the 0xFF (qemu-ga does) are ignored.
+        When this returns, the next reply is the next command's.  The
+        documentation's "The guest agent" page has an example.
+
+        :param timeout: Seconds to wait for the agent's answer: a guest
+            without a running agent never answers.
+        :raise ExecuteTimeoutError: No answer in time.
+        :raise ProtocolError: The agent answered with another id.
+        """
+        token = random.randrange(1 << 31)
+        self._guest_syncs += 1
+        try:
+            self._write(SYNC_BYTE)
+            answer = await self.execute('guest-sync-delimited',
+                                        {'id': token}, timeout=timeout)
+        finally:
+            self._guest_syncs -= 1
+        if answer != token:
+            raise ProtocolError(f"guest-sync-delimited sent {token}, but "
+                                f"the agent answered {answer!r}")
+
+    @upper_half
+    @require(Runstate.RUNNING)
     def send_fd_scm(self, fd: int) -> None:
         """
         Send a file descriptor to the server via SCM_RIGHTS.
@@ -708,6 +746,11 @@ class QMPClient(AsyncProtocol[Message], Events):
             return
 
         if self._pending.resolve_idless(msg):
+            return
+        if 'error' in msg and self._guest_syncs:
+            # The agent answers our 0xFF, or a command cut short by it,
+            # with an id-less parse error: ignored until the sync answer.
+            self.logger.debug("Ignoring while resynchronising: %s", msg)
             return
         if 'error' in msg:
             # Very likely the server could not parse something we sent.

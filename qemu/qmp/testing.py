@@ -174,6 +174,9 @@ class QMPTestServer:
         self.received: List[Dict[str, Any]] = []
         #: Lines received that were not JSON objects.
         self.garbage: List[bytes] = []
+        #: How many 0xFF bytes arrived (the guest agent's resynchronisation
+        #: byte: like the agent, the server drops what came before one).
+        self.sync_bytes = 0
         #: Whether the current client has negotiated capabilities.
         self.negotiated = False
         #: How many clients have connected so far.
@@ -479,10 +482,13 @@ class QMPTestServer:
 
     async def _on_line(self, line: bytes,
                        writer: asyncio.StreamWriter) -> None:
-        if not line.strip(b' \t\r\n\xff'):
+        if b'\xff' in line:
+            self.sync_bytes += line.count(b'\xff')
+            line = line[line.rfind(b'\xff') + 1:]
+        if not line.strip(b' \t\r\n'):
             return
         try:
-            msg = json.loads(line.lstrip(b'\xff'))
+            msg = json.loads(line)
         except ValueError:
             msg = None
         if not isinstance(msg, dict):

@@ -1,5 +1,7 @@
 """QMPClient against a real qemu-ga (no greeting, no negotiation)."""
 
+import asyncio
+
 import pytest
 
 from qemu.qmp import ExecuteError, QMPClient
@@ -41,3 +43,15 @@ async def test_guest_error(qga):
     with pytest.raises(ExecuteError) as info:
         await qga.execute('guest-no-such-thing')
     assert info.value.error_class == 'CommandNotFound'
+
+
+async def test_guest_sync_after_a_timeout(qga):
+    """Against real qemu-ga: a command that timed out, then guest_sync(),
+    and the next command gets its own reply, not the late one."""
+    await qga.guest_sync(timeout=30)
+    with pytest.raises(asyncio.TimeoutError):
+        await qga.execute('guest-info', timeout=0)
+    await qga.guest_sync(timeout=30)
+    assert await qga.execute('guest-ping', timeout=30) == {}
+    info = await qga.execute('guest-info', timeout=30)
+    assert 'version' in info

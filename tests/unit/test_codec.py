@@ -385,3 +385,16 @@ def test_over_long_message_in_any_chunking(items, where, cuts):
     expected = [json.loads(line) for line in lines]
     expected.insert(where, 'too long')
     assert out == expected
+
+
+def test_sync_byte_inside_a_line():
+    """The guest agent's reply follows its 0xFF: what precedes it on the
+    line is left over and skipped.  A line that is garbage on both sides
+    of a 0xFF reports the whole line."""
+    codec = Codec()
+    codec.feed(b'{"return": {"half' + SYNC_BYTE + b'{"return": 7}\r\n')
+    assert codec.next_message() == {'return': 7}
+    codec.feed(b'junk' + SYNC_BYTE + b'more junk\n')
+    with pytest.raises(DeserializationError) as err:
+        codec.next_message()
+    assert err.value.raw == b'junk' + SYNC_BYTE + b'more junk'
