@@ -71,8 +71,10 @@ docs:
 
 # Debug mode and warnings-as-errors: "exception was never retrieved",
 # "Task was destroyed" and ResourceWarning fail the run.
+# The unit tests run a second time on uvloop (QMP_TEST_LOOP=uvloop).
 test:
 	PYTHONASYNCIODEBUG=1 PYTHONDEVMODE=1 $(PYTHON) -m pytest
+	QMP_TEST_LOOP=uvloop PYTHONDEVMODE=1 $(PYTHON) -m pytest -q tests/unit
 
 check-only: lint typecheck docs test
 

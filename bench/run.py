@@ -43,6 +43,13 @@ SCENARIOS = [
     ('flood', '300,000 unread events (RSS growth)'),
     ('legacy', 'blocking client (legacy), one command at a time'),
 ]
+# Run again on uvloop: the asyncio scenarios that measure the client.
+UVLOOP_SCENARIOS = [
+    ('sequential', 'uvloop: sequential execute'),
+    ('pipelined', 'uvloop: 64 concurrent executes in flight'),
+    ('events', 'uvloop: events through a listener'),
+    ('cycles', 'uvloop: connect + negotiate + disconnect'),
+]
 QEMU_SCENARIOS = [
     ('qemu-sequential', 'real QEMU: sequential query-status'),
     ('qemu-concurrent', 'real QEMU: 64 concurrent query-status'),
@@ -61,6 +68,11 @@ def ensure_reference():
     if check.stdout.strip() != REF_VERSION:
         subprocess.run([REF_PYTHON, '-m', 'pip', 'install', '-q',
                         f'qemu.qmp=={REF_VERSION}'], check=True)
+    # Both libraries run on this interpreter, also on uvloop.
+    if subprocess.run([REF_PYTHON, '-c', 'import uvloop'],
+                      capture_output=True).returncode:
+        subprocess.run([REF_PYTHON, '-m', 'pip', 'install', '-q', 'uvloop'],
+                       check=True)
 
 
 def interpreters():
@@ -178,6 +190,16 @@ def measure(reps):
                         runs[lib].append(
                             run_script(python, padded(env, rep, reps),
                                        'workload.py', name, path))
+                rows.append(summarize(name, label, runs))
+                print(format_row(rows[-1]), flush=True)
+            for name, label in UVLOOP_SCENARIOS:
+                runs = {lib: [] for lib, _, _ in libs}
+                for rep in range(reps):
+                    for lib, python, env in libs:
+                        runs[lib].append(run_script(
+                            python, dict(padded(env, rep, reps),
+                                         QMP_BENCH_LOOP='uvloop'),
+                            'workload.py', name, path))
                 rows.append(summarize(name, label, runs))
                 print(format_row(rows[-1]), flush=True)
             floor = {}

@@ -4,12 +4,14 @@ importable: ``python workload.py SCENARIO SOCKET``.
 
 Prints one JSON line: ops, wall seconds, client CPU seconds, and for the
 flood scenario the RSS growth in bytes.  Only public API is used, so the
-same file measures the reference library and this checkout.
+same file measures the reference library and this checkout.  With
+``QMP_BENCH_LOOP=uvloop`` the asyncio scenarios run on uvloop.
 """
 
 import asyncio
 import gc
 import json
+import os
 import sys
 import time
 
@@ -144,6 +146,9 @@ def main():
     if scenario in BLOCKING:
         result = BLOCKING[scenario](address)
     else:
+        if os.environ.get('QMP_BENCH_LOOP') == 'uvloop':
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         result = asyncio.run(SCENARIOS[scenario](address))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ops, growth = result if isinstance(result, tuple) else (result, None)

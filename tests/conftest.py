@@ -8,8 +8,10 @@ asyncio logged an error during it: "Task was destroyed but it is pending",
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 from typing import AsyncIterator, Iterator, List
 
 import pytest
@@ -44,6 +46,16 @@ def asyncio_hygiene(request) -> Iterator[None]:
         return
     messages = [record.getMessage() for record in collector.records]
     assert not messages, f"asyncio logged errors: {messages}"
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """The stock event loop, or uvloop's with QMP_TEST_LOOP=uvloop: the
+    library must work on both, and ``make check`` runs the unit tests on
+    each."""
+    if os.environ.get('QMP_TEST_LOOP') == 'uvloop':
+        import uvloop
+        return {'uvloop': uvloop.new_event_loop}
+    return {'asyncio': asyncio.new_event_loop}
 
 
 @pytest.fixture

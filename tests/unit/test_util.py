@@ -1,6 +1,7 @@
 """util: exception formatting, decorators and the kept stream helpers."""
 
 import asyncio
+import os
 import socket
 import threading
 
@@ -83,3 +84,11 @@ def test_get_or_create_event_loop_in_a_thread_without_one():
 async def test_get_or_create_event_loop_when_running():
     """Inside a running loop, that loop."""
     assert util.get_or_create_event_loop() is asyncio.get_running_loop()
+
+
+async def test_the_loop_the_suite_asked_for():
+    """``QMP_TEST_LOOP=uvloop`` really runs the tests on uvloop (the
+    suite's second run in ``make check``)."""
+    loop = asyncio.get_running_loop()
+    on_uvloop = type(loop).__module__.startswith('uvloop')
+    assert on_uvloop == (os.environ.get('QMP_TEST_LOOP') == 'uvloop')
