@@ -487,7 +487,7 @@ class AsyncProtocol(Generic[T]):
         self._begin_session(address)
         emsg = "Failed to establish connection"
         if retry:
-            emsg += f" (tried for {retry} seconds)"
+            emsg += f" (tried for {retry:.3g} seconds)"
         async with self._session_guard(emsg):
             await self._connect_retrying(address, ssl, retry)
         async with self._session_guard("Failed to establish session"):
@@ -521,7 +521,10 @@ class AsyncProtocol(Generic[T]):
         self._outgoing = asyncio.Queue()
         self._bh_errors = []
         self._lines = LineBuffer(self.readbuflen)
-        self._session_over = asyncio.get_running_loop().create_future()
+        over = self._session_over
+        if over is None or over.done():
+            # (A reconnection goes on with the session it re-establishes.)
+            self._session_over = asyncio.get_running_loop().create_future()
 
     @upper_half
     @asynccontextmanager
@@ -591,11 +594,26 @@ class AsyncProtocol(Generic[T]):
         Usable in any runstate.
         """
         if self._dc_task is None:
+            over_for_good = not self._will_reconnect()
             self._set_state(Runstate.DISCONNECTING)
             self._dc_task = asyncio.ensure_future(self._bh_disconnect())
-            over = self._session_over
-            if over is not None and not over.done():
-                over.set_result(None)
+            if over_for_good:
+                self._end_of_session()
+
+    def _will_reconnect(self) -> bool:
+        """
+        Whether the session being torn down will be re-established.
+
+        A subclass that reconnects by itself says so; the session is then
+        not over for those who wait for its end (`QMPClient.session_events`).
+        """
+        return False
+
+    def _end_of_session(self) -> None:
+        """Tell whoever waits for the end of the session that it came."""
+        over = self._session_over
+        if over is not None and not over.done():
+            over.set_result(None)
 
     @upper_half
     async def _wait_disconnect(self) -> None:

@@ -85,10 +85,10 @@ class ExecInterruptedError(QMPError):
     """
     Raised by `QMPClient.execute()` (et al) when an RPC is interrupted.
 
-    The session ended before the reply arrived; `disconnect()` raises the
-    reason.  QMP cannot tell whether the command ran, so ask the server
-    when it matters.  Here the test server plays a QEMU that goes away
-    while a command waits:
+    The session ended before the reply arrived; `QMPClient.disconnect()`
+    raises the reason.  QMP cannot tell whether the command ran, so ask
+    the server when it matters.  Here the test server plays a QEMU that
+    goes away while a command waits:
 
     .. code-block:: python
 

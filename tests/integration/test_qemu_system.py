@@ -7,8 +7,9 @@ import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
 from qemu.qmp.codec import MessageTooLongError
+from qemu.qmp.qmp_client import RECONNECTED
 from tests.helpers import require_binary, started, stop_and_cont
-from tests.integration.conftest import QEMU_BASE
+from tests.integration.conftest import QEMU_BASE, running
 
 pytestmark = pytest.mark.integration
 
@@ -207,3 +208,29 @@ async def test_reply_over_readbuflen_fails_only_that_command(qemu):
     assert err.value.size > 64 * 1024
     assert (await qmp.execute('query-status'))['status'] == 'running'
     await qmp.disconnect()
+
+
+async def test_auto_reconnect_to_a_restarted_qemu(tmp_path):
+    """QEMU dies and a new one comes up on the same socket: the client
+    reconnects by itself, listeners get RECONNECTED, commands work."""
+    binary = require_binary('qemu-system-x86_64')
+    path = tmp_path / 'qmp.sock'
+
+    def argv(pidfile):
+        return [binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+                '-qmp', f'unix:{path},server=on,wait=off']
+
+    qmp = QMPClient('resilient')
+    qmp.auto_reconnect = 30
+    async with running(argv(tmp_path / 'a.pid'), str(path),
+                       tmp_path / 'a.pid') as first:
+        await qmp.connect(str(path))
+        with qmp.listener() as events:
+            first.kill()
+            async with running(argv(tmp_path / 'b.pid'), str(path),
+                               tmp_path / 'b.pid'):
+                marker = await asyncio.wait_for(events.get(), 30)
+                assert marker['event'] == RECONNECTED
+                status = await qmp.execute('query-status')
+                assert status['status'] == 'running'
+                await qmp.disconnect()
