@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 MODULES = [
     'qemu.qmp', 'qemu.qmp.qmp_client', 'qemu.qmp.protocol',
-    'qemu.qmp.reconnect',
+    'qemu.qmp.reconnect', 'qemu.qmp.handshake',
     'qemu.qmp.replies', 'qemu.qmp.events', 'qemu.qmp.expect',
     'qemu.qmp.message',
     'qemu.qmp.models',

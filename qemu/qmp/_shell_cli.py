@@ -25,7 +25,7 @@ from . import __version__
 from .error import QMPError
 from .legacy import QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
-from .qmp_client import GreetingError
+from .handshake import GreetingError
 from .qmp_shell import HMPShell, QMPShell, common_parser, die
 
 

@@ -13,8 +13,8 @@ that raises it; this map shows the whole tree in one place:
     │   ├── UnexpectedTypeError               message.py
     │   ├── MessageTooLongError               codec.py
     │   ├── TruncatedMessageError             codec.py
-    │   ├── GreetingError                     qmp_client.py
-    │   ├── NegotiationError                  qmp_client.py
+    │   ├── GreetingError                     handshake.py
+    │   ├── NegotiationError                  handshake.py
     │   ├── ServerParseError                  replies.py
     │   └── BadReplyError                     replies.py
     ├── SerializationError                    message.py

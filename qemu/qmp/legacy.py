@@ -61,7 +61,12 @@ from .error import ProtocolError, QMPError
 from .message import Message
 from .models import Greeting
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
-from .qmp_client import GreetingError, NegotiationError, greeting_timeout
+from .handshake import (
+    capabilities_command,
+    greeting_timeout,
+    negotiation_error,
+    read_greeting,
+)
 from .replies import (
     ExecInterruptedError,
     ExecuteError,
@@ -338,28 +343,19 @@ class QEMUMonitorProtocol:
             msg = conn.greeting(deadline)
         except asyncio.TimeoutError as err:
             raise greeting_timeout(timeout, err) from err
-        try:
-            Greeting(msg)
-        except (KeyError, TypeError) as err:
-            raise GreetingError("Did not understand Greeting", err) from err
+        read_greeting(msg)
         return dict(msg)
 
     def _negotiate(self, conn: BlockingConnection, greeting: QMPMessage,
                    deadline: Optional[float],
                    timeout: Optional[float]) -> None:
-        enable = ['oob'] if 'oob' in greeting['QMP']['capabilities'] else []
         exec_id = self._make_id()
-        msg = {'execute': 'qmp_capabilities', 'arguments': {'enable': enable},
-               'id': exec_id}
+        msg = {**capabilities_command(Greeting(greeting)), 'id': exec_id}
         try:
             reply = conn.execute(Codec.encode(msg), exec_id, deadline)
             reply_value(reply, Message(msg, eager=False))
-        except asyncio.TimeoutError as err:
-            raise NegotiationError(
-                f"No reply to qmp_capabilities within {timeout} seconds",
-                err) from err
-        except (ProtocolError, ExecuteError) as err:
-            raise NegotiationError("Negotiation failed", err) from err
+        except (asyncio.TimeoutError, ProtocolError, ExecuteError) as err:
+            raise negotiation_error(err, timeout) from err
         except ExecInterruptedError as err:
             cause = err.__cause__
             raise cause if isinstance(cause, Exception) else err

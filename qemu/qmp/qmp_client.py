@@ -43,6 +43,14 @@ from .codec import (
 from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
 from .expect import EventTimeoutError, ExpectedEvent
+from .handshake import (
+    GreetingError,
+    NegotiationError,
+    capabilities_command,
+    greeting_timeout,
+    negotiation_error,
+    read_greeting,
+)
 from .message import Message
 from .models import Greeting
 from .protocol import (
@@ -72,42 +80,6 @@ __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
            'ServerParseError', 'BadReplyError', 'TruncatedMessageError']
 
 
-class _WrappedProtocolError(ProtocolError):
-    """
-    Abstract: a protocol error that wraps a root cause.
-
-    :param error_message: Human-readable string describing the error.
-    :param exc: The root-cause exception.
-    """
-
-    def __init__(self, error_message: str, exc: Exception) -> None:
-        super().__init__(error_message, exc)
-        self.exc = exc
-
-    def __str__(self) -> str:
-        cause = str(self.exc)
-        return f"{self.error_message}: {cause}" if cause \
-            else self.error_message
-
-
-class GreetingError(_WrappedProtocolError):
-    """
-    An exception occurred during the Greeting phase.
-
-    :param error_message: Human-readable string describing the error.
-    :param exc: The root-cause exception.
-    """
-
-
-class NegotiationError(_WrappedProtocolError):
-    """
-    An exception occurred during the Negotiation phase.
-
-    :param error_message: Human-readable string describing the error.
-    :param exc: The root-cause exception.
-    """
-
-
 # Marks a member missing from a message (None is a valid JSON value).
 _ABSENT = object()
 
@@ -123,18 +95,6 @@ def _timestamp() -> Dict[str, int]:
     """Now, as QEMU stamps its events."""
     now = time.time()
     return {'seconds': int(now), 'microseconds': int(now % 1 * 1e6)}
-
-
-def greeting_timeout(seconds: Optional[float],
-                     cause: Exception) -> GreetingError:
-    """
-    The error for a greeting that did not come: what it most likely
-    means, and what to do (both clients raise it).
-    """
-    return GreetingError(
-        f"No greeting within {seconds} seconds; if this is the guest "
-        f"agent's socket, which never greets, connect with "
-        f"negotiate=False", cause)
 
 
 class QMPClient(ReconnectingProtocol[Message], Events):
@@ -292,34 +252,30 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         self.logger.debug("Awaiting greeting ...")
         try:
             msg = await asyncio.wait_for(self._recv(), self.session_timeout)
-            return Greeting(msg)
-        except (ProtocolError, KeyError, TypeError) as err:
-            emsg = "Did not understand Greeting"
-            self.logger.error("%s: %s", emsg, exception_summary(err))
-            self.logger.debug("%s:\n%s", emsg, pretty_traceback())
-            raise GreetingError(emsg, err) from err
+            return read_greeting(msg)
+        except ProtocolError as err:
+            self.logger.error("Did not understand Greeting: %s",
+                              exception_summary(err))
+            self.logger.debug("Did not understand Greeting:\n%s",
+                              pretty_traceback())
+            if isinstance(err, GreetingError):
+                raise
+            raise GreetingError("Did not understand Greeting", err) from err
         except asyncio.TimeoutError as err:
             raise greeting_timeout(self.session_timeout, err) from err
 
     @upper_half
     async def _negotiate(self) -> None:
         assert self._greeting is not None
-        caps = self._greeting.QMP.capabilities
-        enable = ['oob'] if 'oob' in caps else []
-        msg = Message({'execute': 'qmp_capabilities',
-                       'arguments': {'enable': enable}})
+        msg = Message(capabilities_command(self._greeting))
         self.logger.debug("Negotiating capabilities ...")
         try:
             await self._send(msg)
             reply = await asyncio.wait_for(self._recv_reply(),
                                            self.session_timeout)
             reply_value(reply, msg)
-        except asyncio.TimeoutError as err:
-            raise NegotiationError(
-                f"No reply to qmp_capabilities within "
-                f"{self.session_timeout} seconds", err) from err
-        except (ProtocolError, ExecuteError) as err:
-            raise NegotiationError("Negotiation failed", err) from err
+        except (asyncio.TimeoutError, ProtocolError, ExecuteError) as err:
+            raise negotiation_error(err, self.session_timeout) from err
 
     async def _recv_reply(self) -> Message:
         """Receive until a non-event arrives; events are dispatched."""
