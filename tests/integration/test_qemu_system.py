@@ -234,3 +234,21 @@ async def test_auto_reconnect_to_a_restarted_qemu(tmp_path):
                 status = await qmp.execute('query-status')
                 assert status['status'] == 'running'
                 await qmp.disconnect()
+
+
+async def test_connect_retry_while_qemu_starts(tmp_path):
+    """connect(retry=) started before QEMU exists gets its session once
+    QEMU has created its socket: no polling loop of the caller's."""
+    binary = require_binary('qemu-system-x86_64')
+    path, pidfile = tmp_path / 'qmp.sock', tmp_path / 'qemu.pid'
+    qmp = QMPClient('early')
+    connecting = asyncio.ensure_future(qmp.connect(str(path), retry=30))
+    await started()
+    assert not connecting.done()
+    async with running([binary, *QEMU_BASE, '-daemonize', '-pidfile',
+                        str(pidfile), '-qmp',
+                        f'unix:{path},server=on,wait=off'],
+                       str(path), pidfile):
+        await asyncio.wait_for(connecting, 30)
+        assert (await qmp.execute('query-status'))['status'] == 'running'
+        await qmp.disconnect()
