@@ -7,7 +7,7 @@ import pytest
 
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
 from qemu.qmp.codec import MessageTooLongError
-from qemu.qmp.qmp_client import RECONNECTED
+from qemu.qmp.qmp_client import RECONNECTED, ExecuteTimeoutError
 from tests.helpers import require_binary, started, stop_and_cont
 from tests.integration.conftest import QEMU_BASE, running
 
@@ -252,3 +252,13 @@ async def test_connect_retry_while_qemu_starts(tmp_path):
         await asyncio.wait_for(connecting, 30)
         assert (await qmp.execute('query-status'))['status'] == 'running'
         await qmp.disconnect()
+
+
+async def test_execute_timeout_keeps_the_session(qmp):
+    """A command given no time at all times out; QEMU's late reply is
+    dropped, and the next command gets its own."""
+    with pytest.raises(ExecuteTimeoutError):
+        await qmp.execute('query-version', timeout=0)
+    assert (await qmp.execute('query-status', timeout=30))['status'] \
+        == 'running'
+    assert 'qemu' in await qmp.execute('query-version', timeout=30)
