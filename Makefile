@@ -15,8 +15,9 @@ DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
 help:
 	@echo "qemu.qmp developer targets:"
-	@echo "  make develop      editable install with the 'devel' extras into"
-	@echo "                    \$$VIRTUAL_ENV, or into .venv (created if needed)"
+	@echo "  make develop      editable install with the devel, docs and tui"
+	@echo "                    extras into \$$VIRTUAL_ENV, or into .venv"
+	@echo "                    (created if needed)"
 	@echo "  make system-deps  install QEMU, qemu-storage-daemon and qemu-ga"
 	@echo "                    (Debian, as root) for the integration tests"
 	@echo "  make check        set everything up, then flake8, mypy --strict,"
@@ -34,7 +35,7 @@ help:
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[devel,docs]'
+	$(PYTHON) -m pip install -q -e '.[devel,docs,tui]'
 	@touch $@
 
 develop: $(STAMP)

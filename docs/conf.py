@@ -47,6 +47,8 @@ nitpick_ignore_regex = [
      r'Awaitable|AsyncIterator|Iterator|Iterable|Mapping|MutableMapping|'
      r'Sequence|Dict|List|Tuple|Set|Type|TypeVar|Generic|Hashable|'
      r'Coroutine|Deque|NoReturn|TextIO|IO|Pattern|Match)'),
+    # qmp-tui's base classes and types are Textual's and Rich's.
+    (r'py:.*', r'(textual|rich)\..*'),
 ]
 
 autodoc_member_order = 'bysource'

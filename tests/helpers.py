@@ -202,3 +202,30 @@ def _until_prompt(fd: int, output: bytes) -> bytes:
                 or b'interrupted' in data:
             return output
     raise AssertionError(f"nothing answers Ctrl-C; output: {output!r}")
+
+
+# -- qmp-tui, driven by Textual's Pilot --------------------------------------
+
+def tui_until(app, predicate, timeout=30):
+    """Wait (at most ``timeout`` seconds) until ``predicate()`` holds: the
+    app checks it after each change to its transcript or status bar."""
+    return asyncio.wait_for(app.wait_until(predicate), timeout)
+
+
+def tui_said(app, kind, text=''):
+    """A predicate: the transcript has a ``kind`` entry containing
+    ``text``."""
+    return lambda: any(e.kind == kind and text in e.text
+                       for e in app.entries)
+
+
+async def tui_connected(app):
+    """Wait until the app is connected and has learnt the commands."""
+    await tui_until(app, lambda: app.connection_state == 'connected'
+                    and bool(app.commands))
+
+
+async def tui_type(pilot, line):
+    """Type ``line`` and Enter."""
+    await pilot.press(*line)
+    await pilot.press('enter')

@@ -40,6 +40,7 @@ MODULES = [
     'qemu.qmp.models',
     'qemu.qmp.error', 'qemu.qmp.legacy', 'qemu.qmp.testing',
     'qemu.qmp.codec', 'qemu.qmp.util', 'qemu.qmp.qmp_shell',
+    'qemu.qmp.qmp_tui',
 ]
 
 # Private methods that are a contract: what a subclass of AsyncProtocol

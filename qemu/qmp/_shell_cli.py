@@ -245,3 +245,16 @@ def _demo(args: argparse.Namespace) -> int:
         shell = _make_shell(thread.address, args)
         shell.connect()
         return _run(shell, args)
+
+
+def qmp_tui(argv: Optional[List[str]] = None) -> int:
+    """
+    Entry point of ``qmp-tui``: one line, not a traceback, when the
+    ``tui`` extra (Textual) is not installed.
+    """
+    try:
+        from . import qmp_tui as tui  # pylint: disable=import-outside-toplevel
+    except ImportError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return tui.main(argv)

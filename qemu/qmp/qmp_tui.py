@@ -1,0 +1,716 @@
+"""
+qmp-tui: a full-screen QMP client, on Textual.
+
+.. code-block:: text
+
+    qmp-tui [-H] [-N] [--listen] [-l FILE] ADDRESS
+
+A transcript of every command, reply and event (timestamped, coloured by
+kind, pretty JSON) above an input line that takes qmp-shell's
+``command arg=value`` form or raw JSON, with history kept between sessions
+and Tab completion of command names and argument names.  A status bar
+shows the connection and the VM's run state, kept current from events.
+The client waits for a socket that does not exist yet, and reconnects when
+QEMU restarts.
+
+Keys: Enter sends; Up/Down walk the history; Tab completes; Ctrl+F types
+an event filter (``STOP RESUME`` shows only those, ``-JOB_STATUS_CHANGE``
+hides one); Ctrl+S saves the transcript to a file, Ctrl+Y copies it;
+Ctrl+Q quits.
+
+It needs the ``tui`` extra (``pip install 'qemu.qmp[tui]'``): Textual runs
+on asyncio, so `QMPClient` runs in the app's own event loop.  Importing
+``qemu.qmp`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from typing import (
+    Any, Callable, Dict, List, Optional, Sequence, TypeVar)
+
+try:
+    from rich.text import Text
+    from textual.app import App, ComposeResult
+    from textual.binding import Binding
+    from textual.widgets import Footer, Input, RichLog, Static
+except ImportError as err:  # pragma: no cover (the tui extra is missing)
+    raise ImportError("qmp-tui needs Textual (the tui extra): "
+                      "pip install 'qemu.qmp[tui]'") from err
+
+from . import __version__
+from .error import QMPError
+from .legacy import QEMUMonitorProtocol, QMPBadPortError
+from .message import Message
+from .protocol import Runstate, SocketAddrT
+from .qmp_client import RECONNECTED, QMPClient
+from .qmp_shell import CommandParser, QMPShellError
+from .replies import ExecuteError
+from .util import exception_summary
+
+
+__all__ = ['QMPTUI', 'Entry', 'EventFilter', 'history_path', 'main']
+
+#: How the kinds of transcript entries look.
+STYLES = {
+    'command': 'bold cyan',
+    'reply': 'green',
+    'error': 'bold red',
+    'event': 'yellow',
+    'info': 'dim',
+}
+
+_T = TypeVar('_T')
+
+# What the transcript keeps of history for the input line.
+_HISTORY_KEPT = 1000
+
+
+def history_path() -> str:
+    """Where the input history is kept: the XDG state dir, else home."""
+    state = os.environ.get('XDG_STATE_HOME')
+    if state:
+        return os.path.join(state, 'qmp-tui', 'history')
+    return os.path.join(os.path.expanduser('~'), '.qmp-tui_history')
+
+
+class Entry:
+    """
+    One line of the transcript.
+
+    :param kind: ``command``, ``reply``, ``error``, ``event`` or ``info``.
+    :param text: What it says.
+    :param name: For an event, its name (the filter looks at it).
+    """
+
+    def __init__(self, kind: str, text: str, name: str = '') -> None:
+        #: ``command``, ``reply``, ``error``, ``event`` or ``info``.
+        self.kind = kind
+        #: What it says.
+        self.text = text
+        #: For an event, its name.
+        self.name = name
+        #: When it was added, as `time.time`.
+        self.when = time.time()
+
+    def plain(self) -> str:
+        """The entry as saved: time, kind, text."""
+        stamp = time.strftime('%H:%M:%S', time.localtime(self.when))
+        return f"{stamp} {self.kind:<7} {self.text}"
+
+    def rich(self) -> Text:
+        """The entry as shown: the same, coloured by kind."""
+        stamp = time.strftime('%H:%M:%S', time.localtime(self.when))
+        line = Text(f"{stamp} ", style='dim')
+        line.append(self.text, style=STYLES[self.kind])
+        return line
+
+
+class EventFilter:
+    """
+    Which events the transcript shows, from what the user typed.
+
+    Words are event names (or name prefixes ending in ``*``); a word
+    starting with ``-`` hides those events.  With no plain word, every
+    event not hidden is shown.
+
+    >>> f = EventFilter('STOP RESUME')
+    >>> f.shows('STOP'), f.shows('SHUTDOWN')
+    (True, False)
+    >>> EventFilter('-JOB_* -STOP').shows('JOB_STATUS_CHANGE')
+    False
+
+    :param text: The filter, as typed.
+    """
+
+    def __init__(self, text: str = '') -> None:
+        words = text.split()
+        self._shown = [w for w in words if not w.startswith('-')]
+        self._hidden = [w[1:] for w in words if w.startswith('-') and w[1:]]
+
+    @staticmethod
+    def _matches(name: str, pattern: str) -> bool:
+        if pattern.endswith('*'):
+            return name.startswith(pattern[:-1])
+        return name == pattern
+
+    def shows(self, name: str) -> bool:
+        """Whether an event of this name is shown."""
+        if any(self._matches(name, p) for p in self._hidden):
+            return False
+        return not self._shown or any(self._matches(name, p)
+                                      for p in self._shown)
+
+
+class CommandInput(Input):
+    """The input line: history on Up/Down, completion on Tab."""
+
+    BINDINGS = [
+        Binding('up', 'history(-1)', 'Previous', show=False),
+        Binding('down', 'history(1)', 'Next', show=False),
+        Binding('tab', 'complete', 'Complete', show=False, priority=True),
+    ]
+
+    def __init__(self, history: List[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.history = history
+        self._position = len(history)
+
+    def remember(self, line: str) -> None:
+        """Add a line to the history (not twice in a row)."""
+        if line and (not self.history or self.history[-1] != line):
+            self.history.append(line)
+            del self.history[:-_HISTORY_KEPT]
+        self._position = len(self.history)
+
+    def action_history(self, step: int) -> None:
+        """Show the previous (-1) or next (1) line of the history."""
+        position = max(0, min(len(self.history), self._position + step))
+        self._position = position
+        self.value = self.history[position] \
+            if position < len(self.history) else ''
+        self.cursor_position = len(self.value)
+
+    def action_complete(self) -> None:
+        """Complete the word at the cursor (see `QMPTUI.completions`)."""
+        app = self.app
+        assert isinstance(app, QMPTUI)
+        before = self.value[:self.cursor_position]
+        word = before.split(' ')[-1]
+        choices = app.completions(before)
+        if not choices:
+            return
+        completion = os.path.commonprefix(choices)
+        if len(choices) == 1:
+            # A command is followed by its arguments, an argument by '='.
+            completion += '=' if ' ' in before else ' '
+        else:
+            app.hint(' '.join(choices[:30]) +
+                     (' ...' if len(choices) > 30 else ''))
+        if len(completion) > len(word):
+            self.insert_text_at_cursor(completion[len(word):])
+
+
+class QMPTUI(App[int]):
+    """
+    The qmp-tui application.
+
+    :param address: Where QEMU's monitor is (or where to listen for it).
+    :param hmp: Lines are HMP commands (``human-monitor-command``).
+    :param negotiate: `False` for the guest agent.
+    :param listen: Listen at ``address`` for QEMU to connect.
+    :param logfile: Append commands, replies and events to this file, as
+        JSON lines.
+    :param retry: Seconds to keep trying to connect (a socket that does
+        not exist yet, or refuses), and to re-establish a lost session;
+        then the session ends.  Without end by default.
+    :param asyncio_debug: Run the event loop in asyncio's debug mode.
+    """
+
+    #: The terminal's title.
+    TITLE = 'qmp-tui'
+    CSS = """
+    #status { height: 1; background: $primary; color: $text; padding: 0 1; }
+    #transcript { height: 1fr; }
+    #hint { height: auto; max-height: 3; color: $text-muted; padding: 0 1; }
+    #filter { display: none; }
+    #filter.open { display: block; }
+    """
+    BINDINGS = [
+        Binding('ctrl+q', 'quit', 'Quit'),
+        Binding('ctrl+s', 'save', 'Save transcript'),
+        Binding('ctrl+y', 'copy', 'Copy transcript'),
+        Binding('ctrl+f', 'filter', 'Filter events'),
+        Binding('escape', 'focus_input', 'Input', show=False),
+    ]
+
+    def __init__(self, address: SocketAddrT, *, hmp: bool = False,
+                 negotiate: bool = True, listen: bool = False,
+                 logfile: Optional[str] = None,
+                 retry: float = float('inf'),
+                 asyncio_debug: bool = False) -> None:
+        super().__init__()
+        self.address = address
+        self.hmp = hmp
+        self.listen = listen
+        self.logfile = logfile
+        #: The client, in this app's event loop.
+        self.qmp = QMPClient('qmp-tui')
+        self.qmp.await_greeting = self.qmp.negotiate = negotiate
+        self.qmp.auto_reconnect = retry
+        #: Seconds to keep trying to connect, and to reconnect.
+        self.retry = retry
+        #: The event loop runs in asyncio's debug mode.
+        self.asyncio_debug = asyncio_debug
+        #: Everything said so far, shown or not.
+        self.entries: List[Entry] = []
+        #: Which events are shown.
+        self.event_filter = EventFilter()
+        #: The server's command names, for completion.
+        self.commands: List[str] = []
+        #: Argument names by command, from the schema, for completion.
+        self.arguments: Dict[str, List[str]] = {}
+        #: The VM's run state, as last heard.
+        self.vm_state = '?'
+        #: What the status bar says of the connection.
+        self.connection_state = ''
+        self._parser = CommandParser()
+        self._waiters: List[asyncio.Future[None]] = []
+        self._closing = False
+        # The session was lost, and is being re-established.
+        self._lost = False
+
+    # -- layout ------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        """The widgets: status bar, transcript, hints, filter, input,
+        keys."""
+        yield Static(id='status')
+        yield RichLog(id='transcript', wrap=True, markup=False,
+                      highlight=False)
+        yield Static(id='hint')
+        yield Input(placeholder='event filter: STOP RESUME, -JOB_*',
+                    id='filter')
+        yield CommandInput(_load_history(), id='input',
+                           placeholder='command arg=value, or JSON')
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Start the session and the status bar's watcher."""
+        if self.asyncio_debug:
+            asyncio.get_running_loop().set_debug(True)
+        self._show_status()
+        self.query_one('#input').focus()
+        # The watcher first, so that it sees the session's first change.
+        self.run_worker(self._watch_runstate())
+        self.run_worker(self._session())
+
+    # -- the transcript ----------------------------------------------------
+
+    def add(self, kind: str, text: str, name: str = '') -> Entry:
+        """Add an entry to the transcript (and show it, unless it is a
+        filtered event)."""
+        entry = Entry(kind, text, name)
+        self.entries.append(entry)
+        if self._closing:
+            return entry
+        if kind != 'event' or self.event_filter.shows(name):
+            self.query_one('#transcript', RichLog).write(entry.rich())
+        self._notify()
+        return entry
+
+    def shown_entries(self) -> List[Entry]:
+        """The entries the transcript shows (the filter hides events)."""
+        return [entry for entry in self.entries
+                if entry.kind != 'event'
+                or self.event_filter.shows(entry.name)]
+
+    def _redraw(self) -> None:
+        log = self.query_one('#transcript', RichLog)
+        log.clear()
+        for entry in self.shown_entries():
+            log.write(entry.rich())
+
+    def transcript(self) -> str:
+        """The whole transcript as text, filtered events included."""
+        return ''.join(entry.plain() + '\n' for entry in self.entries)
+
+    def hint(self, text: str) -> None:
+        """Show a hint (completions, key help) under the transcript."""
+        self.query_one('#hint', Static).update(text)
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """
+        Wait until ``predicate()`` is true; it is checked after each
+        change to the transcript or the status bar.  For tests.
+
+        :param predicate: The condition.
+        """
+        while not predicate():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    # -- the status bar ----------------------------------------------------
+
+    def _show_status(self) -> None:
+        runstate = self.qmp.runstate
+        if runstate is Runstate.RUNNING:
+            state = 'connected'
+        elif self._lost:
+            state = 'reconnecting'
+        elif runstate is Runstate.CONNECTING:
+            state = 'waiting for QEMU' if self.listen else 'connecting'
+        else:
+            state = 'disconnected'
+        text = f"{_describe(self.address)}: {state}"
+        if self.qmp.runstate is Runstate.RUNNING and self.qmp.negotiate:
+            text += f" | VM {self.vm_state}"
+        self.connection_state = state
+        if self._closing:
+            return
+        self.query_one('#status', Static).update(text)
+        self._notify()
+
+    async def _watch_runstate(self) -> None:
+        previous = self.qmp.runstate
+        while True:
+            state = await self.qmp.runstate_changed()
+            if (previous is Runstate.RUNNING
+                    and state is Runstate.DISCONNECTING
+                    and not self._closing):
+                self.add('info', "the connection was lost"
+                         + ("; reconnecting" if self.retry > 0 else ""))
+                self.vm_state = '?'  # a new QEMU may be in any state
+                self._lost = self.retry > 0
+            elif state is Runstate.RUNNING:
+                self._lost = False
+            previous = state
+            self._show_status()
+
+    # -- the session -------------------------------------------------------
+
+    async def _session(self) -> None:
+        try:
+            if self.listen:
+                await self.qmp.start_server(self.address)
+                self._show_status()
+                await self.qmp.accept()
+            else:
+                await self.qmp.connect(self.address, retry=self.retry)
+        except QMPError as err:
+            self.add('error', f"could not connect: {err}")
+            return
+        await self._learn_the_server()
+        async for event in self.qmp.session_events():
+            await self._on_event(event)
+        self._lost = False
+        self.add('info', "the session has ended")
+        self._show_status()
+
+    async def _learn_the_server(self) -> None:
+        """Greeting, command names, argument names, run state."""
+        greeting = self.qmp.greeting
+        if greeting is not None:
+            version = greeting.QMP.version.get('qemu', {})
+            self.add('info', f"connected: QEMU {version.get('major')}."
+                             f"{version.get('minor')}."
+                             f"{version.get('micro')} "
+                             f"{greeting.QMP.version.get('package', '')}"
+                             f" {list(greeting.QMP.capabilities)}")
+        else:
+            self.add('info', "connected (no greeting: the guest agent?)")
+        if self.qmp.negotiate:
+            commands = await self._ask(
+                'query-commands', "commands will not complete",
+                lambda names: sorted(c['name'] for c in names))
+            status = await self._ask(
+                'query-status', "the VM's state is unknown",
+                lambda reply: str(reply['status']))
+            self.vm_state = status or '?'
+        else:
+            commands = await self._ask(
+                'guest-info', "commands will not complete",
+                lambda info: sorted(c['name']
+                                    for c in info['supported_commands']))
+        self.commands = commands or []
+        if 'query-qmp-schema' in self.commands:
+            self.arguments = await self._ask(
+                'query-qmp-schema', "arguments will not complete",
+                _arguments_from) or {}
+        self._show_status()
+
+    async def _ask(self, command: str, otherwise: str,
+                   read: Callable[[Any], _T]) -> Optional[_T]:
+        """
+        ``read(command's value)``; or, if the server refuses, does not
+        answer, or answers in another shape than QEMU's, `None` and a
+        note that says what ``otherwise`` happens.
+        """
+        try:
+            return read(await self.qmp.execute(command, timeout=10))
+        except _ODD_ANSWER as err:
+            self.add('info', f"({otherwise}: {exception_summary(err)})")
+            return None
+
+    async def _on_event(self, event: Message) -> None:
+        name = str(event.get('event'))
+        if name == RECONNECTED:
+            self.add('info', f"reconnected after "
+                             f"{event['data']['gap']:.1f} s: events may "
+                             f"have been missed")
+            await self._learn_the_server()
+            return
+        self._log_json({'event': dict(event)})
+        state = _RUN_STATES.get(name)
+        if state is not None:
+            self.vm_state = state
+            self._show_status()
+        data = event.get('data')
+        text = name if data is None else \
+            f"{name} {json.dumps(data, indent=2)}"
+        self.add('event', text, name)
+
+    # -- input ---------------------------------------------------------------
+
+    async def on_input_submitted(self, message: Input.Submitted) -> None:
+        """Enter: run the input line; in the filter, back to the input."""
+        if message.input.id == 'filter':
+            self.action_focus_input()
+            return
+        line = message.value
+        field = self.query_one('#input', CommandInput)
+        field.remember(line.strip())
+        field.value = ''
+        _save_history(field.history)
+        if line.strip():
+            self.run_worker(self.run_line(line))
+
+    def on_input_changed(self, message: Input.Changed) -> None:
+        """The event filter applies as it is typed."""
+        if message.input.id == 'filter':
+            self.event_filter = EventFilter(message.value)
+            self._redraw()
+
+    async def run_line(self, line: str) -> None:
+        """Send one line, as typed, and show what comes back."""
+        try:
+            if self.hmp:
+                command: Optional[Dict[str, Any]] = {
+                    'execute': 'human-monitor-command',
+                    'arguments': {'command-line': line.strip()}}
+            else:
+                command = self._parser.parse(line)
+        except QMPShellError as err:
+            self.add('error', str(err))
+            return
+        if command is None:
+            return  # more to come: inside transaction( ... )
+        self.add('command', line.strip() if self.hmp
+                 else json.dumps(command))
+        self._log_json({'command': command})
+        try:
+            value = await self.qmp.execute_msg(Message(command))
+        except ExecuteError as err:
+            self._log_json({'reply': dict(err.received)})
+            self.add('error', f"{err.error_class}: {err}")
+            return
+        except (QMPError, ValueError) as err:
+            self.add('error', exception_summary(err))
+            return
+        self._log_json({'reply': {'return': value}})
+        if self.hmp and isinstance(value, str):
+            self.add('reply', value.rstrip('\n') or '(nothing)')
+        else:
+            self.add('reply', json.dumps(value, indent=2))
+
+    def completions(self, before: str) -> List[str]:
+        """
+        What can complete the word before the cursor: a command name, or
+        an argument name of the line's command.
+
+        :param before: The input line up to the cursor.
+        :return: The candidates, sorted.
+        """
+        words = before.split(' ')
+        word = words[-1]
+        if len(words) == 1:
+            return [name for name in self.commands if name.startswith(word)]
+        if '=' in word:
+            return []
+        given = {w.split('=', 1)[0] for w in words[1:-1]}
+        return [name for name in self.arguments.get(words[0], [])
+                if name.startswith(word) and name not in given]
+
+    def _log_json(self, record: Dict[str, Any]) -> None:
+        if self.logfile is None:
+            return
+        try:
+            with open(self.logfile, 'a', encoding='utf-8') as log:
+                log.write(json.dumps(record) + '\n')
+        except OSError as err:
+            self.add('error', f"cannot write {self.logfile}: {err}")
+            self.logfile = None
+
+    # -- actions -------------------------------------------------------------
+
+    def action_focus_input(self) -> None:
+        """Escape: back to the input line."""
+        self.query_one('#input').focus()
+
+    def action_filter(self) -> None:
+        """Ctrl+F: open the event filter."""
+        field = self.query_one('#filter', Input)
+        field.add_class('open')
+        field.focus()
+
+    def action_save(self) -> None:
+        """Ctrl+S: save the transcript in the current directory."""
+        path = time.strftime('qmp-tui-%Y%m%d-%H%M%S.txt')
+        try:
+            with open(path, 'w', encoding='utf-8') as out:
+                out.write(self.transcript())
+        except OSError as err:
+            self.hint(f"could not save the transcript: {err}")
+            return
+        self.hint(f"transcript saved to {os.path.abspath(path)}")
+
+    def action_copy(self) -> None:
+        """Ctrl+Y: copy the transcript to the clipboard (OSC 52)."""
+        self.copy_to_clipboard(self.transcript())
+        self.hint("transcript copied (where the terminal allows it)")
+
+    async def action_quit(self) -> None:
+        """Ctrl+Q: leave, with exit status 0."""
+        self.exit(0)
+
+    async def on_unmount(self) -> None:
+        """However the app ends, the session ends with it."""
+        # The widgets are gone: what the session says from now on (its
+        # runstate changes, a command cut short) has nowhere to go.
+        self._closing = True
+        self.workers.cancel_all()
+        try:
+            await self.qmp.disconnect()
+        except (QMPError, OSError, EOFError):
+            pass  # leaving anyway
+
+
+# What asking the server for its commands can raise: an error reply, no
+# reply, or an answer of another shape than QEMU's (reading it raises).
+_ODD_ANSWER = (QMPError, asyncio.TimeoutError, LookupError, TypeError,
+               AttributeError)
+
+# Run states the events tell of.
+_RUN_STATES = {'STOP': 'paused', 'RESUME': 'running',
+               'SHUTDOWN': 'shutting down', 'RESET': 'reset',
+               'SUSPEND': 'suspended', 'WAKEUP': 'running',
+               'GUEST_PANICKED': 'panicked'}
+
+
+def _arguments_from(schema: Sequence[Dict[str, Any]]) -> Dict[str, List[str]]:
+    """Argument names by command, from ``query-qmp-schema``."""
+    members: Dict[str, List[str]] = {}
+    for entry in schema:
+        if entry.get('meta-type') == 'object':
+            members[entry['name']] = [m['name']
+                                      for m in entry.get('members', [])]
+    return {entry['name']: members.get(entry.get('arg-type', ''), [])
+            for entry in schema if entry.get('meta-type') == 'command'}
+
+
+def _describe(address: SocketAddrT) -> str:
+    return address if isinstance(address, str) else \
+        f"{address[0]}:{address[1]}"
+
+
+def _load_history() -> List[str]:
+    try:
+        with open(history_path(), encoding='utf-8') as lines:
+            return [line.rstrip('\n') for line in lines][-_HISTORY_KEPT:]
+    except OSError:
+        return []
+
+
+def _save_history(history: List[str]) -> None:
+    path = history_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w', encoding='utf-8') as out:
+            out.writelines(line + '\n' for line in history)
+    except OSError:
+        pass  # the history is a convenience
+
+
+def _log_to(path: Optional[str], level: str, asyncio_debug: bool) -> None:
+    """
+    The library's log messages (and asyncio's, in its debug mode) go to
+    the file ``path``, or nowhere: the terminal is the app's, and the
+    transcript says what matters.
+    """
+    names = ['qemu.qmp'] + (['asyncio'] if asyncio_debug else [])
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        handler = logging.FileHandler(path, encoding='utf-8')
+        handler.setFormatter(logging.Formatter(
+            '%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """
+    Entry point of ``qmp-tui`` (and ``python -m qemu.qmp.qmp_tui``).
+
+    :param argv: The arguments, without the program name.
+    :return: The exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog='qmp-tui', description='A full-screen QMP client.')
+    parser.add_argument('--version', action='version',
+                        version=f'%(prog)s (qemu.qmp) {__version__}')
+    parser.add_argument('-H', '--hmp', action='store_true',
+                        help='HMP mode: lines are HMP commands')
+    parser.add_argument('-N', '--skip-negotiation', action='store_true',
+                        help='no greeting, no negotiation (guest agent)')
+    parser.add_argument('--listen', action='store_true',
+                        help='listen at ADDRESS for QEMU to connect')
+    parser.add_argument('-l', '--logfile', metavar='FILE',
+                        help='append commands, replies and events to '
+                             'FILE as JSON lines')
+    parser.add_argument('address', nargs='?', metavar='ADDRESS',
+                        default=os.environ.get('QMP_SOCKET'),
+                        help='UNIX socket path or host:port '
+                             '(default: $QMP_SOCKET)')
+    # The reference qmp-tui's options, so that its command lines work.
+    parser.add_argument('--num-retries', type=int, metavar='N',
+                        help='give up (re)connecting after about N '
+                             'retries RETRY_DELAY apart (default: never)')
+    parser.add_argument('--retry-delay', type=float, default=2.0,
+                        metavar='SECONDS',
+                        help='with --num-retries: the time a retry '
+                             'stands for (default: 2)')
+    parser.add_argument('--log-file', metavar='FILE',
+                        help="write the library's log messages to FILE")
+    parser.add_argument('--log-level', default='WARNING',
+                        type=str.upper, choices=['CRITICAL', 'ERROR',
+                                                 'WARNING', 'INFO', 'DEBUG'],
+                        help='with --log-file: the least important '
+                             'messages written (default: WARNING)')
+    parser.add_argument('--asyncio-debug', action='store_true',
+                        help="asyncio's debug mode (with --log-file)")
+    args = parser.parse_args(argv)
+    if args.address is None:
+        parser.error('the address is required (or set QMP_SOCKET)')
+    try:
+        address = QEMUMonitorProtocol.parse_address(args.address)
+    except QMPBadPortError as err:
+        parser.error(str(err))
+    _log_to(args.log_file, args.log_level, args.asyncio_debug)
+    retry = float('inf')
+    if args.num_retries is not None:
+        retry = max(args.num_retries, 0) * args.retry_delay
+    app = QMPTUI(address, hmp=args.hmp, negotiate=not args.skip_negotiation,
+                 listen=args.listen, logfile=args.logfile, retry=retry,
+                 asyncio_debug=args.asyncio_debug)
+    status = app.run()
+    return 0 if status is None else status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
