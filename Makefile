@@ -11,7 +11,7 @@ STAMP := $(VENV)/.qemu-qmp-devel
 DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
 .PHONY: help develop system-deps check check-only lint typecheck docs test demo \
-	bench clean reference-api
+	bench clean reference-api tui-screenshot
 
 help:
 	@echo "qemu.qmp developer targets:"
@@ -28,6 +28,8 @@ help:
 	@echo "                    installed, the built-in test server otherwise;"
 	@echo "                    needs nothing but python3 (no install)"
 	@echo "  make bench        benchmarks against the reference library"
+	@echo "  make tui-screenshot  redraw docs/_static/qmp-tui.svg, the"
+	@echo "                    screenshot on the qmp-tui page"
 	@echo "  make reference-api  regenerate tests/reference_api.txt, the"
 	@echo "                    reference library's names, in a throwaway venv"
 	@echo "  make clean        remove build, cache and venv files"
@@ -61,7 +63,7 @@ lint:
 
 typecheck:
 	$(PYTHON) -m mypy -p qemu
-	$(PYTHON) -m mypy examples docs/_ext
+	$(PYTHON) -m mypy examples docs/_ext docs/tui_screenshot.py
 
 # Warnings are errors: a broken reference or a public name missing from
 # the API reference (docs/_ext/apicheck.py) fails the build.  -E: read
@@ -85,6 +87,11 @@ demo:
 
 bench: develop
 	$(PYTHON) bench/run.py
+
+# A private history directory: the session typed is not added to yours.
+tui-screenshot: develop
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	XDG_STATE_HOME="$$tmp" $(PYTHON) docs/tui_screenshot.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis .tox

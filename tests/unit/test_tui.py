@@ -3,6 +3,7 @@ server."""
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,9 @@ from tests.helpers import tui_connected as connected
 from tests.helpers import tui_said as said
 from tests.helpers import tui_type as type_line
 from tests.helpers import tui_until as until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 SCHEMA = [
     {'name': 'query-status', 'meta-type': 'command', 'arg-type': '0'},
@@ -228,6 +232,19 @@ async def test_a_server_that_cannot_list_its_commands():
             assert app.commands == ['query-qmp-schema']
             assert said(app, 'info', "the VM's state is unknown")()
             assert app.vm_state == '?'
+
+
+def test_the_documentation_screenshot(tmp_path):
+    """docs/tui_screenshot.py (make tui-screenshot) draws the session."""
+    output = tmp_path / 'shot.svg'
+    result = subprocess.run(
+        [sys.executable, os.path.join('docs', 'tui_screenshot.py'),
+         str(output)], cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stderr
+    svg = output.read_text()
+    assert svg.startswith('<svg') and 'VM\xa0paused' in svg.replace(
+        '&#160;', '\xa0')
 
 
 def run_python(code, *args):
