@@ -16,9 +16,9 @@ QEMU restarts.
 Keys: Enter sends; Up/Down walk the history; Tab completes; Ctrl+F types
 an event filter (``STOP RESUME`` shows only those, ``-JOB_STATUS_CHANGE``
 hides one); Ctrl+S saves the transcript to a file, Ctrl+Y copies it;
-Ctrl+Q quits.
+Ctrl+Q or Ctrl+C quits.
 
-It needs the ``tui`` extra (``pip install 'qemu.qmp[tui]'``): Textual runs
+It needs Textual, the ``tui`` extra (``pip install '.[tui]'``): Textual runs
 on asyncio, so `QMPClient` runs in the app's own event loop.  Importing
 ``qemu.qmp`` never imports this module.
 """
@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import (
@@ -41,8 +42,8 @@ try:
     from textual.binding import Binding
     from textual.widgets import Footer, Input, RichLog, Static
 except ImportError as err:  # pragma: no cover (the tui extra is missing)
-    raise ImportError("qmp-tui needs Textual (the tui extra): "
-                      "pip install 'qemu.qmp[tui]'") from err
+    raise ImportError("qmp-tui needs Textual (the tui extra), which is "
+                      "not installed: pip install textual") from err
 
 from . import __version__
 from .error import QMPError
@@ -224,6 +225,7 @@ class QMPTUI(App[int]):
     """
     BINDINGS = [
         Binding('ctrl+q', 'quit', 'Quit'),
+        Binding('ctrl+c', 'quit', 'Quit', show=False, priority=True),
         Binding('ctrl+s', 'save', 'Save transcript'),
         Binding('ctrl+y', 'copy', 'Copy transcript'),
         Binding('ctrl+f', 'filter', 'Filter events'),
@@ -287,9 +289,28 @@ class QMPTUI(App[int]):
             asyncio.get_running_loop().set_debug(True)
         self._show_status()
         self.query_one('#input').focus()
+        self._handle_signals(True)
         # The watcher first, so that it sees the session's first change.
         self.run_worker(self._watch_runstate())
         self.run_worker(self._session())
+
+    def _handle_signals(self, on: bool) -> None:
+        # Ctrl-C is a key here (the terminal is in raw mode), but SIGINT,
+        # SIGTERM and SIGHUP from elsewhere must still end the app the
+        # way Ctrl+Q does: the terminal restored, the session closed.
+        try:
+            loop = asyncio.get_running_loop()
+            for signum in _ENDING_SIGNALS:
+                if on:
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                else:
+                    loop.remove_signal_handler(signum)
+        except (ValueError, RuntimeError, NotImplementedError):
+            pass  # not the main thread, or not a POSIX loop: no handlers
+
+    def _on_signal(self, signum: int) -> None:
+        self.exit(128 + signum)
+        self._notify()
 
     # -- the transcript ----------------------------------------------------
 
@@ -582,6 +603,7 @@ class QMPTUI(App[int]):
         # runstate changes, a command cut short) has nowhere to go.
         self._closing = True
         self.workers.cancel_all()
+        self._handle_signals(False)
         try:
             await self.qmp.disconnect()
         except (QMPError, OSError, EOFError):
@@ -592,6 +614,9 @@ class QMPTUI(App[int]):
 # reply, or an answer of another shape than QEMU's (reading it raises).
 _ODD_ANSWER = (QMPError, asyncio.TimeoutError, LookupError, TypeError,
                AttributeError)
+
+# Signals that end the app as Ctrl+Q does.
+_ENDING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Run states the events tell of.
 _RUN_STATES = {'STOP': 'paused', 'RESUME': 'running',

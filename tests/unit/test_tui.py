@@ -4,6 +4,7 @@ server."""
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -271,8 +272,9 @@ def test_without_textual_one_line_says_what_to_install():
         'from qemu.qmp._shell_cli import qmp_tui; sys.exit(qmp_tui())',
         'qmp.sock')
     assert result.returncode == 2
-    assert result.stderr == ("qmp-tui needs Textual (the tui extra): "
-                             "pip install 'qemu.qmp[tui]'\n")
+    assert result.stderr == ("qmp-tui needs Textual (the tui extra), "
+                             "which is not installed: pip install "
+                             "textual\n")
 
 
 def test_python_dash_m():
@@ -328,3 +330,44 @@ async def test_gives_up_when_told(tmp_path):
         await until(app, said(app, 'error', 'could not connect'))
         assert app.connection_state == 'disconnected'
         await pilot.press('ctrl+q')
+
+
+# Runs the app headless in a process of its own, sends the process a
+# signal once connected, and prints the app's exit status: a signal the
+# app does not handle would end the test run, not just fail the test.
+_SIGNALLED = '''
+import asyncio, os, signal, sys
+from qemu.qmp.qmp_tui import QMPTUI
+from qemu.qmp.testing import demo_server
+
+async def main():
+    async with demo_server() as server:
+        app = QMPTUI(await server.start())
+        async with app.run_test():
+            await asyncio.wait_for(app.wait_until(
+                lambda: app.connection_state == 'connected'), 30)
+            os.kill(os.getpid(), int(sys.argv[1]))
+            await asyncio.wait_for(app.wait_until(
+                lambda: app.return_value is not None), 30)
+        print(app.return_value, app.qmp.runstate.name)
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM,
+                                    signal.SIGHUP])
+def test_a_signal_ends_the_app_cleanly(signum):
+    """SIGINT, SIGTERM, SIGHUP: the app ends as by Ctrl+Q (the terminal
+    is given back, the session closed), with status 128 + the signal."""
+    result = run_python(_SIGNALLED, str(int(signum)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(128 + signum), 'IDLE']
+
+
+async def test_ctrl_c_quits(qemu):
+    app = QMPTUI(qemu.address)
+    async with app.run_test() as pilot:
+        await connected(app)
+        await pilot.press('ctrl+c')
+    assert app.return_value == 0
