@@ -33,8 +33,9 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from typing import (
-    Any, Callable, Dict, List, Optional, Sequence, TypeVar)
+    Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar)
 
 try:
     from rich.text import Text
@@ -105,12 +106,36 @@ class Entry:
         stamp = time.strftime('%H:%M:%S', time.localtime(self.when))
         return f"{stamp} {self.kind:<7} {self.text}"
 
+    #: The most lines of one entry shown: drawing a reply of tens of
+    #: thousands of lines (``query-qmp-schema``) would take seconds, and
+    #: nobody reads it on screen.
+    SHOWN_LINES = 1000
+
     def rich(self) -> Text:
-        """The entry as shown: the same, coloured by kind."""
+        """The entry as shown: the same, coloured by kind, and cut after
+        `SHOWN_LINES` lines."""
         stamp = time.strftime('%H:%M:%S', time.localtime(self.when))
         line = Text(f"{stamp} ", style='dim')
-        line.append(self.text, style=STYLES[self.kind])
+        text = self.text
+        cut = _nth_newline(text, self.SHOWN_LINES)
+        if cut < 0:
+            line.append(text, style=STYLES[self.kind])
+            return line
+        line.append(text[:cut + 1], style=STYLES[self.kind])
+        more = text.count('\n', cut)
+        line.append(f"... {more:,} more lines: Ctrl+S saves them",
+                    style='dim')
         return line
+
+
+def _nth_newline(text: str, n: int) -> int:
+    """Where the ``n``-th newline of ``text`` is, or -1."""
+    position = -1
+    for _ in range(n):
+        position = text.find('\n', position + 1)
+        if position < 0:
+            break
+    return position
 
 
 class EventFilter:
@@ -216,6 +241,11 @@ class QMPTUI(App[int]):
 
     #: The terminal's title.
     TITLE = 'qmp-tui'
+    #: How many entries the transcript keeps (the ``-l`` log has them
+    #: all), so that a session left open for days has bounded memory.
+    ENTRIES_KEPT = 10_000
+    #: How many lines the transcript's view keeps.
+    LINES_SHOWN = 50_000
     CSS = """
     #status { height: 1; background: $primary; color: $text; padding: 0 1; }
     #transcript { height: 1fr; }
@@ -250,8 +280,8 @@ class QMPTUI(App[int]):
         self.retry = retry
         #: The event loop runs in asyncio's debug mode.
         self.asyncio_debug = asyncio_debug
-        #: Everything said so far, shown or not.
-        self.entries: List[Entry] = []
+        #: What was said, shown or not: the latest `ENTRIES_KEPT`.
+        self.entries: Deque[Entry] = deque(maxlen=self.ENTRIES_KEPT)
         #: Which events are shown.
         self.event_filter = EventFilter()
         #: The server's command names, for completion.
@@ -275,7 +305,7 @@ class QMPTUI(App[int]):
         keys."""
         yield Static(id='status')
         yield RichLog(id='transcript', wrap=True, markup=False,
-                      highlight=False)
+                      highlight=False, max_lines=self.LINES_SHOWN)
         yield Static(id='hint')
         yield Input(placeholder='event filter: STOP RESUME, -JOB_*',
                     id='filter')

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qemu.qmp.qmp_client import RECONNECTED
-from qemu.qmp.qmp_tui import QMPTUI, EventFilter, main
+from qemu.qmp.qmp_tui import QMPTUI, Entry, EventFilter, main
 from qemu.qmp.testing import CommandError, QMPTestServer, demo_server
 from tests.helpers import tui_connected as connected
 from tests.helpers import tui_said as said
@@ -371,3 +371,24 @@ async def test_ctrl_c_quits(qemu):
         await connected(app)
         await pilot.press('ctrl+c')
     assert app.return_value == 0
+
+
+async def test_a_huge_reply_and_a_long_session(qemu):
+    """A reply of thousands of lines shows its start and says how much
+    more there is (the saved transcript has it all); the transcript keeps
+    the latest entries, not all of a session's."""
+    qemu.on('query-huge', lambda args: list(range(5000)))
+    app = QMPTUI(qemu.address)
+    async with app.run_test() as pilot:
+        await connected(app)
+        await type_line(pilot, 'query-huge')
+        await until(app, said(app, 'reply', '4999'))
+        shown = app.entries[-1].rich().plain
+        assert Entry.SHOWN_LINES == 1000
+        assert len(shown.splitlines()) == Entry.SHOWN_LINES + 1
+        assert shown.endswith('4,002 more lines: Ctrl+S saves them')
+        assert '  4999\n]' in app.transcript()
+        for number in range(QMPTUI.ENTRIES_KEPT):
+            app.add('info', f"note {number}")
+        assert len(app.entries) == QMPTUI.ENTRIES_KEPT
+        assert app.entries[0].text == 'note 0'
