@@ -1,17 +1,19 @@
 """
-The ``qmp-shell`` and ``qmp-shell-wrap`` programs.  Private.
+The ``qmp-shell``, ``qmp-shell-wrap`` and ``qmp-tui`` programs.  Private.
 
 `qemu.qmp.qmp_shell` has the shell itself (`QMPShell`, `HMPShell`) and the
 entry points (``main``, ``main_wrap``), which call `qmp_shell` and
 `qmp_shell_wrap` here: options, connecting, exit statuses, and for the
 wrapper, QEMU's process (its own process group, noticed when it dies
 early, stopped on SIGTERM and SIGHUP) and its private socket directory.
+`qmp_tui` is ``qmp-tui``'s command line; the app is `qemu.qmp.qmp_tui`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Type
 
 from . import __version__
 from .error import QMPError
-from .legacy import QMPBadPortError
+from .legacy import QEMUMonitorProtocol, QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
 from .handshake import GreetingError
 from .qmp_shell import HMPShell, QMPShell, common_parser, die
@@ -249,12 +251,81 @@ def _demo(args: argparse.Namespace) -> int:
 
 def qmp_tui(argv: Optional[List[str]] = None) -> int:
     """
-    Entry point of ``qmp-tui``: one line, not a traceback, when the
-    ``tui`` extra (Textual) is not installed.
+    ``qmp-tui``: the options (the reference qmp-tui's among them), then the
+    app.  ``--help`` and ``--version`` work without Textual; otherwise its
+    absence is one line and status 2, not a traceback.
     """
+    parser = argparse.ArgumentParser(
+        prog='qmp-tui', description='A full-screen QMP client.')
+    parser.add_argument('--version', action='version',
+                        version=f'%(prog)s (qemu.qmp) {__version__}')
+    parser.add_argument('-H', '--hmp', action='store_true',
+                        help='HMP mode: lines are HMP commands')
+    parser.add_argument('-N', '--skip-negotiation', action='store_true',
+                        help='no greeting, no negotiation (guest agent)')
+    parser.add_argument('--listen', action='store_true',
+                        help='listen at ADDRESS for QEMU to connect')
+    parser.add_argument('-l', '--logfile', metavar='FILE',
+                        help='append commands, replies and events to '
+                             'FILE as JSON lines')
+    parser.add_argument('address', nargs='?', metavar='ADDRESS',
+                        default=os.environ.get('QMP_SOCKET'),
+                        help='UNIX socket path or host:port '
+                             '(default: $QMP_SOCKET)')
+    # The reference qmp-tui's options, so that its command lines work.
+    parser.add_argument('--num-retries', type=int, metavar='N',
+                        help='give up (re)connecting after about N '
+                             'retries RETRY_DELAY apart (default: never)')
+    parser.add_argument('--retry-delay', type=float, default=2.0,
+                        metavar='SECONDS',
+                        help='with --num-retries: the time a retry '
+                             'stands for (default: 2)')
+    parser.add_argument('--log-file', metavar='FILE',
+                        help="write the library's log messages to FILE")
+    parser.add_argument('--log-level', default='WARNING',
+                        type=str.upper, choices=['CRITICAL', 'ERROR',
+                                                 'WARNING', 'INFO', 'DEBUG'],
+                        help='with --log-file: the least important '
+                             'messages written (default: WARNING)')
+    parser.add_argument('--asyncio-debug', action='store_true',
+                        help="asyncio's debug mode (with --log-file)")
+    args = parser.parse_args(argv)
+    if args.address is None:
+        parser.error('the address is required (or set QMP_SOCKET)')
     try:
-        from . import qmp_tui as tui  # pylint: disable=import-outside-toplevel
+        address = QEMUMonitorProtocol.parse_address(args.address)
+    except QMPBadPortError as err:
+        parser.error(str(err))
+    try:
+        from .qmp_tui import QMPTUI  # pylint: disable=import-outside-toplevel
     except ImportError as err:
         print(err, file=sys.stderr)
         return 2
-    return tui.main(argv)
+    _log_to(args.log_file, args.log_level, args.asyncio_debug)
+    retry = float('inf')
+    if args.num_retries is not None:
+        retry = max(args.num_retries, 0) * args.retry_delay
+    app = QMPTUI(address, hmp=args.hmp, negotiate=not args.skip_negotiation,
+                 listen=args.listen, logfile=args.logfile, retry=retry,
+                 asyncio_debug=args.asyncio_debug)
+    status = app.run()
+    return 0 if status is None else status
+
+
+def _log_to(path: Optional[str], level: str, asyncio_debug: bool) -> None:
+    """
+    qmp-tui's log: the library's messages (and asyncio's, in its debug
+    mode) go to the file ``path``, or nowhere -- the terminal is the app's,
+    and the transcript says what matters.
+    """
+    names = ['qemu.qmp'] + (['asyncio'] if asyncio_debug else [])
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        handler = logging.FileHandler(path, encoding='utf-8')
+        handler.setFormatter(logging.Formatter(
+            '%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False

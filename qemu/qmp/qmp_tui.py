@@ -25,10 +25,8 @@ on asyncio, so `QMPClient` runs in the app's own event loop.  Importing
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -46,9 +44,7 @@ except ImportError as err:  # pragma: no cover (the tui extra is missing)
     raise ImportError("qmp-tui needs Textual (the tui extra), which is "
                       "not installed: pip install textual") from err
 
-from . import __version__
 from .error import QMPError
-from .legacy import QEMUMonitorProtocol, QMPBadPortError
 from .message import Message
 from .protocol import Runstate, SocketAddrT
 from .qmp_client import RECONNECTED, QMPClient
@@ -689,82 +685,17 @@ def _save_history(history: List[str]) -> None:
         pass  # the history is a convenience
 
 
-def _log_to(path: Optional[str], level: str, asyncio_debug: bool) -> None:
-    """
-    The library's log messages (and asyncio's, in its debug mode) go to
-    the file ``path``, or nowhere: the terminal is the app's, and the
-    transcript says what matters.
-    """
-    names = ['qemu.qmp'] + (['asyncio'] if asyncio_debug else [])
-    handler: logging.Handler = logging.NullHandler()
-    if path is not None:
-        handler = logging.FileHandler(path, encoding='utf-8')
-        handler.setFormatter(logging.Formatter(
-            '%(asctime)s %(levelname)s %(name)s: %(message)s'))
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = False
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """
-    Entry point of ``qmp-tui`` (and ``python -m qemu.qmp.qmp_tui``).
+    Entry point of ``qmp-tui`` (and ``python -m qemu.qmp.qmp_tui``); the
+    program's options live in ``_shell_cli``, with qmp-shell's.
 
-    :param argv: The arguments, without the program name.
+    :param argv: The arguments, without the program name; the process's
+        when `None`.
     :return: The exit status.
     """
-    parser = argparse.ArgumentParser(
-        prog='qmp-tui', description='A full-screen QMP client.')
-    parser.add_argument('--version', action='version',
-                        version=f'%(prog)s (qemu.qmp) {__version__}')
-    parser.add_argument('-H', '--hmp', action='store_true',
-                        help='HMP mode: lines are HMP commands')
-    parser.add_argument('-N', '--skip-negotiation', action='store_true',
-                        help='no greeting, no negotiation (guest agent)')
-    parser.add_argument('--listen', action='store_true',
-                        help='listen at ADDRESS for QEMU to connect')
-    parser.add_argument('-l', '--logfile', metavar='FILE',
-                        help='append commands, replies and events to '
-                             'FILE as JSON lines')
-    parser.add_argument('address', nargs='?', metavar='ADDRESS',
-                        default=os.environ.get('QMP_SOCKET'),
-                        help='UNIX socket path or host:port '
-                             '(default: $QMP_SOCKET)')
-    # The reference qmp-tui's options, so that its command lines work.
-    parser.add_argument('--num-retries', type=int, metavar='N',
-                        help='give up (re)connecting after about N '
-                             'retries RETRY_DELAY apart (default: never)')
-    parser.add_argument('--retry-delay', type=float, default=2.0,
-                        metavar='SECONDS',
-                        help='with --num-retries: the time a retry '
-                             'stands for (default: 2)')
-    parser.add_argument('--log-file', metavar='FILE',
-                        help="write the library's log messages to FILE")
-    parser.add_argument('--log-level', default='WARNING',
-                        type=str.upper, choices=['CRITICAL', 'ERROR',
-                                                 'WARNING', 'INFO', 'DEBUG'],
-                        help='with --log-file: the least important '
-                             'messages written (default: WARNING)')
-    parser.add_argument('--asyncio-debug', action='store_true',
-                        help="asyncio's debug mode (with --log-file)")
-    args = parser.parse_args(argv)
-    if args.address is None:
-        parser.error('the address is required (or set QMP_SOCKET)')
-    try:
-        address = QEMUMonitorProtocol.parse_address(args.address)
-    except QMPBadPortError as err:
-        parser.error(str(err))
-    _log_to(args.log_file, args.log_level, args.asyncio_debug)
-    retry = float('inf')
-    if args.num_retries is not None:
-        retry = max(args.num_retries, 0) * args.retry_delay
-    app = QMPTUI(address, hmp=args.hmp, negotiate=not args.skip_negotiation,
-                 listen=args.listen, logfile=args.logfile, retry=retry,
-                 asyncio_debug=args.asyncio_debug)
-    status = app.run()
-    return 0 if status is None else status
+    from . import _shell_cli  # pylint: disable=import-outside-toplevel
+    return _shell_cli.qmp_tui(argv)
 
 
 if __name__ == '__main__':

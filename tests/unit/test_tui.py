@@ -392,3 +392,12 @@ async def test_a_huge_reply_and_a_long_session(qemu):
             app.add('info', f"note {number}")
         assert len(app.entries) == QMPTUI.ENTRIES_KEPT
         assert app.entries[0].text == 'note 0'
+
+
+def test_help_and_version_need_no_textual():
+    result = run_python(
+        'import sys; sys.modules["textual"] = None; '
+        'from qemu.qmp._shell_cli import qmp_tui; sys.exit(qmp_tui())',
+        '--help')
+    assert result.returncode == 0, result.stderr
+    assert '--num-retries N' in result.stdout
