@@ -291,6 +291,14 @@ class QMPTUI(App[int]):
         self._parser = CommandParser()
         self._waiters: List[asyncio.Future[None]] = []
         self._closing = False
+        # The widgets the session's tasks write to, held here because
+        # those tasks may still say something while the app is being
+        # taken down and its widgets can no longer be looked up.
+        self._status_bar = Static(id='status')
+        self._transcript_view = RichLog(id='transcript', wrap=True,
+                                        markup=False, highlight=False,
+                                        max_lines=self.LINES_SHOWN)
+        self._hint_line = Static(id='hint')
         # The session was lost, and is being re-established.
         self._lost = False
 
@@ -299,10 +307,9 @@ class QMPTUI(App[int]):
     def compose(self) -> ComposeResult:
         """The widgets: status bar, transcript, hints, filter, input,
         keys."""
-        yield Static(id='status')
-        yield RichLog(id='transcript', wrap=True, markup=False,
-                      highlight=False, max_lines=self.LINES_SHOWN)
-        yield Static(id='hint')
+        yield self._status_bar
+        yield self._transcript_view
+        yield self._hint_line
         yield Input(placeholder='event filter: STOP RESUME, -JOB_*',
                     id='filter')
         yield CommandInput(_load_history(), id='input',
@@ -348,7 +355,7 @@ class QMPTUI(App[int]):
         if self._closing:
             return entry
         if kind != 'event' or self.event_filter.shows(name):
-            self.query_one('#transcript', RichLog).write(entry.rich())
+            self._transcript_view.write(entry.rich())
         self._notify()
         return entry
 
@@ -359,7 +366,7 @@ class QMPTUI(App[int]):
                 or self.event_filter.shows(entry.name)]
 
     def _redraw(self) -> None:
-        log = self.query_one('#transcript', RichLog)
+        log = self._transcript_view
         log.clear()
         for entry in self.shown_entries():
             log.write(entry.rich())
@@ -370,7 +377,7 @@ class QMPTUI(App[int]):
 
     def hint(self, text: str) -> None:
         """Show a hint (completions, key help) under the transcript."""
-        self.query_one('#hint', Static).update(text)
+        self._hint_line.update(text)
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -408,7 +415,7 @@ class QMPTUI(App[int]):
         self.connection_state = state
         if self._closing:
             return
-        self.query_one('#status', Static).update(text)
+        self._status_bar.update(text)
         self._notify()
 
     async def _watch_runstate(self) -> None:

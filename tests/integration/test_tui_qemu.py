@@ -93,3 +93,19 @@ async def test_guest_agent(guest_agent):
         field.value = ''
         await type_line(pilot, 'guest-ping')
         await until(app, said(app, 'reply', '{}'))
+
+
+async def test_listen_for_qemu(tmp_path):
+    """--listen: qmp-tui waits at the address, and a QEMU started with
+    -qmp unix:PATH (a client) connects to it."""
+    binary = require_binary('qemu-system-x86_64')
+    path, pidfile = tmp_path / 'listen.sock', tmp_path / 'qemu.pid'
+    app = QMPTUI(str(path), listen=True)
+    async with app.run_test() as pilot:
+        await until(app, lambda: app.connection_state == 'waiting for QEMU')
+        async with running([binary, *QEMU_BASE, '-daemonize', '-pidfile',
+                            str(pidfile), '-qmp', f'unix:{path}'],
+                           str(path), pidfile):
+            await connected(app)
+            await type_line(pilot, 'query-status')
+            await until(app, said(app, 'reply', '"status": "running"'))
