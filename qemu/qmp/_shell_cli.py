@@ -42,6 +42,25 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
                              '(status 1 on an error reply)')
 
 
+def _address_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('address', nargs='?',
+                        default=os.environ.get('QMP_SOCKET'),
+                        help='UNIX socket path or host:port '
+                             '(default: $QMP_SOCKET)')
+
+
+def _address_of(parser: argparse.ArgumentParser,
+                args: argparse.Namespace) -> SocketAddrT:
+    """The ``address`` argument, parsed; a usage error if it is missing or
+    malformed."""
+    if args.address is None:
+        parser.error('the address is required (or set QMP_SOCKET)')
+    try:
+        return QEMUMonitorProtocol.parse_address(args.address)
+    except QMPBadPortError as err:
+        parser.error(str(err))
+
+
 #: Seconds ``qmp-shell`` waits for the server's greeting (and for the
 #: negotiation): a socket that never greets is most likely the guest agent's.
 GREETING_TIMEOUT = 10.0
@@ -102,19 +121,11 @@ def qmp_shell(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--demo', action='store_true',
                         help='start a QEMU (or, without one, the built-in '
                              'test server) and open a shell on it')
-    parser.add_argument('address', nargs='?',
-                        default=os.environ.get('QMP_SOCKET'),
-                        help='UNIX socket path or host:port '
-                             '(default: $QMP_SOCKET)')
+    _address_argument(parser)
     args = parser.parse_args(argv)
     if args.demo:
         return _demo(args)
-    if args.address is None:
-        parser.error('the address is required (or set QMP_SOCKET)')
-    try:
-        address = QMPShell.parse_address(args.address)
-    except QMPBadPortError as err:
-        parser.error(str(err))
+    address = _address_of(parser, args)
     shell = _make_shell(address, args)
     try:
         shell.connect(negotiate=not args.skip_negotiation,
@@ -268,10 +279,7 @@ def qmp_tui(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('-l', '--logfile', metavar='FILE',
                         help='append commands, replies and events to '
                              'FILE as JSON lines')
-    parser.add_argument('address', nargs='?', metavar='ADDRESS',
-                        default=os.environ.get('QMP_SOCKET'),
-                        help='UNIX socket path or host:port '
-                             '(default: $QMP_SOCKET)')
+    _address_argument(parser)
     # The reference qmp-tui's options, so that its command lines work.
     parser.add_argument('--num-retries', type=int, metavar='N',
                         help='give up (re)connecting after about N '
@@ -290,12 +298,7 @@ def qmp_tui(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--asyncio-debug', action='store_true',
                         help="asyncio's debug mode (with --log-file)")
     args = parser.parse_args(argv)
-    if args.address is None:
-        parser.error('the address is required (or set QMP_SOCKET)')
-    try:
-        address = QEMUMonitorProtocol.parse_address(args.address)
-    except QMPBadPortError as err:
-        parser.error(str(err))
+    address = _address_of(parser, args)
     try:
         from .qmp_tui import QMPTUI  # pylint: disable=import-outside-toplevel
     except ImportError as err:
