@@ -65,9 +65,13 @@ async def test_a_session_with_qemu_and_a_restart(tmp_path):
             assert 'VM running' in str(app.query_one('#status').render())
             await type_line(pilot, '{"execute": "query-name"}')
             await until(app, said(app, 'reply', '{}'))
+            # QEMU quitting: its SHUTDOWN event, then the lost connection.
             await type_line(pilot, 'quit')
             await until(app, lambda: any(e.name == 'SHUTDOWN'
                                          for e in app.entries))
+            await until(app, lambda: app.connection_state == 'reconnecting')
+            assert [e.text for e in app.entries].count(
+                'the connection was lost; reconnecting') == 2
             await pilot.press('ctrl+q')
     assert app.return_value == 0
 
