@@ -250,11 +250,13 @@ class QMPTUI(App[int]):
     #filter.open { display: block; }
     """
     BINDINGS = [
-        Binding('ctrl+q', 'quit', 'Quit'),
+        # Before the focused input's own keys (Textual's Input has used
+        # Ctrl+F and Ctrl+C for editing): these always mean the same.
+        Binding('ctrl+q', 'quit', 'Quit', priority=True),
         Binding('ctrl+c', 'quit', 'Quit', show=False, priority=True),
-        Binding('ctrl+s', 'save', 'Save transcript'),
-        Binding('ctrl+y', 'copy', 'Copy transcript'),
-        Binding('ctrl+f', 'filter', 'Filter events'),
+        Binding('ctrl+s', 'save', 'Save transcript', priority=True),
+        Binding('ctrl+y', 'copy', 'Copy transcript', priority=True),
+        Binding('ctrl+f', 'filter', 'Filter events', priority=True),
         Binding('escape', 'focus_input', 'Input', show=False),
     ]
 

@@ -401,3 +401,14 @@ def test_help_and_version_need_no_textual():
         '--help')
     assert result.returncode == 0, result.stderr
     assert '--num-retries N' in result.stdout
+
+
+def test_the_apps_keys_come_before_the_inputs():
+    """Textual's Input has bound Ctrl+F (and other control keys) itself
+    in some versions; with the focus on the input line, the app's keys
+    must still be the app's (Textual 1.0 swallowed Ctrl+F)."""
+    keys = [binding for binding in QMPTUI.BINDINGS
+            if binding.key.startswith('ctrl+')]
+    assert {b.key for b in keys} == {'ctrl+q', 'ctrl+c', 'ctrl+s', 'ctrl+y',
+                                     'ctrl+f'}
+    assert all(binding.priority for binding in keys)
