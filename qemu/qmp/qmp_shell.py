@@ -60,8 +60,8 @@ from .replies import ExecInterruptedError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
-           'QMPShell', 'HMPShell', 'common_parser', 'die', 'main',
-           'main_wrap']
+           'QMPShell', 'HMPShell', 'hmp_words', 'common_parser', 'die',
+           'main', 'main_wrap']
 
 # A word: runs of non-space characters and quoted strings (which may hold
 # spaces); quotes stay in the word, the value parser removes them.
@@ -614,6 +614,35 @@ class QMPShell(QEMUMonitorProtocol):
     _completer_delims = ' \t\n'
 
 
+def hmp_words(help_text: object, info_text: object) -> List[str]:
+    """
+    What HMP lines can start with, from the monitor's own ``help`` and
+    ``info`` texts: each command (``help NAME`` too) and each ``info``
+    subcommand, as whole words.
+
+    >>> hmp_words('quit|q  -- quit the emulator',
+    ...           'info status  -- show the VM status')
+    ['help info', 'quit', 'help quit', 'info status']
+
+    :param help_text: What ``help`` printed.
+    :param info_text: What ``info`` printed.
+    :return: The words, as typed after the prompt.
+    """
+    words = ['help info']
+    for line in str(help_text).splitlines():
+        if not line or line[0].isspace() or line[0] == '[':
+            continue
+        # "quit|q  -- quit the emulator": the full name of the command
+        name = max(line.split()[0].split('|'), key=len)
+        if name != 'info':
+            words += [name, f'help {name}']
+    for line in str(info_text).splitlines():
+        parts = line.split()
+        if len(parts) > 1 and parts[0] == 'info':
+            words.append(f'info {parts[1]}')
+    return words
+
+
 class HMPShell(QMPShell):
     """
     An HMP shell over QMP: each line is a human monitor command, sent
@@ -682,21 +711,9 @@ class HMPShell(QMPShell):
             self._print(value.replace('\r\n', '\n').rstrip('\n'))
 
     def _completion_words(self) -> List[str]:
-        words = ['help info']
-        text = self.cmd('human-monitor-command', **{'command-line': 'help'})
-        for line in str(text).splitlines():
-            if not line or line[0].isspace() or line[0] == '[':
-                continue
-            # "quit|q  -- quit the emulator": the full name of the command
-            name = max(line.split()[0].split('|'), key=len)
-            if name != 'info':
-                words += [name, f'help {name}']
-        text = self.cmd('human-monitor-command', **{'command-line': 'info'})
-        for line in str(text).splitlines():
-            parts = line.split()
-            if len(parts) > 1 and parts[0] == 'info':
-                words.append(f'info {parts[1]}')
-        return words
+        return hmp_words(
+            self.cmd('human-monitor-command', **{'command-line': 'help'}),
+            self.cmd('human-monitor-command', **{'command-line': 'info'}))
 
     # Lines like "info block" complete as a whole.
     _completer_delims = '\t\n'
