@@ -48,7 +48,7 @@ from .error import QMPError
 from .message import Message
 from .protocol import Runstate, SocketAddrT
 from .qmp_client import RECONNECTED, QMPClient
-from .qmp_shell import CommandParser, QMPShellError
+from .qmp_shell import CommandParser, QMPShellError, hmp_words
 from .replies import ExecuteError
 from .util import exception_summary
 
@@ -210,8 +210,9 @@ class CommandInput(Input):
             return
         completion = os.path.commonprefix(choices)
         if len(choices) == 1:
-            # A command is followed by its arguments, an argument by '='.
-            completion += '=' if ' ' in before else ' '
+            # A command is followed by its arguments, an argument by '='
+            # (HMP takes plain words).
+            completion += '=' if ' ' in before and not app.hmp else ' '
         else:
             app.hint(' '.join(choices[:30]) +
                      (' ...' if len(choices) > 30 else ''))
@@ -286,6 +287,8 @@ class QMPTUI(App[int]):
         self.commands: List[str] = []
         #: Argument names by command, from the schema, for completion.
         self.arguments: Dict[str, List[str]] = {}
+        #: In HMP mode, what lines can start with (`hmp_words`).
+        self.hmp_words: List[str] = []
         #: The VM's run state, as last heard.
         self.vm_state = '?'
         #: What the status bar says of the connection.
@@ -486,17 +489,25 @@ class QMPTUI(App[int]):
             self.arguments = await self._ask(
                 'query-qmp-schema', "arguments will not complete",
                 _arguments_from) or {}
+        if self.hmp:
+            texts = [await self._ask(
+                'human-monitor-command', "HMP commands will not complete",
+                str, {'command-line': line}) for line in ('help', 'info')]
+            self.hmp_words = hmp_words(*texts) if None not in texts else []
         self._show_status()
 
     async def _ask(self, command: str, otherwise: str,
-                   read: Callable[[Any], _T]) -> Optional[_T]:
+                   read: Callable[[Any], _T],
+                   arguments: Optional[Dict[str, Any]] = None
+                   ) -> Optional[_T]:
         """
         ``read(command's value)``; or, if the server refuses, does not
         answer, or answers in another shape than QEMU's, `None` and a
         note that says what ``otherwise`` happens.
         """
         try:
-            return read(await self.qmp.execute(command, timeout=10))
+            return read(await self.qmp.execute(command, arguments,
+                                               timeout=10))
         except _ODD_ANSWER as err:
             self.add('info', f"({otherwise}: {exception_summary(err)})")
             return None
@@ -575,13 +586,19 @@ class QMPTUI(App[int]):
     def completions(self, before: str) -> List[str]:
         """
         What can complete the word before the cursor: a command name, or
-        an argument name of the line's command.
+        an argument name of the line's command; in HMP mode, the next word
+        of an HMP command (``info st`` -> ``status``).
 
         :param before: The input line up to the cursor.
         :return: The candidates, sorted.
         """
         words = before.split(' ')
         word = words[-1]
+        if self.hmp:
+            start = len(before) - len(word)
+            return sorted({line[start:].split(' ')[0]
+                           for line in self.hmp_words
+                           if line.startswith(before)})
         if len(words) == 1:
             return [name for name in self.commands if name.startswith(word)]
         if '=' in word:

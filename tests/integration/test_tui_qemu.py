@@ -77,12 +77,17 @@ async def test_a_session_with_qemu_and_a_restart(tmp_path):
 
 
 async def test_hmp_mode(qemu):
-    """-H: lines go to QEMU's human monitor."""
+    """-H: lines go to QEMU's human monitor, and Tab completes HMP's
+    commands, not QMP's."""
     app = QMPTUI(qemu.address, hmp=True)
     async with app.run_test() as pilot:
         await connected(app)
         await type_line(pilot, 'info status')
         await until(app, said(app, 'reply', 'VM status: running'))
+        field = app.query_one('#input')
+        await pilot.press(*'info statu', 'tab')
+        assert field.value == 'info status '
+        assert 'query-status' not in app.completions('query-st')
 
 
 async def test_guest_agent(guest_agent):

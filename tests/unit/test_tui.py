@@ -173,14 +173,23 @@ async def test_waits_for_qemu_and_survives_a_restart(tmp_path):
     assert not any(e.text == RECONNECTED for e in app.entries)
 
 
+# What QEMU's HMP says to help and info (abridged).
+HMP_TEXTS = {
+    'help': 'info [subcommand] -- show various information\r\n'
+            'quit|q  -- quit the emulator\r\n',
+    'info': 'info block  -- show the block devices\r\n'
+            'info status  -- show the current VM status\r\n',
+}
+
+
 async def test_listen_hmp_and_guest_agent(tmp_path):
     """--listen waits for QEMU to connect; -H sends HMP; -N talks to the
     guest agent, completing from guest-info."""
     address = str(tmp_path / 'listen.sock')
     app = QMPTUI(address, listen=True, hmp=True)
     async with demo_server() as qemu:
-        qemu.on('human-monitor-command',
-                lambda args: f"you said {args['command-line']}\r\n")
+        qemu.on('human-monitor-command', lambda args: HMP_TEXTS.get(
+            args['command-line'], f"you said {args['command-line']}\r\n"))
         async with app.run_test() as pilot:
             await until(app, lambda: app.connection_state
                         == 'waiting for QEMU')
@@ -188,6 +197,16 @@ async def test_listen_hmp_and_guest_agent(tmp_path):
             await connected(app)
             await type_line(pilot, 'info status')
             await until(app, said(app, 'reply', 'you said info status'))
+            # Completion: HMP's own commands, word by word.
+            field = app.query_one('#input')
+            await pilot.press('q', 'tab')
+            assert field.value == 'quit '
+            field.value = ''
+            await pilot.press(*'info s', 'tab')
+            assert field.value == 'info status '
+            field.value = ''
+            await pilot.press(*'in', 'tab')
+            assert field.value == 'info '
 
     async with QMPTestServer(greeting=None) as agent:
         agent.on('guest-info', {'version': '7.2', 'supported_commands': [
