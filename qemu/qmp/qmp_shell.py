@@ -719,12 +719,17 @@ class HMPShell(QMPShell):
     _completer_delims = '\t\n'
 
 
-def history_path() -> str:
-    """Where the history is kept: the XDG state dir, else the home dir."""
+def history_path(program: str = 'qmp-shell') -> str:
+    """
+    Where a program's input history is kept: the XDG state dir, else the
+    home dir.
+
+    :param program: ``qmp-shell`` or ``qmp-tui``.
+    """
     state = os.environ.get('XDG_STATE_HOME')
     if state:
-        return os.path.join(state, 'qmp-shell', 'history')
-    return os.path.join(os.path.expanduser('~'), '.qmp-shell_history')
+        return os.path.join(state, program, 'history')
+    return os.path.join(os.path.expanduser('~'), f'.{program}_history')
 
 
 def _save_history() -> None:

@@ -49,6 +49,7 @@ from .message import Message
 from .protocol import Runstate, SocketAddrT
 from .qmp_client import RECONNECTED, QMPClient
 from .qmp_shell import CommandParser, QMPShellError, hmp_words
+from .qmp_shell import history_path as qmp_shell_history_path
 from .replies import ExecuteError
 from .util import exception_summary
 
@@ -71,11 +72,9 @@ _HISTORY_KEPT = 1000
 
 
 def history_path() -> str:
-    """Where the input history is kept: the XDG state dir, else home."""
-    state = os.environ.get('XDG_STATE_HOME')
-    if state:
-        return os.path.join(state, 'qmp-tui', 'history')
-    return os.path.join(os.path.expanduser('~'), '.qmp-tui_history')
+    """Where the input history is kept: the XDG state dir, else home
+    (as qmp-shell's, under qmp-tui's name)."""
+    return qmp_shell_history_path('qmp-tui')
 
 
 class Entry:
@@ -415,7 +414,7 @@ class QMPTUI(App[int]):
         else:
             state = 'disconnected'
         text = f"{_describe(self.address)}: {state}"
-        if self.qmp.runstate is Runstate.RUNNING and self.qmp.negotiate:
+        if runstate is Runstate.RUNNING and self.qmp.negotiate:
             text += f" | VM {self.vm_state}"
         self.connection_state = state
         if self._closing:

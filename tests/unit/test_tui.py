@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from qemu.qmp.qmp_client import RECONNECTED
-from qemu.qmp.qmp_tui import QMPTUI, Entry, EventFilter, main
+from qemu.qmp.qmp_tui import QMPTUI, Entry, EventFilter, history_path, main
 from qemu.qmp.testing import CommandError, QMPTestServer, demo_server
 from tests.helpers import tui_connected as connected
 from tests.helpers import tui_said as said
@@ -431,3 +431,12 @@ def test_the_apps_keys_come_before_the_inputs():
     assert {b.key for b in keys} == {'ctrl+q', 'ctrl+c', 'ctrl+s', 'ctrl+y',
                                      'ctrl+f'}
     assert all(binding.priority for binding in keys)
+
+
+def test_history_path(monkeypatch, tmp_path):
+    """qmp-tui keeps its history beside qmp-shell's, under its own name."""
+    monkeypatch.setenv('XDG_STATE_HOME', str(tmp_path))
+    assert history_path() == str(tmp_path / 'qmp-tui' / 'history')
+    monkeypatch.delenv('XDG_STATE_HOME')
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert history_path() == str(tmp_path / '.qmp-tui_history')
