@@ -59,6 +59,10 @@ def _encode(obj: Dict[str, object]) -> bytes:
     except (TypeError, ValueError) as err:
         raise SerializationError(
             f"QMP message cannot be encoded as JSON: {err}", obj) from err
+    except RecursionError as err:
+        raise SerializationError(
+            "QMP message cannot be encoded as JSON: nested too deeply",
+            obj) from err
 
 
 class DeserializationError(ProtocolError):
@@ -124,7 +128,8 @@ def _deserialize(data: bytes) -> Dict[str, object]:
     """
     Decode JSON-encoded bytes into a dict.
 
-    :raise DeserializationError: Not UTF-8, or not JSON.
+    :raise DeserializationError: Not UTF-8, not JSON, or nested deeper
+        than Python's JSON decoder can go (QEMU's own limit is 1024).
     :raise UnexpectedTypeError: JSON, but not an object.
     """
     try:
@@ -134,6 +139,12 @@ def _deserialize(data: bytes) -> Dict[str, object]:
         # ValueError like JSONDecodeError.
         raise DeserializationError(
             f"Failed to deserialize QMP message: {err}", data) from err
+    except RecursionError as err:
+        # The decoder recurses once per level: a hostile peer must not
+        # turn that into an error nobody expects from a parser.
+        raise DeserializationError(
+            "Failed to deserialize QMP message: nested too deeply",
+            data) from err
     if type(obj) is not dict:
         raise UnexpectedTypeError("QMP message is not a JSON object.", obj)
     return obj

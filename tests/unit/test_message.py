@@ -186,3 +186,21 @@ def test_clone_after_changes_and_of_built_messages():
     assert built['x']['y'] == 1
     with pytest.raises(SerializationError):
         Message({'f': object()}, eager=False).clone()
+
+
+def test_too_deep_nesting_is_a_deserialization_error():
+    """A message nested 5,000 levels deep is a DeserializationError, not
+    a RecursionError escaping the parser."""
+    raw = b'{"a": ' + b'[' * 5000 + b']' * 5000 + b'}'
+    with pytest.raises(DeserializationError, match='nested too deeply'):
+        Message(raw)
+
+
+def test_too_deep_nesting_cannot_be_encoded():
+    """Encoding a value nested too deeply raises SerializationError."""
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(SerializationError, match='nested too deeply'):
+        bytes(Message({'execute': 'x', 'arguments': {'v': value}},
+                      eager=False))
