@@ -345,10 +345,14 @@ class Codec:
     EOFError
 
     :param limit: The longest message accepted, newline included.
+    :param framing: The stream's `LineBuffer`, when lines are also read
+        from it directly (one buffer per stream, so no byte is read twice
+        or lost); by default a new one.  Its limit wins over ``limit``.
     """
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
-        self._framing = LineBuffer(limit)
+    def __init__(self, limit: int = DEFAULT_LIMIT,
+                 framing: Optional[LineBuffer] = None) -> None:
+        self._framing = LineBuffer(limit) if framing is None else framing
         # The same deque LineBuffer fills; read directly on the hot path.
         self._lines = self._framing._lines
         self._at_eof = False

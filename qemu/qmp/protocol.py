@@ -781,7 +781,9 @@ class AsyncProtocol(Generic[T]):
                 # may start now, but the connection can still be closed.
                 self._writer.close()
         except Exception as err:  # pylint: disable=broad-except
-            if isinstance(err, EOFError):
+            if self._bh_logged_already(err):
+                pass
+            elif isinstance(err, EOFError):
                 self.logger.info("Task.%s: the peer closed the connection.",
                                  name)
             else:
@@ -789,6 +791,14 @@ class AsyncProtocol(Generic[T]):
                                   exception_summary(err))
             self._bh_errors.append(err)
             self._schedule_disconnect()
+
+    def _bh_logged_already(self, err: Exception) -> bool:
+        """
+        Whether ``err``, which ended a bottom-half task, was logged where
+        it was found (a subclass's protocol rules may log the end of a
+        session themselves).
+        """
+        return False
 
     @bottom_half
     async def _bh_recv_message(self) -> None:

@@ -32,13 +32,14 @@ from typing import (
 )
 
 from . import _sockets
-from ._ids import IdMaker, check_caller_id
-from .codec import (
-    DEFAULT_LIMIT,
-    SYNC_BYTE,
-    Codec,
-    MessageTooLongError,
-    TruncatedMessageError,
+from .codec import DEFAULT_LIMIT, SYNC_BYTE, Codec, TruncatedMessageError
+from .core import (
+    Negotiated,
+    Phase,
+    Reply,
+    ReplyFailed,
+    SessionCore,
+    SessionEnded,
 )
 from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
@@ -46,10 +47,8 @@ from .expect import EventTimeoutError, ExpectedEvent
 from .handshake import (
     GreetingError,
     NegotiationError,
-    capabilities_command,
     greeting_timeout,
     negotiation_error,
-    read_greeting,
 )
 from .message import Message
 from .models import Greeting
@@ -61,8 +60,6 @@ from .protocol import (
 )
 from .reconnect import ReconnectingProtocol
 from .replies import (
-    NO_ID,
-    PendingReplies,
     BadReplyError,
     ExecInterruptedError,
     ExecuteError,
@@ -71,7 +68,7 @@ from .replies import (
     check_reply,
     reply_value,
 )
-from .util import bottom_half, exception_summary, pretty_traceback, upper_half
+from .util import bottom_half, exception_summary, upper_half
 
 
 __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
@@ -79,9 +76,6 @@ __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
            'ExecuteTimeoutError', 'GreetingError', 'NegotiationError',
            'ServerParseError', 'BadReplyError', 'TruncatedMessageError']
 
-
-# Marks a member missing from a message (None is a valid JSON value).
-_ABSENT = object()
 
 #: The name of the event every listener that takes all events (or this
 #: name) receives when `QMPClient.auto_reconnect` re-established a lost
@@ -165,13 +159,15 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         #: `GreetingError` or `NegotiationError`.
         self.session_timeout: Optional[float] = None
 
-        self._greeting: Optional[Greeting] = None
-        self._make_id = IdMaker()
-        self._pending = PendingReplies()
-        # How many guest_sync() calls wait for their answer.
-        self._guest_syncs = 0
-        # The wire format of the current session; made anew by each one.
-        self._codec = Codec(readbuflen)
+        # The rules of the current session, with its wire format and
+        # the commands that wait for replies; made anew by each one.
+        self._core: SessionCore[asyncio.Future[Message]] = \
+            self._new_core()
+
+    def _new_core(self) -> SessionCore['asyncio.Future[Message]']:
+        return SessionCore(self.logger, limit=self.readbuflen,
+                           await_greeting=self.await_greeting,
+                           negotiate=self.negotiate, framing=self._lines)
 
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:
@@ -222,7 +218,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
         `None` until a greeting arrives; reset at each connection attempt.
         """
-        return self._greeting
+        return self._core.greeting
 
     # ------------------------------------------------------------------
     # Upper half: session set-up
@@ -237,55 +233,66 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise NegotiationError: The server refused ``qmp_capabilities``.
         :raise EOFError, OSError: The connection failed meanwhile.
         """
-        self._greeting = None
-        self._pending = PendingReplies()
-        self._codec = Codec(self.readbuflen)
-
-        if self.await_greeting or self.negotiate:
-            self._greeting = await self._get_greeting()
-        if self.negotiate:
+        core = self._core = self._new_core()
+        if core.phase is Phase.GREETING:
+            await self._get_greeting()
+        if core.phase is Phase.NEGOTIATING:
             await self._negotiate()
         await super()._establish_session()
 
     @upper_half
     async def _get_greeting(self) -> Greeting:
+        """
+        Wait for the server's greeting.
+
+        :raise GreetingError: It is not one, or did not come in time.
+        """
         self.logger.debug("Awaiting greeting ...")
         try:
-            msg = await asyncio.wait_for(self._recv(), self.session_timeout)
-            return read_greeting(msg)
-        except ProtocolError as err:
-            self.logger.error("Did not understand Greeting: %s",
-                              exception_summary(err))
-            self.logger.debug("Did not understand Greeting:\n%s",
-                              pretty_traceback())
-            if isinstance(err, GreetingError):
-                raise
-            raise GreetingError("Did not understand Greeting", err) from err
+            await asyncio.wait_for(self._handshake_step(Greeting),
+                                   self.session_timeout)
         except asyncio.TimeoutError as err:
             raise greeting_timeout(self.session_timeout, err) from err
+        greeting = self._core.greeting
+        assert greeting is not None
+        return greeting
 
     @upper_half
     async def _negotiate(self) -> None:
-        assert self._greeting is not None
-        msg = Message(capabilities_command(self._greeting))
+        """
+        Send ``qmp_capabilities`` and wait for the server to accept it.
+
+        :raise NegotiationError: It refused, or did not answer in time.
+        """
         self.logger.debug("Negotiating capabilities ...")
         try:
-            await self._send(msg)
-            reply = await asyncio.wait_for(self._recv_reply(),
-                                           self.session_timeout)
-            reply_value(reply, msg)
-        except (asyncio.TimeoutError, ProtocolError, ExecuteError) as err:
+            await self._send(self._core.negotiation_command())
+            await asyncio.wait_for(self._handshake_step(Negotiated),
+                                   self.session_timeout)
+        except asyncio.TimeoutError as err:
             raise negotiation_error(err, self.session_timeout) from err
 
-    async def _recv_reply(self) -> Message:
-        """Receive until a non-event arrives; events are dispatched."""
+    @upper_half
+    async def _handshake_step(self, until: type) -> None:
+        """
+        Read until the session core reports ``until``; events that come
+        meanwhile are dispatched.
+
+        :raise GreetingError, NegotiationError: The step failed.
+        :raise EOFError, OSError: The connection failed meanwhile.
+        """
+        core = self._core
         while True:
             msg = await self._recv()
-            if 'event' not in msg:
-                return msg
-            dispatching = self._dispatch_event(msg)
-            if dispatching is not None:
-                await dispatching
+            event = core.route(msg)
+            if event is msg:
+                dispatching = self._dispatch_event(msg)
+                if dispatching is not None:
+                    await dispatching
+            elif type(event) is until:
+                return
+            elif type(event) is SessionEnded:
+                raise event.reason
 
     # ------------------------------------------------------------------
     # Upper half: events until the session ends
@@ -426,7 +433,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             receiving a reply from the server.
         :raise SerializationError: ``msg`` cannot be encoded as JSON.
         """
-        exec_id, wire = self._prepare(msg, assign_id=True)
+        exec_id, wire = self._core.prepare(msg, assign_id=True)
         reply = await self._exchange(exec_id, wire, timeout)
         return reply_value(reply, wire)
 
@@ -506,10 +513,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             Without, it keeps its own id, or has none: id-less replies are
             matched to id-less commands in order.
         :return: The reply.
-        :raise ValueError: See `_prepare`.
+        :raise ValueError: See `SessionCore.prepare`.
         :raise ExecInterruptedError: The session ended before the reply.
         """
-        exec_id, wire = self._prepare(msg, assign_id)
+        exec_id, wire = self._core.prepare(msg, assign_id)
         return await self._exchange(exec_id, wire)
 
     @upper_half
@@ -524,41 +531,17 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :param msg: The command to send.
         :param assign_id: Give the message an id of the client's own.
         :return: The server's reply, as it came (error replies too).
-        :raise ValueError: See `_prepare`.
+        :raise ValueError: See `SessionCore.prepare`.
         :raise BadReplyError: The reply is neither 'return' nor a valid
             'error'.
         :raise ExecInterruptedError: The session ended before the reply.
         """
         if not isinstance(msg, Message):
             msg = Message(msg)
-        exec_id, wire = self._prepare(msg, assign_id)
+        exec_id, wire = self._core.prepare(msg, assign_id)
         reply = await self._exchange(exec_id, wire)
         check_reply(reply, wire)
         return reply
-
-    def _prepare(self, msg: Message,
-                 assign_id: bool) -> Tuple[object, Message]:
-        """
-        Check a command and make the copy to send, encoded once, now.
-
-        :return: The id its reply will carry (`NO_ID` for none), and the
-            copy.
-        :raise ValueError: Neither 'execute' nor 'exec-oob'; 'exec-oob'
-            without an id; or a caller's id that uses the client's prefix.
-        :raise SerializationError: ``msg`` cannot be encoded as JSON.
-        """
-        if not ('execute' in msg or 'exec-oob' in msg):
-            raise ValueError("Requires 'execute' or 'exec-oob' message")
-        if assign_id:
-            exec_id = self._make_id()
-            return exec_id, msg.wire_copy(id=exec_id)
-        if 'id' in msg:
-            caller_id = msg['id']
-            check_caller_id(caller_id)
-            return caller_id, msg.wire_copy()
-        if 'exec-oob' in msg:
-            raise ValueError("'exec-oob' requires an 'id'")
-        return NO_ID, msg.wire_copy()
 
     async def _exchange(self, exec_id: object, wire: Message,
                         timeout: Optional[float] = None) -> Message:
@@ -567,11 +550,13 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
         :raise ExecuteTimeoutError: No reply within ``timeout`` seconds.
         """
-        pending = self._pending
-        key, future = pending.add(exec_id)
+        core = self._core
+        future: asyncio.Future[Message] = \
+            asyncio.get_running_loop().create_future()
+        key = core.add_pending(exec_id, future)
         try:
             # Alone: no other execution waits, so none can share a write.
-            self._submit(wire, alone=len(pending) == 1)
+            self._submit(wire, alone=len(core) == 1)
             if timeout is None:
                 return await future
             try:
@@ -581,7 +566,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                 raise ExecuteTimeoutError(str(command), timeout) from None
         finally:
             # Timed out or cancelled: the late reply is dropped quietly.
-            pending.discard(key, future)
+            core.abandon(key, future)
 
     @upper_half
     @require(Runstate.RUNNING)
@@ -606,13 +591,14 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ProtocolError: The agent answered with another id.
         """
         token = random.randrange(1 << 31)
-        self._guest_syncs += 1
+        core = self._core
+        core.resyncing += 1
         try:
             self._write(SYNC_BYTE)
             answer = await self.execute('guest-sync-delimited',
                                         {'id': token}, timeout=timeout)
         finally:
-            self._guest_syncs -= 1
+            core.resyncing -= 1
         if answer != token:
             raise ProtocolError(f"guest-sync-delimited sent {token}, but "
                                 f"the agent answered {answer!r}")
@@ -660,41 +646,39 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
     async def _do_recv(self) -> Message:
         """
-        Read one message from the server (through the session's `Codec`).
+        Read one message from the server, through the session core.
+
+        A reply over ``readbuflen`` whose id could be read fails only its
+        own command, and reading goes on.
 
         :raise EOFError: The server hung up.
         :raise MessageTooLongError: A line is longer than ``readbuflen``
-            and is not a reply whose id could be read: a reply that names
-            its id fails only its own command, and reading goes on.
+            and is not such a reply.
         :raise DeserializationError: The line is not UTF-8 JSON.
         :raise UnexpectedTypeError: The line is JSON, but not an object.
         :raise TruncatedMessageError: The server hung up mid-message.
+        :raise OSError: Reading the socket failed.
         """
-        codec = self._codec
+        core = self._core
         while True:
-            try:
-                msg = codec.next_message()
-            except MessageTooLongError as err:
-                if not err.has_reply_id:
-                    raise
-                self._reply_too_long(err)
-                continue
-            if msg is not None:
-                return msg
-            assert self._reader is not None
-            codec.feed(await self._reader.read(_sockets.READ_SIZE))
-
-    def _reply_too_long(self, err: MessageTooLongError) -> None:
-        """A reply over ``readbuflen``: only its command fails."""
-        if self._pending.fail(err.reply_id, err):
-            self.logger.warning("A reply over readbuflen failed its command "
-                                "(id %r): %s", err.reply_id, err)
-        elif self._pending.abandoned(err.reply_id):
-            self.logger.debug("Dropping the over-long late reply to id %r",
-                              err.reply_id)
-        else:
-            self.logger.warning("Dropping an over-long reply with unknown "
-                                "id %r", err.reply_id)
+            item = core.next_message()
+            if type(item) is Message:
+                return item
+            if item is None:
+                reader = self._reader
+                assert reader is not None
+                try:
+                    data = await reader.read(_sockets.READ_SIZE)
+                except OSError as err:
+                    raise core.connection_lost(err).reason from None
+                core.receive_data(data)
+            elif type(item) is ReplyFailed:
+                future = item.waiter
+                if not future.done():
+                    future.set_exception(item.error)
+            else:
+                assert type(item) is SessionEnded
+                raise item.reason
 
     def _do_send(self, msg: Message) -> None:
         self._write(Codec.encode(msg))
@@ -707,49 +691,32 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ServerParseError: An error reply without an id arrived and
             no id-less execution waits for one.
         """
-        exec_id = msg.get('id', _ABSENT)
-        if exec_id is not _ABSENT:
-            pending = self._pending
-            if not pending.resolve(exec_id, msg):
-                # The QMP spec: clients drop replies with an unknown id.
-                if pending.abandoned(exec_id):
-                    self.logger.debug("Dropping the late reply to a command "
-                                      "that timed out or was cancelled "
-                                      "(id %r)", exec_id)
-                else:
-                    self.logger.warning("Dropping reply with unknown id %r",
-                                        exec_id)
-            return
-
-        if 'event' in msg:
+        event = self._core.route(msg)
+        if event is msg:
             dispatching = self._dispatch_event(msg)
             if dispatching is not None:
                 await dispatching
-            return
+        elif type(event) is Reply:
+            future = event.waiter
+            # Done already: cancelled, and its task has not run since.
+            # The reply is that execution's own, and dropped.
+            if not future.done():
+                future.set_result(event.msg)
+        elif type(event) is SessionEnded:
+            raise event.reason
 
-        if self._pending.resolve_idless(msg):
-            return
-        if 'error' in msg and self._guest_syncs:
-            # The agent answers our 0xFF, or a command cut short by it,
-            # with an id-less parse error: ignored until the sync answer.
-            self.logger.debug("Ignoring while resynchronising: %s", msg)
-            return
-        if 'error' in msg:
-            # Very likely the server could not parse something we sent.
-            # It belongs to no execution, so nothing can be recovered.
-            raise ServerParseError(
-                "Server sent an error response without an ID, but there "
-                "are no ID-less executions pending. Assuming this is a "
-                "server parser failure.", msg)
-        self.logger.warning("Dropping unexpected message: %s", msg)
+    def _bh_logged_already(self, err: Exception) -> bool:
+        # The session core logged why the session ended.
+        return err is self._core.end_reason
 
     @bottom_half
     async def _bh_disconnect(self) -> None:
-        reason = "the session ended before the reply arrived"
-        if self._bh_errors:
-            reason += f" ({exception_summary(self._bh_errors[0])})"
-        reason += "; disconnect() reports why"
-        self._pending.fail_all(reason)
+        core = self._core
+        cause = self._bh_errors[0] if self._bh_errors else None
+        for future in core.take_waiters():
+            if not future.done():
+                future.set_exception(core.interrupted(
+                    cause, "; disconnect() reports why"))
         await super()._bh_disconnect()
 
 

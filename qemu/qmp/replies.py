@@ -6,19 +6,17 @@ can end with, the one place that judges a reply, and the reply router.
 reply never came because the session ended; `BadReplyError` and
 `ServerParseError` replies that break the protocol.  `check_reply` and
 `reply_value` are how both clients (`QMPClient` and the blocking
-`qemu.qmp.legacy.QEMUMonitorProtocol`) tell a value from an error.
-`PendingReplies` is `QMPClient`'s router: which execution waits for which
-reply.  The classes are also importable from `qemu.qmp.qmp_client`, where
-the reference library defines them.
+`qemu.qmp.legacy.QEMUMonitorProtocol`) tell a value from an error; which
+command a reply answers is `qemu.qmp.core`'s business.  The classes are
+also importable from `qemu.qmp.qmp_client`, where the reference library
+defines them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
-from typing import Any, Deque, Dict, Hashable, Optional, Tuple
+from typing import Any, Optional
 
-from ._ids import reply_key
 from .error import ProtocolError, QMPError
 from .message import Message
 from .models import ErrorResponse
@@ -26,7 +24,7 @@ from .models import ErrorResponse
 
 __all__ = ['ExecuteError', 'ExecInterruptedError', 'ExecuteTimeoutError',
            'ServerParseError', 'BadReplyError', 'check_reply',
-           'reply_value', 'PendingReplies', 'NO_ID']
+           'reply_value']
 
 
 class ExecuteError(QMPError):
@@ -232,120 +230,3 @@ def reply_value(reply: Message, sent: Message) -> Any:
     error = check_reply(reply, sent)
     assert error is not None
     raise ExecuteError(error, sent, reply)
-
-
-class _NoId:
-    def __repr__(self) -> str:
-        return 'NO_ID'
-
-
-#: Stands for "sent without an id" (JSON null is an id like any other).
-NO_ID: object = _NoId()
-
-
-# How many abandoned executions (timed out, cancelled) are remembered, so
-# that their late replies are dropped quietly; older ones are forgotten,
-# and a reply to one of those is logged as unknown.
-_ABANDONED_KEPT = 1000
-
-
-class PendingReplies:
-    """
-    The reply router: which execution waits for which reply.
-
-    It owns what an id means.  Replies are keyed by ``_ids.reply_key`` of
-    their JSON id, so ids of any JSON type route, ``null`` included.
-    Executions sent without an id (`NO_ID`, the raw path) wait in a FIFO:
-    the server answers in-band commands in order, so an id-less reply
-    belongs to the oldest of them, even one that stopped waiting.
-    An execution that stops waiting is remembered as abandoned, so that
-    its late reply can be told from a stray one.
-    """
-
-    def __init__(self) -> None:
-        self._by_key: Dict[Hashable, asyncio.Future[Message]] = {}
-        self._idless: Deque[asyncio.Future[Message]] = deque()
-        self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._by_key) + len(self._idless)
-
-    def add(self, exec_id: object
-            ) -> Tuple[Hashable, asyncio.Future[Message]]:
-        """
-        Make the future that the reply to ``exec_id`` will resolve.
-
-        :return: The key to `discard` it with, and the future.
-        :raise ValueError: Another execution waits on the same id.
-        """
-        future = asyncio.get_running_loop().create_future()
-        if exec_id is NO_ID:
-            self._idless.append(future)
-            return NO_ID, future
-        key = reply_key(exec_id)
-        if key in self._by_key:
-            raise ValueError(f"ID {exec_id!r} is in use by an execution "
-                             f"still waiting for its reply")
-        self._by_key[key] = future
-        return key, future
-
-    def discard(self, key: Hashable,
-                future: asyncio.Future[Message]) -> None:
-        """
-        The execution of ``future`` (added under ``key``) is over.
-
-        If it still waited (it timed out or was cancelled), its id is
-        remembered as abandoned.  An id-less one keeps its place in the
-        FIFO: the next id-less reply is still its own.
-        """
-        if key is not NO_ID and self._by_key.get(key) is future:
-            del self._by_key[key]
-            abandoned = self._abandoned
-            abandoned[key] = None
-            if len(abandoned) > _ABANDONED_KEPT:
-                abandoned.popitem(last=False)
-
-    def resolve(self, exec_id: object, msg: Message) -> bool:
-        """Hand ``msg`` to the execution waiting on ``exec_id``, if any."""
-        future = self._by_key.pop(reply_key(exec_id), None)
-        if future is None:
-            return False
-        # Done already: cancelled, and its task has not run since.  The
-        # reply is that execution's own, and dropped.
-        if not future.done():
-            future.set_result(msg)
-        return True
-
-    def fail(self, exec_id: object, error: Exception) -> bool:
-        """Raise ``error`` in the execution waiting on ``exec_id``, if
-        any (it is then gone, as if answered)."""
-        future = self._by_key.pop(reply_key(exec_id), None)
-        if future is None:
-            return False
-        if not future.done():
-            future.set_exception(error)
-        return True
-
-    def abandoned(self, exec_id: object) -> bool:
-        """Whether ``exec_id`` is that of an abandoned execution; a late
-        reply takes it off the list."""
-        return self._abandoned.pop(reply_key(exec_id), False) is None
-
-    def resolve_idless(self, msg: Message) -> bool:
-        """Hand ``msg`` to the oldest id-less execution, if any (if that
-        one was abandoned, the reply is its late one, and dropped)."""
-        if not self._idless:
-            return False
-        future = self._idless.popleft()
-        if not future.done():
-            future.set_result(msg)
-        return True
-
-    def fail_all(self, reason: str) -> None:
-        """Raise `ExecInterruptedError` in every waiting execution."""
-        futures = [*self._by_key.values(), *self._idless]
-        self._by_key.clear()
-        self._idless.clear()
-        for future in futures:
-            if not future.done():
-                future.set_exception(ExecInterruptedError(reason))

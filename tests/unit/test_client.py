@@ -358,8 +358,8 @@ async def test_abandoned_ids_are_bounded(client, server):
     for _ in range(1100):
         with pytest.raises(ExecuteTimeoutError):
             await client.execute('never', timeout=0)
-    assert len(client._pending._abandoned) == 1000  # white-box: the bound
-    assert len(client._pending) == 0
+    assert len(client._core._abandoned) == 1000  # white-box: the bound
+    assert len(client._core) == 0
 
 
 async def test_idless_late_reply_is_not_the_next_ones(client, server):

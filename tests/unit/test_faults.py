@@ -214,7 +214,7 @@ async def test_per_command_timeout_pattern(client, server):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(client.execute('hang'), 0.02)
     assert await client.execute('query-status')
-    assert len(client._pending) == 0  # white-box: no reply slot leaked
+    assert len(client._core) == 0  # white-box: no reply slot leaked
 
 
 async def test_secrets_are_not_logged_above_debug(server, caplog):
