@@ -1,27 +1,33 @@
 """
 A blocking QMP connection that any number of threads can share.  Private.
 
-`BlockingConnection` owns one connected socket and the `Codec` that reads
-it.  It sends commands, hands each reply to the thread that waits for it
-(by id), and keeps events in a FIFO.  It has no thread of its own and no
-event loop, so nothing of it can outlive the caller or block interpreter
-exit.
+`BlockingConnection` owns one connected socket and the `SessionCore` that
+holds the session's rules; it only moves bytes and wakes threads.  It has
+no thread of its own and no event loop, so nothing of it can outlive the
+caller or block interpreter exit.
 
 Strategy, "whoever waits, reads": a thread that needs something from the
-server (its reply, an event) takes the reader role if nobody has it, reads
-once without holding the lock, then routes everything that arrived under
-the lock, wakes the other waiters and gives the role up.  While another
-thread reads, a waiter sleeps on a condition and is woken after every read
-(then takes the role itself if it still has nothing).  So one thread alone
-costs one ``send`` and one ``recv`` per command, and a thread blocked in
-``pull_event(wait=True)`` reads the replies of every other thread.
+server (its reply, an event, the greeting) takes the reader role if nobody
+has it, reads once without holding the lock, then feeds the bytes to the
+core under the lock, acts on what it says, wakes the other waiters and
+gives the role up.  While another thread reads, a waiter sleeps on a
+condition and is woken after every read (then takes the role itself if it
+still has nothing).  So one thread alone costs one ``send`` and one
+``recv`` per command, and a thread blocked in ``pull_event(wait=True)``
+reads the replies of every other thread.
 
 Sending has a lock of its own, so a thread stuck writing to a server that
 stopped reading never blocks the routing of replies.
 
+A thread that calls in again while it is already inside a call (a signal
+handler, run between two bytecodes of the interrupted call) would wait on
+itself forever: it gets `ReentrantCallError` at once instead.
+
 `close` first shuts the socket down, which wakes a thread blocked in
 ``recv`` or ``send``, then waits for it to leave before closing the file
 descriptor, so no thread can ever use a descriptor number that was reused.
+In a process other than the one that connected (after ``fork()``), it only
+closes that process's descriptor: the parent's session goes on.
 """
 
 from __future__ import annotations
@@ -29,16 +35,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import select
 import socket
 import struct
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import (
     Callable,
     Deque,
-    Dict,
     Hashable,
     List,
     Optional,
@@ -49,15 +55,24 @@ from typing import (
     cast,
 )
 
-from ._ids import reply_key
 from ._sockets import READ_SIZE
-from .codec import Codec, MessageTooLongError
-from .error import ProtocolError, QMPError
+from .codec import Codec
+from .core import (
+    Phase,
+    Reply,
+    ReplyFailed,
+    SessionCore,
+    SessionEnded,
+)
+from .error import QMPError
 from .message import Message
+from .models import Greeting
 from .protocol import Runstate, StateError
-from .replies import ExecInterruptedError, ServerParseError
+from .replies import ExecInterruptedError
 from .util import exception_summary
 
+
+__all__ = ['BlockingConnection', 'ReentrantCallError', 'longest_wait']
 
 _T = TypeVar('_T')
 
@@ -66,25 +81,47 @@ _T = TypeVar('_T')
 _NOSIGNAL = getattr(socket, 'MSG_NOSIGNAL', 0)
 _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 
-# How many timed-out command ids to remember, so their late replies are
-# dropped quietly; older ones are dropped with a warning like unknown ids.
-_ABANDONED_KEPT = 1000
-
 # How many reads a wait makes after its deadline passed, to take in what
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
 
-# Marks a member missing from a message (None is a valid JSON id).
-_ABSENT = object()
+# The longest single wait (poll(), Condition.wait, Lock.acquire): longer
+# ones overflow.  A wait past it simply waits again.
+_LONGEST_WAIT = 24 * 3600.0
 
-# A read's result: the messages decoded (or, for a reply over the limit
-# whose id is known, the error that replaces it), and why the stream
-# ended, if it did.
-_Batch = Tuple[List[Union[Message, MessageTooLongError]], Optional[Exception]]
+
+def longest_wait(seconds: float) -> float:
+    """
+    ``seconds``, cut to what one blocking call can wait (a day).
+
+    An infinite or huge timeout is then waited in day-long steps.
+    """
+    return seconds if seconds < _LONGEST_WAIT else _LONGEST_WAIT
 
 
 def _milliseconds(seconds: float) -> int:
-    return max(0, math.ceil(seconds * 1000))
+    return max(0, math.ceil(longest_wait(seconds) * 1000))
+
+
+class ReentrantCallError(QMPError):
+    """
+    A thread called into a blocking client it is already inside.
+
+    This happens when a signal handler (for SIGTERM, SIGALRM, ...) uses the
+    client while the code it interrupted was in a call on it: the handler
+    would wait for a reply that only the interrupted call can read, so
+    forever.  Nothing was sent.  Set a flag in the handler and act on it
+    after the call returns, or use another client.
+    """
+
+
+class _Slot:
+    """Where the reply to one waiting command lands."""
+
+    __slots__ = ('reply',)
+
+    def __init__(self) -> None:
+        self.reply: Optional[Union[Message, Exception]] = None
 
 
 class BlockingConnection:
@@ -94,34 +131,34 @@ class BlockingConnection:
     :param sock: The connected socket; this object owns and closes it.
     :param limit: The longest message accepted, in bytes.
     :param logger: Where to log.
+    :param negotiate: Wait for the greeting and negotiate (`handshake`);
+        `False` for the guest agent.
     """
 
     def __init__(self, sock: socket.socket, limit: int,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, negotiate: bool = True) -> None:
         sock.setblocking(True)
         self._sock = sock
-        self._codec = Codec(limit)
+        self._pid = os.getpid()
         self._logger = logger
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._can_pass_fds = sock.family == socket.AF_UNIX
 
-        # _lock guards everything below it; _changed wakes waiters after
-        # each read and when the connection ends.
+        # _lock guards the core and everything below it; _changed wakes
+        # waiters after each read and when the connection ends.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._core: SessionCore[_Slot] = SessionCore(
+            logger, limit=limit, await_greeting=negotiate,
+            negotiate=negotiate)
         self._sleepers = 0
         self._reading = False
-        self._greeting_pending = False
-        self._greeting: Optional[Message] = None
-        # Ids whose callers wait; replies that came for them.
-        self._waiting: Set[Hashable] = set()
-        self._replies: Dict[Hashable, Union[Message, Exception]] = {}
-        # Ids whose callers gave up; their late replies drop quietly.
-        self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
         self._events: Deque[Message] = deque()
-        # Why no more messages can arrive; set once.
-        self._ended: Optional[BaseException] = None
         self._closed = False
+        # Threads inside a call, to refuse re-entry (see ReentrantCallError)
+        # and a close() asked for by one, done when it leaves.
+        self._inside: Set[int] = set()
+        self._close_deferred = False
 
         self._send_lock = threading.Lock()
         self._readable = select.poll()
@@ -132,7 +169,7 @@ class BlockingConnection:
     @property
     def ended(self) -> bool:
         """Whether the session is over: no more messages can arrive."""
-        return self._ended is not None
+        return self._core.phase is Phase.ENDED
 
     @property
     def closed(self) -> bool:
@@ -140,101 +177,134 @@ class BlockingConnection:
         return self._closed
 
     # ------------------------------------------------------------------
-    # Commands and greeting
+    # Re-entry from signal handlers
     # ------------------------------------------------------------------
 
-    def execute(self, data: bytes, exec_id: object,
-                deadline: Optional[float]) -> Message:
+    def _enter(self) -> None:
+        thread = threading.get_ident()
+        if thread in self._inside:
+            raise ReentrantCallError(
+                "this thread is already inside a call on this connection "
+                "(is this a signal handler?); calling in again would wait "
+                "for itself forever")
+        self._inside.add(thread)
+
+    def _leave(self) -> None:
+        self._inside.discard(threading.get_ident())
+        if self._close_deferred and not self._inside:
+            self.close()
+
+    # ------------------------------------------------------------------
+    # Handshake, commands
+    # ------------------------------------------------------------------
+
+    def handshake(self, deadline: Optional[float]) -> Greeting:
         """
-        Send an encoded command whose id is ``exec_id``; return its reply.
+        Wait for the greeting, then negotiate, all by ``deadline``.
+
+        :return: The greeting.
+        :raise asyncio.TimeoutError: Not done by ``deadline``; the
+            greeting is `greeting` if it came.
+        :raise GreetingError, NegotiationError: The server's greeting was
+            not one, or it refused the negotiation.
+        :raise EOFError, OSError, ProtocolError: The connection ended
+            first (the root cause is raised, not wrapped).
+        """
+        core = self._core
+        self._enter()
+        try:
+            try:
+                greeting = self._wait(lambda: core.greeting, deadline)
+                if greeting is None:
+                    raise asyncio.TimeoutError
+                if core.phase is Phase.NEGOTIATING:
+                    with self._lock:
+                        command = core.negotiation_command()
+                    self._send(Codec.encode(command), deadline)
+                    if self._wait(lambda: core.phase is Phase.RUNNING or None,
+                                  deadline) is None:
+                        raise asyncio.TimeoutError
+            except ExecInterruptedError as err:
+                assert err.__cause__ is not None
+                raise err.__cause__ from None
+            return greeting
+        finally:
+            self._leave()
+
+    @property
+    def greeting(self) -> Optional[Greeting]:
+        """The server's greeting, once it came."""
+        return self._core.greeting
+
+    def execute(self, msg: Message, assign_id: bool,
+                deadline: Optional[float]) -> Tuple[Message, Message]:
+        """
+        Send a command and return its reply.
 
         A `KeyboardInterrupt` (or any `BaseException` that is not an
         `Exception`) while waiting closes the connection before it
         propagates: the session is never left with a reply in limbo.
 
-        :param data: The command, encoded (`Codec.encode`).
-        :param exec_id: Its id, as in ``data``.
+        :param msg: The command.
+        :param assign_id: Give it an id of the client's own (see
+            `SessionCore.prepare`).
         :param deadline: `time.monotonic` time to give up at, or `None`.
+        :return: The copy that was sent, and the reply.
         :raise asyncio.TimeoutError: No reply by ``deadline``.  The
             connection stays usable; the late reply is dropped.
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: The connection had ended already.
-        :raise ValueError: Another command with this id is waiting.
+        :raise ValueError: A bad command (see `SessionCore.prepare`), or
+            another command with this id is waiting.
+        :raise ReentrantCallError: Called from inside another call.
         """
-        key = reply_key(exec_id)
-        with self._lock:
-            if self._ended is not None:
-                raise self._not_connected()
-            if key in self._waiting:
-                raise ValueError(f"ID {exec_id!r} is in use by a command "
-                                 f"still waiting for its reply")
-            self._waiting.add(key)
+        core = self._core
+        self._enter()
         try:
-            sent = False
-            self._send(data, deadline)
-            sent = True
-            replies = self._replies
+            exec_id, wire = core.prepare(msg, assign_id)
+            slot = _Slot()
+            with self._lock:
+                if core.phase is Phase.ENDED:
+                    raise self._not_connected()
+                key = core.add_pending(exec_id, slot)
+            reply = self._send_and_wait(bytes(wire) + b'\n', key, slot,
+                                        deadline)
+            if isinstance(reply, Exception):
+                raise reply  # a reply over the limit: this command failed
+            return wire, reply
+        finally:
+            self._leave()
 
-            def take() -> Optional[Union[Message, Exception]]:
-                return replies.pop(key, None)
+    def _send_and_wait(self, data: bytes, key: Hashable, slot: _Slot,
+                       deadline: Optional[float]
+                       ) -> Union[Message, Exception]:
+        try:
+            self._send(data, deadline)
             # (mypy joins Message and Exception into object here.)
             reply = cast(Optional[Union[Message, Exception]],
-                         self._wait(take, deadline))
+                         self._wait(lambda: slot.reply, deadline))
         except BaseException as exc:
             with self._lock:
-                self._waiting.discard(key)
-                self._replies.pop(key, None)
-                if sent:
-                    self._abandon(key)
+                self._core.abandon(key, slot)
             if not isinstance(exc, Exception):
                 self.close()
             raise
-        with self._lock:
-            self._waiting.discard(key)
-            if reply is None:
-                self._abandon(key)
         if reply is None:
+            with self._lock:
+                self._core.abandon(key, slot)
             raise asyncio.TimeoutError
-        if isinstance(reply, Exception):
-            raise reply  # a reply over the limit: this command failed
         return reply
 
-    def _abandon(self, key: Hashable) -> None:
-        abandoned = self._abandoned
-        abandoned[key] = None
-        if len(abandoned) > _ABANDONED_KEPT:
-            abandoned.popitem(last=False)
-
-    def greeting(self, deadline: Optional[float]) -> Message:
-        """
-        Wait for the first message of the session, the server's greeting.
-
-        Call it before anything else is read.
-
-        :raise asyncio.TimeoutError: Nothing by ``deadline``.
-        :raise EOFError, OSError, ProtocolError: The connection ended
-            first (the root cause is raised, not wrapped).
-        """
-        with self._lock:
-            self._greeting_pending = True
-        try:
-            greeting = self._wait(lambda: self._greeting, deadline)
-        except ExecInterruptedError as err:
-            assert err.__cause__ is not None
-            raise err.__cause__ from None
-        if greeting is None:
-            raise asyncio.TimeoutError
-        return greeting
-
     def _not_connected(self) -> StateError:
+        reason = self._core.end_reason
+        assert reason is not None
         if self._closed:
-            reason = "The connection was closed."
+            text = "The connection was closed."
         else:
-            reason = (f"The server closed the connection "
-                      f"({exception_summary(self._ended)})."
-                      if self._ended is not None else "Not connected.")
-        error = StateError(reason, Runstate.DISCONNECTING, Runstate.RUNNING)
-        error.__cause__ = self._ended
+            text = (f"The server closed the connection "
+                    f"({exception_summary(reason)}).")
+        error = StateError(text, Runstate.DISCONNECTING, Runstate.RUNNING)
+        error.__cause__ = reason
         return error
 
     # ------------------------------------------------------------------
@@ -249,38 +319,48 @@ class BlockingConnection:
         :return: The event, or `None` if none came by ``deadline``.
         :raise EOFError: No event is pending and the connection ended, so
             none can come.
+        :raise ReentrantCallError: Called from inside another call.
         """
         events = self._events
+        self._enter()
         try:
             return self._wait(
                 lambda: events.popleft() if events else None, deadline)
         except ExecInterruptedError as err:
             raise EOFError(
                 "the connection is closed: no event can arrive") from err
+        finally:
+            self._leave()
 
     def take_events(self) -> List[Message]:
         """
         Return every pending event, after reading what has arrived.
 
         Events received before the connection ended are still returned.
+
+        :raise ReentrantCallError: Called from inside another call.
         """
+        self._enter()
         try:
-            self._wait(lambda: None, time.monotonic())
-        except ExecInterruptedError:
-            pass  # the connection ended; what it brought is still here
-        with self._lock:
-            events = list(self._events)
-            self._events.clear()
-        return events
+            try:
+                self._wait(lambda: None, time.monotonic())
+            except ExecInterruptedError:
+                pass  # the connection ended; what it brought is still here
+            with self._lock:
+                events = list(self._events)
+                self._events.clear()
+            return events
+        finally:
+            self._leave()
 
     # ------------------------------------------------------------------
-    # Reading and routing
+    # Reading, and acting on what the core says
     # ------------------------------------------------------------------
 
     def _wait(self, take: Callable[[], Optional[_T]],
               deadline: Optional[float]) -> Optional[_T]:
         """
-        Read and route until ``take()`` returns something, and return it.
+        Read until ``take()`` returns something, and return it.
 
         ``take`` runs under the lock.  Before giving up at ``deadline``,
         what has already arrived is read (up to `_LATE_READS` reads, so a
@@ -291,24 +371,23 @@ class BlockingConnection:
         :raise ExecInterruptedError: The connection ended and ``take`` has
             nothing; ``__cause__`` says why it ended.
         """
-        batch: Optional[_Batch] = None
+        received: Union[bytes, OSError, None] = None
         late_reads = 0  # reads made once the deadline had passed
-        drained = False  # the last read found nothing waiting
         read = False
         while True:
             with self._lock:
                 if read:
                     read = False
                     self._reading = False
-                    if batch is not None:
-                        self._route(batch)
+                    if received is not None:
+                        self._take_in(received)
                     if self._sleepers:
                         self._changed.notify_all()
                 value = take()
                 if value is not None:
                     return value
-                if self._ended is not None:
-                    raise self._interrupted()
+                if self._core.phase is Phase.ENDED:
+                    raise self._core.interrupted()
                 remaining = None if deadline is None \
                     else deadline - time.monotonic()
                 out_of_time = remaining is not None and remaining <= 0
@@ -317,18 +396,21 @@ class BlockingConnection:
                         return None
                     self._sleepers += 1
                     try:
-                        self._changed.wait(remaining)
+                        self._changed.wait(
+                            None if remaining is None
+                            else longest_wait(remaining))
                     finally:
                         self._sleepers -= 1
                     continue
                 if out_of_time:
-                    if drained or late_reads == _LATE_READS:
+                    # The last read found nothing waiting, or enough reads.
+                    if (late_reads and received is None) \
+                            or late_reads == _LATE_READS:
                         return None
                     late_reads += 1
                 self._reading = True
             try:
-                batch = self._read(remaining)
-                drained = batch is None
+                received = self._read(remaining)
                 read = True
             except BaseException:
                 with self._lock:
@@ -336,108 +418,49 @@ class BlockingConnection:
                     self._changed.notify_all()
                 raise
 
-    def _interrupted(self) -> ExecInterruptedError:
-        if self._closed or self._ended is None:
-            text = "the connection was closed before the reply arrived"
-        else:
-            text = (f"the connection ended before the reply arrived: "
-                    f"{exception_summary(self._ended)}")
-        error = ExecInterruptedError(text)
-        error.__cause__ = self._ended
-        return error
-
-    def _read(self, timeout: Optional[float]) -> Optional[_Batch]:
+    def _read(self, timeout: Optional[float]) -> Union[bytes, OSError, None]:
         """
-        Read once (up to ``timeout`` seconds) and decode, unlocked.
+        Read once (up to ``timeout`` seconds), unlocked.
 
-        :return: What was read, or `None` if nothing came in time.
+        :return: The bytes (``b''`` at end of stream), the error that
+            reading raised, or `None` if nothing came in time.
         """
         try:
             if timeout is not None and \
                     not self._readable.poll(_milliseconds(timeout)):
                 return None
-            data = self._sock.recv(READ_SIZE)
+            return self._sock.recv(READ_SIZE)
         except OSError as err:
-            return [], err
-        codec = self._codec
-        codec.feed(data)
-        messages: List[Union[Message, MessageTooLongError]] = []
+            return err
+
+    def _take_in(self, received: Union[bytes, OSError]) -> None:
+        """Feed what one read brought to the core, and act on what it
+        says; called with the lock held."""
+        core = self._core
+        if isinstance(received, OSError):
+            core.connection_lost(received)
+            return
+        core.receive_data(received)
+        debug = self._debug
         while True:
-            try:
-                msg = codec.next_message()
-            except MessageTooLongError as err:
-                if not err.has_reply_id:
-                    return messages, err
-                messages.append(err)  # fails only its own command
-                continue
-            except (ProtocolError, EOFError) as err:
-                return messages, err
-            if msg is None:
-                return messages, None
-            messages.append(msg)
-
-    def _route(self, batch: _Batch) -> None:
-        """Hand out what one read brought; called with the lock held."""
-        messages, end = batch
-        for msg in messages:
-            if isinstance(msg, MessageTooLongError):
-                self._logger.warning("A reply over the size limit (id %r): "
-                                     "%s", msg.reply_id, msg)
-                self._route_reply(msg.reply_id, msg)
-                continue
-            if self._debug:
-                self._logger.debug("< %s", msg)
-            if self._greeting_pending:
-                self._greeting_pending = False
-                self._greeting = msg
-                continue
-            exec_id = msg.get('id', _ABSENT)
-            if exec_id is not _ABSENT:
-                self._route_reply(exec_id, msg)
-            elif 'event' in msg:
-                if type(msg['event']) is str:
-                    self._events.append(msg)
-                else:
-                    self._logger.warning("Dropping event without a name: "
-                                         "%s", msg)
-            elif 'error' in msg:
-                # The server could not parse what we sent, so which
-                # command failed is unknown: nothing more can be trusted.
-                end = ServerParseError(
-                    "Server sent an error response without an ID: it "
-                    "could not parse a command.", msg)
-                break
+            item = core.next_message()
+            if type(item) is Message:
+                if debug:
+                    self._logger.debug("< %s", item)
+                event = core.route(item)
+                if event is item:
+                    self._events.append(item)
+                elif type(event) is Reply:
+                    event.waiter.reply = event.msg
+                elif type(event) is SessionEnded:
+                    return
+                # The greeting and the negotiation's end: core.phase.
+            elif item is None:
+                return
+            elif type(item) is ReplyFailed:
+                item.waiter.reply = item.error
             else:
-                self._logger.warning("Dropping unexpected message: %s", msg)
-        if end is not None:
-            self._end(end)
-
-    def _route_reply(self, exec_id: object,
-                     msg: Union[Message, Exception]) -> None:
-        key = reply_key(exec_id)
-        if key in self._waiting:
-            self._replies[key] = msg
-        elif key in self._abandoned:
-            del self._abandoned[key]
-            self._logger.debug("Dropping the late reply to id %r, whose "
-                               "caller stopped waiting", exec_id)
-        else:
-            # The QMP spec: clients drop replies with an unknown id.
-            self._logger.warning("Dropping reply with unknown id %r",
-                                 exec_id)
-
-    def _end(self, why: BaseException) -> None:
-        """Record why the stream ended (the first reason only)."""
-        if self._ended is not None:
-            return
-        self._ended = why
-        if self._closed:
-            return
-        if isinstance(why, EOFError) and not isinstance(why, ProtocolError):
-            self._logger.info("The server closed the connection.")
-        else:
-            self._logger.error("The connection ended: %s",
-                               exception_summary(why))
+                return  # SessionEnded
 
     # ------------------------------------------------------------------
     # Sending
@@ -463,7 +486,7 @@ class BlockingConnection:
             raise  # an OSError too, from Python 3.11 on
         except OSError as err:
             if self._closed:
-                raise self._interrupted() from None
+                raise self._core.interrupted() from None
             # The peer is gone (EPIPE, ECONNRESET): read what it sent
             # before going, so its last events are kept and the end of
             # the stream is known.
@@ -477,7 +500,7 @@ class BlockingConnection:
 
     def _send_by(self, data: bytes, deadline: float) -> None:
         if not self._send_lock.acquire(
-                timeout=max(0.0, deadline - time.monotonic())):
+                timeout=longest_wait(max(0.0, deadline - time.monotonic()))):
             raise asyncio.TimeoutError
         try:
             view = memoryview(data)
@@ -492,6 +515,8 @@ class BlockingConnection:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or \
                         not self._writable.poll(_milliseconds(remaining)):
+                    if remaining > 0:
+                        continue  # a day-long step of a longer wait
                     if sent:
                         self._break("a command timed out half sent")
                     raise asyncio.TimeoutError
@@ -501,7 +526,7 @@ class BlockingConnection:
     def _break(self, why: str) -> None:
         """End the session because the stream can no longer be trusted."""
         with self._lock:
-            self._end(QMPError(why))
+            self._core.connection_lost(QMPError(why))
             self._changed.notify_all()
         self._shutdown()
 
@@ -515,16 +540,21 @@ class BlockingConnection:
             nothing is sent.
         :raise QMPError: Not a UNIX socket.
         :raise StateError: The connection has ended.
+        :raise ReentrantCallError: Called from inside another call.
         """
         if not self._can_pass_fds:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
-        with self._lock:
-            if self._ended is not None:
-                raise self._not_connected()
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                      struct.pack('@i', fd))]
-        with self._send_lock:
-            self._sock.sendmsg([b' '], ancillary, _NOSIGNAL)
+        self._enter()
+        try:
+            with self._lock:
+                if self._core.phase is Phase.ENDED:
+                    raise self._not_connected()
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                          struct.pack('@i', fd))]
+            with self._send_lock:
+                self._sock.sendmsg([b' '], ancillary, _NOSIGNAL)
+        finally:
+            self._leave()
 
     # ------------------------------------------------------------------
     # Closing
@@ -535,14 +565,29 @@ class BlockingConnection:
         Close the connection; idempotent, and never raises.
 
         Threads waiting for a reply get `ExecInterruptedError`, those
-        waiting for an event `EOFError`.
+        waiting for an event `EOFError`.  Called by a thread that is inside
+        a call (a signal handler), it wakes that call, which then finishes
+        the close.  In a forked child, it closes only the child's copy of
+        the socket.
         """
+        if os.getpid() != self._pid:
+            # The socket is shared with the parent: no shutdown(), which
+            # would end the parent's session too.
+            self._closed = True
+            self._sock.close()
+            return
+        if threading.get_ident() in self._inside:
+            # The interrupted call may hold the lock: do only what needs
+            # none, and let that call finish the close on its way out.
+            self._close_deferred = True
+            self._core.close()
+            self._shutdown()
+            return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            if self._ended is None:
-                self._ended = EOFError("the connection was closed")
+            self._core.close()
             self._changed.notify_all()
         self._shutdown()
         # Wait for a sender and a reader to leave the descriptor alone.

@@ -78,14 +78,18 @@ def _tcp_address(address: object) -> Tuple[str, int]:
         f"or a connected socket.socket, not {address!r}")
 
 
-def connect_blocking(address: Union[SocketAddrT, socket.socket]
-                     ) -> socket.socket:
+def connect_blocking(address: Union[SocketAddrT, socket.socket],
+                     timeout: Optional[float] = None) -> socket.socket:
     """
     Connect to ``address`` and return a blocking socket.
 
     A `socket.socket` given as the address is returned as it is, in
     blocking mode.
 
+    :param timeout: Seconds the connection may take; `None` waits as long
+        as it takes (a UNIX socket whose server has a full backlog waits
+        until the server accepts someone).
+    :raise socket.timeout: Not connected in time.
     :raise OSError: The connection failed.
     :raise TypeError: ``address`` is none of the accepted forms.
     """
@@ -95,12 +99,15 @@ def connect_blocking(address: Union[SocketAddrT, socket.socket]
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            sock.settimeout(timeout)
             sock.connect(address)
         except BaseException:
             sock.close()
             raise
-        return sock
-    return socket.create_connection(_tcp_address(address))
+    else:
+        sock = socket.create_connection(_tcp_address(address), timeout)
+    sock.setblocking(True)
+    return sock
 
 
 async def listen(address: SocketAddrT) -> socket.socket:
@@ -205,7 +212,9 @@ def accept_blocking(listener: socket.socket,
     :raise socket.timeout: Nobody connected in time.
     :raise OSError: Accepting failed.
     """
-    listener.settimeout(timeout)
+    # (An infinite or huge timeout would overflow settimeout().)
+    listener.settimeout(None if timeout is None or timeout > 86400.0
+                        else timeout)
     try:
         conn, _ = listener.accept()
     except BlockingIOError:  # a zero timeout: nobody was waiting

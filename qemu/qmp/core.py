@@ -409,9 +409,8 @@ class SessionCore(Generic[W]):
             if waiter is not None:
                 return Reply(waiter, msg)
             if self._abandoned.pop(key, False) is None:
-                self.logger.debug("Dropping the late reply to a command "
-                                  "that timed out or was cancelled (id %r)",
-                                  exec_id)
+                self.logger.debug("Dropping the late reply to id %r, whose "
+                                  "caller stopped waiting", exec_id)
             else:
                 self.logger.warning("Dropping reply with unknown id %r",
                                     exec_id)
@@ -429,7 +428,7 @@ class SessionCore(Generic[W]):
             if waiter is not None:
                 return Reply(waiter, msg)
             self.logger.debug("Dropping the late reply to an id-less "
-                              "command that timed out or was cancelled")
+                              "command whose caller stopped waiting")
             return None
         if 'error' in msg:
             if self.resyncing:
@@ -488,9 +487,9 @@ class SessionCore(Generic[W]):
                                 "command (id %r): %s", err.reply_id, err)
             return ReplyFailed(waiter, err)
         if self._abandoned.pop(key, False) is None:
-            self.logger.debug("Dropping the over-long late reply to a "
-                              "command that timed out or was cancelled "
-                              "(id %r)", err.reply_id)
+            self.logger.debug("Dropping the over-long late reply to id "
+                              "%r, whose caller stopped waiting",
+                              err.reply_id)
         else:
             self.logger.warning("Dropping an over-long reply with unknown "
                                 "id %r", err.reply_id)

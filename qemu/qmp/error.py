@@ -26,6 +26,7 @@ that raises it; this map shows the whole tree in one place:
     ├── ListenerError                         events.py
     ├── EventTimeoutError                     expect.py
     ├── QMPBadPortError                       legacy.py
+    ├── ReentrantCallError                    _blocking.py
     └── QMPShellError                         qmp_shell.py
 
 ``tests/unit/test_errors.py`` walks ``QMPError.__subclasses__()`` and fails

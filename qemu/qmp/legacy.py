@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from types import TracebackType
@@ -47,6 +48,7 @@ from typing import (
     List,
     Literal,
     Optional,
+    Tuple,
     Type,
     TypeVar,
     Union,
@@ -54,31 +56,19 @@ from typing import (
 )
 
 from . import _sockets
-from ._blocking import BlockingConnection
-from ._ids import IdMaker, check_caller_id
-from .codec import DEFAULT_LIMIT, Codec
-from .error import ProtocolError, QMPError
+from ._blocking import BlockingConnection, ReentrantCallError, longest_wait
+from .codec import DEFAULT_LIMIT
+from .error import QMPError
 from .message import Message
 from .models import Greeting
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
-from .handshake import (
-    capabilities_command,
-    greeting_timeout,
-    negotiation_error,
-    read_greeting,
-)
-from .replies import (
-    ExecInterruptedError,
-    ExecuteError,
-    ExecuteTimeoutError,
-    check_reply,
-    reply_value,
-)
+from .handshake import greeting_timeout, negotiation_error
+from .replies import ExecuteTimeoutError, check_reply, reply_value
 from .util import exception_summary
 
 
 __all__ = ['QEMUMonitorProtocol', 'QMPBadPortError', 'QMPMessage',
-           'QMPObject', 'QMPReturnValue']
+           'QMPObject', 'QMPReturnValue', 'ReentrantCallError']
 
 #: QMPMessage is an entire QMP message of any kind.
 QMPMessage = Dict[str, Any]
@@ -135,7 +125,6 @@ class QEMUMonitorProtocol:
         self._timeout: Optional[float] = None
         self._listener: Optional[socket.socket] = None
         self._conn: Optional[BlockingConnection] = None
-        self._make_id = IdMaker()
         if self._address is None:
             raise ValueError("give an address (or a connected sock)")
         if server and isinstance(address, socket.socket):
@@ -225,10 +214,11 @@ class QEMUMonitorProtocol:
 
         :param negotiate: Await the greeting and negotiate capabilities
             (the guest agent does neither: pass `False`).
-        :param timeout: Seconds to wait for the greeting and for the
-            negotiation, each; `None` (the reference library's behaviour)
-            waits forever.  A socket that never greets is most likely the
-            guest agent's, and the error says so.
+        :param timeout: Seconds for the whole connection: the socket's
+            (a monitor busy with another client leaves it waiting), the
+            greeting and the negotiation; `None` (the reference library's
+            behaviour) waits forever.  A socket that never greets is most
+            likely the guest agent's, and the error says so.
         :return: The greeting as a dict, or `None` without negotiation.
         :raise StateError: Already connected, or listening (`accept`).
         :raise ConnectError: The connection or the negotiation failed (or
@@ -240,12 +230,22 @@ class QEMUMonitorProtocol:
                              "connect().", Runstate.CONNECTING,
                              Runstate.IDLE)
         assert self._address is not None
+        deadline = None if timeout is None \
+            else time.monotonic() + timeout
         try:
-            sock = _sockets.connect_blocking(self._address)
+            sock = _sockets.connect_blocking(
+                self._address, None if timeout is None
+                else longest_wait(timeout))
+        except socket.timeout as err:
+            raise ConnectError(
+                "Failed to establish connection", TimeoutError(
+                    f"the socket did not accept the connection within "
+                    f"{timeout} seconds (is another client connected?)"),
+                self._address) from err
         except (OSError, TypeError) as err:
             raise ConnectError("Failed to establish connection", err,
                                self._address) from err
-        return self._start_session(sock, negotiate, timeout)
+        return self._start_session(sock, negotiate, timeout, deadline)
 
     def accept(self, timeout: Optional[float] = 15.0) -> Dict[str, Any]:
         """
@@ -319,12 +319,13 @@ class QEMUMonitorProtocol:
         """
         if deadline is None and timeout is not None:
             deadline = time.monotonic() + timeout
-        conn = BlockingConnection(sock, DEFAULT_LIMIT, self.logger)
+        conn = BlockingConnection(sock, DEFAULT_LIMIT, self.logger,
+                                  negotiate)
         try:
             greeting = None
             if negotiate:
-                greeting = self._greet(conn, deadline, timeout)
-                self._negotiate(conn, greeting, deadline, timeout)
+                greeting = self._handshake(conn, deadline,
+                                           timeout)._asdict()
         except BaseException as err:
             conn.close()
             if isinstance(err, Exception):
@@ -337,28 +338,14 @@ class QEMUMonitorProtocol:
         return greeting
 
     @staticmethod
-    def _greet(conn: BlockingConnection, deadline: Optional[float],
-               timeout: Optional[float]) -> QMPMessage:
+    def _handshake(conn: BlockingConnection, deadline: Optional[float],
+                   timeout: Optional[float]) -> Greeting:
         try:
-            msg = conn.greeting(deadline)
+            return conn.handshake(deadline)
         except asyncio.TimeoutError as err:
-            raise greeting_timeout(timeout, err) from err
-        read_greeting(msg)
-        return dict(msg)
-
-    def _negotiate(self, conn: BlockingConnection, greeting: QMPMessage,
-                   deadline: Optional[float],
-                   timeout: Optional[float]) -> None:
-        exec_id = self._make_id()
-        msg = {**capabilities_command(Greeting(greeting)), 'id': exec_id}
-        try:
-            reply = conn.execute(Codec.encode(msg), exec_id, deadline)
-            reply_value(reply, Message(msg, eager=False))
-        except (asyncio.TimeoutError, ProtocolError, ExecuteError) as err:
+            if conn.greeting is None:
+                raise greeting_timeout(timeout, err) from err
             raise negotiation_error(err, timeout) from err
-        except ExecInterruptedError as err:
-            cause = err.__cause__
-            raise cause if isinstance(cause, Exception) else err
 
     # ------------------------------------------------------------------
     # Commands
@@ -375,14 +362,16 @@ class QEMUMonitorProtocol:
         timeout = self._timeout
         return None if timeout is None else time.monotonic() + timeout
 
-    def _exchange(self, conn: BlockingConnection, msg: QMPMessage,
-                  exec_id: object) -> Message:
-        """Send ``msg`` (its id is ``exec_id``), return the reply.
+    def _exchange(self, msg: Message,
+                  assign_id: bool) -> Tuple[Message, Message]:
+        """
+        Send ``msg``; return the copy sent and the reply.
 
         :raise ExecuteTimeoutError: No reply within `settimeout` seconds.
         """
+        conn = self._connection()
         try:
-            return conn.execute(Codec.encode(msg), exec_id, self._deadline())
+            return conn.execute(msg, assign_id, self._deadline())
         except asyncio.TimeoutError:
             name = str(msg.get('execute', msg.get('exec-oob')))
             assert self._timeout is not None
@@ -404,20 +393,12 @@ class QEMUMonitorProtocol:
             the connection stays usable.
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: Not connected.
+        :raise ReentrantCallError: Called from a signal handler while the
+            code it interrupted was inside a call on this client.
         """
-        conn = self._connection()
-        if 'execute' not in qmp_cmd and 'exec-oob' not in qmp_cmd:
-            raise ValueError("Requires 'execute' or 'exec-oob' message")
         ours = 'id' not in qmp_cmd
-        if ours:
-            exec_id: object = self._make_id()
-            wire = {**qmp_cmd, 'id': exec_id}
-        else:
-            exec_id = qmp_cmd['id']
-            check_caller_id(exec_id)
-            wire = qmp_cmd
-        reply = self._exchange(conn, wire, exec_id)
-        check_reply(reply, Message(wire, eager=False))
+        wire, reply = self._exchange(Message(qmp_cmd, eager=False), ours)
+        check_reply(reply, wire)
         result = dict(reply)
         if ours:
             del result['id']
@@ -448,13 +429,11 @@ class QEMUMonitorProtocol:
         :raise ExecInterruptedError: The connection ended first.
         :raise StateError: Not connected.
         """
-        conn = self._connection()
-        exec_id = self._make_id()
-        msg = {'execute': cmd, 'arguments': kwds, 'id': exec_id}
-        reply = self._exchange(conn, msg, exec_id)
+        wire, reply = self._exchange(
+            Message({'execute': cmd, 'arguments': kwds}, eager=False), True)
         if 'return' in reply:
             return reply['return']
-        return reply_value(reply, Message(msg, eager=False))
+        return reply_value(reply, wire)
 
     # deprecated in 0.1.0 - 2026-11-22: older releases' name for cmd()
     command = cmd
@@ -497,7 +476,8 @@ class QEMUMonitorProtocol:
             return None
         if wait is False:
             return 0.0
-        return max(0.0, float(wait))
+        seconds = float(wait)
+        return None if seconds == math.inf else max(0.0, seconds)
 
     def pull_event(self,
                    wait: Union[bool, float] = False) -> Optional[QMPMessage]:
