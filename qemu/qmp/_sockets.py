@@ -16,6 +16,7 @@ import asyncio
 import os
 import socket
 import stat
+import time
 from ssl import SSLContext
 from typing import Any, Optional, Sequence, Tuple, Union, cast
 
@@ -99,8 +100,7 @@ def connect_blocking(address: Union[SocketAddrT, socket.socket],
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
-            sock.connect(address)
+            _connect_unix(sock, address, timeout)
         except BaseException:
             sock.close()
             raise
@@ -108,6 +108,37 @@ def connect_blocking(address: Union[SocketAddrT, socket.socket],
         sock = socket.create_connection(_tcp_address(address), timeout)
     sock.setblocking(True)
     return sock
+
+
+def _connect_unix(sock: socket.socket, path: str,
+                  timeout: Optional[float]) -> None:
+    """
+    Connect ``sock`` to the UNIX socket at ``path`` within ``timeout``.
+
+    A blocking connect() to a server whose listen backlog is full (a QEMU
+    monitor busy with another client) waits until the server accepts
+    someone, however long; a non-blocking one fails at once with EAGAIN,
+    and there is nothing to poll for.  So, with a timeout, it is tried
+    again, 10 ms apart and then up to 100 ms apart, until the deadline.
+
+    :raise socket.timeout: Not connected in time.
+    """
+    if timeout is None:
+        sock.connect(path)
+        return
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("timed out") from None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.1)
 
 
 async def listen(address: SocketAddrT) -> socket.socket:
