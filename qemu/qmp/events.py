@@ -410,15 +410,12 @@ class Events:
 
         Without a listener that overrides ``put()``, this is done at once,
         with no coroutine per event, and returns `None`; otherwise it
-        returns the awaitable that does it.  An event whose name is not a
-        string is logged and dropped.
+        returns the awaitable that does it.  (The session core dropped
+        any event whose name is not a string.)
 
         :param msg: The event.
         :return: `None`, or something to await.
         """
-        if type(msg.get('event')) is not str:
-            logger.warning("Dropping event without a name: %s", msg)
-            return None
         if self._dispatch_is_sync:
             self._dispatch_at_once(msg)
             return None
