@@ -332,6 +332,16 @@ class SessionCore(Generic[W]):
         self._negotiation = msg
         return msg
 
+    def greeted(self, greeting: Greeting) -> None:
+        """
+        The server's greeting came (read by `route`, or by a client's own
+        means): negotiation, if asked for, is next.
+        """
+        self.greeting = greeting
+        if self.phase is Phase.GREETING:
+            self.phase = Phase.NEGOTIATING if self._negotiate \
+                else Phase.RUNNING
+
     # ------------------------------------------------------------------
     # Bytes in: bottom half
     # ------------------------------------------------------------------
@@ -405,9 +415,9 @@ class SessionCore(Generic[W]):
         exec_id = msg.get('id', _ABSENT)
         if exec_id is not _ABSENT:
             key = reply_key(exec_id)
-            waiter = self._by_key.pop(key, None)
-            if waiter is not None:
-                return Reply(waiter, msg)
+            waiter = self._by_key.pop(key, _ABSENT)
+            if waiter is not _ABSENT:
+                return Reply(waiter, msg)  # type: ignore[arg-type]
             if self._abandoned.pop(key, False) is None:
                 self.logger.debug("Dropping the late reply to id %r, whose "
                                   "caller stopped waiting", exec_id)
@@ -448,12 +458,11 @@ class SessionCore(Generic[W]):
         phase = self.phase
         if phase is Phase.GREETING:
             try:
-                self.greeting = read_greeting(msg)
+                greeting = read_greeting(msg)
             except GreetingError as err:
                 return self._end(err)
-            self.phase = Phase.NEGOTIATING if self._negotiate \
-                else Phase.RUNNING
-            return self.greeting
+            self.greeted(greeting)
+            return greeting
         if phase is Phase.NEGOTIATING:
             if 'event' in msg:
                 return self._early_event(msg)
@@ -481,11 +490,11 @@ class SessionCore(Generic[W]):
                         ) -> Optional['ReplyFailed[W]']:
         """A reply over the size limit: only its command fails."""
         key = reply_key(err.reply_id)
-        waiter = self._by_key.pop(key, None)
-        if waiter is not None:
+        waiter = self._by_key.pop(key, _ABSENT)
+        if waiter is not _ABSENT:
             self.logger.warning("A reply over the size limit failed its "
                                 "command (id %r): %s", err.reply_id, err)
-            return ReplyFailed(waiter, err)
+            return ReplyFailed(waiter, err)  # type: ignore[arg-type]
         if self._abandoned.pop(key, False) is None:
             self.logger.debug("Dropping the over-long late reply to id "
                               "%r, whose caller stopped waiting",

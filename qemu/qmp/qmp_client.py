@@ -235,7 +235,8 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         """
         core = self._core = self._new_core()
         if core.phase is Phase.GREETING:
-            await self._get_greeting()
+            # (A subclass's _get_greeting may read it by its own means.)
+            core.greeted(await self._get_greeting())
         if core.phase is Phase.NEGOTIATING:
             await self._negotiate()
         await super()._establish_session()

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import socket
+import threading
 
 import pytest
 
@@ -19,6 +20,7 @@ from qemu.qmp import (
     StateError,
 )
 from qemu.qmp.message import DeserializationError, SerializationError
+from qemu.qmp.models import Greeting
 from qemu.qmp.qmp_client import (
     BadReplyError,
     ExecuteTimeoutError,
@@ -745,3 +747,31 @@ def test_send_fd_scm_when_not_connected():
     """send_fd_scm() needs a running session."""
     with pytest.raises(StateError):
         QMPClient().send_fd_scm(0)
+
+
+async def test_readline_and_do_recv_share_one_buffer():
+    """A subclass that reads the greeting with _readline() and the rest
+    through the client loses nothing that arrived in the same read: the
+    stream has one buffer."""
+    class LineGreeting(QMPClient):
+        async def _get_greeting(self):
+            return Greeting(Message(await self._readline()))
+
+    ours, theirs = socket.socketpair()
+
+    def serve():
+        with theirs, theirs.makefile('rb') as incoming:
+            # The greeting and an event in one write.
+            theirs.sendall(b'{"QMP": {"version": {}, "capabilities": []}}'
+                           b'\n{"event": "EARLY", "data": {}}\n')
+            incoming.readline()
+            theirs.sendall(b'{"return": {}}\n')
+            incoming.readline()
+    thread = threading.Thread(target=serve)
+    thread.start()
+    qmp = LineGreeting()
+    await qmp.connect(ours)
+    event = await asyncio.wait_for(qmp.events.get(), 5)
+    assert event['event'] == 'EARLY'
+    await qmp.disconnect()
+    await asyncio.to_thread(thread.join)
