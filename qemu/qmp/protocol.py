@@ -51,7 +51,7 @@ from weakref import WeakKeyDictionary
 from . import _sockets
 from ._sockets import SocketAddrT as _SocketAddrT
 from .error import QMPError
-from .codec import LineBuffer
+from ._connection import Connection
 from .util import bottom_half, exception_summary, upper_half
 
 
@@ -279,32 +279,54 @@ class AsyncProtocol(Generic[T]):
             'asyncio.Task[Any]', int] = WeakKeyDictionary()
         self._runstate_waiters: List[asyncio.Future[None]] = []
 
-        # Session state, made anew by each connection.
-        self._outgoing: asyncio.Queue[T]
-        self._reader: Optional[asyncio.StreamReader] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
-        self._lines = LineBuffer(readbuflen)
-        self._listener: Optional[socket.socket] = None
-        self._accept_ssl: Optional[SSLContext] = None
-        # Set by _do_start_server, cleared by _do_accept: accept() needs
-        # it.  (The hook contract of the reference library's subclasses.)
-        self._accepted: Optional[asyncio.Event] = None
-        # Where the session connects or listens, for error messages.
-        self._session_address: object = None
-        # _do_accept's wait for the peer, while it waits.
-        self._accept_task: Optional[asyncio.Future[_sockets.Streams]] = None
-        self._reader_task: Optional[asyncio.Task[None]] = None
-        self._writer_task: Optional[asyncio.Task[None]] = None
-        #: Disconnect task.  It runs in its own task so that a disconnect
-        #: started by the reader or writer can wait for both to exit.
-        self._dc_task: Optional[asyncio.Future[None]] = None
-        # Errors that ended the bottom half, first one first.
-        self._bh_errors: List[Exception] = []
+        # Everything of the current session, made anew by each
+        # connection attempt (see _connection.Connection).
+        self._conn: Connection[T] = Connection(None, readbuflen)
         # Resolved when the session starts to end (enters DISCONNECTING),
-        # for whoever reads until then (QMPClient.session_events).
+        # for whoever reads until then (QMPClient.session_events); a
+        # reconnection goes on with the same one.
         self._session_over: Optional[asyncio.Future[None]] = None
-        # While the writer task sends a batch, _write() collects here.
-        self._write_batch: Optional[List[bytes]] = None
+
+    # The parts of a session the reference library's subclasses and tests
+    # use by these names: views of the current connection.
+
+    @property
+    def _reader(self) -> Optional[asyncio.StreamReader]:
+        return self._conn.reader
+
+    @_reader.setter
+    def _reader(self, reader: Optional[asyncio.StreamReader]) -> None:
+        self._conn.reader = reader
+
+    @property
+    def _writer(self) -> Optional[asyncio.StreamWriter]:
+        return self._conn.writer
+
+    @_writer.setter
+    def _writer(self, writer: Optional[asyncio.StreamWriter]) -> None:
+        self._conn.writer = writer
+
+    @property
+    def _outgoing(self) -> 'asyncio.Queue[T]':
+        return self._conn.outgoing
+
+    @property
+    def _accepted(self) -> Optional[asyncio.Event]:
+        return self._conn.accepted
+
+    @_accepted.setter
+    def _accepted(self, accepted: Optional[asyncio.Event]) -> None:
+        self._conn.accepted = accepted
+
+    @property
+    def _bh_errors(self) -> List[Exception]:
+        """Errors that ended the bottom half, first one first."""
+        return self._conn.errors
+
+    @property
+    def _dc_task(self) -> Optional['asyncio.Future[None]']:
+        """The disconnect task, once one was scheduled."""
+        return self._conn.dc_task
 
     def __repr__(self) -> str:
         name = f" name={self.name!r}" if self.name else ""
@@ -515,12 +537,9 @@ class AsyncProtocol(Generic[T]):
     # ------------------------------------------------------------------
 
     def _begin_session(self, address: object) -> None:
-        """Reset per-session state and enter `CONNECTING`."""
-        self._session_address = address
+        """Make the connection's state anew and enter `CONNECTING`."""
+        self._conn = Connection(address, self.readbuflen, asyncio.Queue())
         self._set_state(Runstate.CONNECTING)
-        self._outgoing = asyncio.Queue()
-        self._bh_errors = []
-        self._lines = LineBuffer(self.readbuflen)
         over = self._session_over
         if over is None or over.done():
             # (A reconnection goes on with the session it re-establishes.)
@@ -546,8 +565,8 @@ class AsyncProtocol(Generic[T]):
             self.logger.debug("%s: %s", emsg, exception_summary(err))
             # A disconnect already under way was asked for meanwhile:
             # that, not the failure it caused, is why set-up stopped.
-            aborted = self._dc_task is not None
-            address = self._session_address
+            aborted = self._conn.dc_task is not None
+            address = self._conn.address
             await self._rollback()
             if aborted and isinstance(err, Exception):
                 raise ConnectError(emsg, _aborted(), address) from err
@@ -593,10 +612,11 @@ class AsyncProtocol(Generic[T]):
         Called by `disconnect()` and by the bottom half when it fails.
         Usable in any runstate.
         """
-        if self._dc_task is None:
+        conn = self._conn
+        if conn.dc_task is None:
             over_for_good = not self._will_reconnect()
             self._set_state(Runstate.DISCONNECTING)
-            self._dc_task = asyncio.ensure_future(self._bh_disconnect())
+            conn.dc_task = asyncio.ensure_future(self._bh_disconnect())
             if over_for_good:
                 self._end_of_session()
 
@@ -623,25 +643,18 @@ class AsyncProtocol(Generic[T]):
         :raise Exception: The first error that ended the bottom half, the
             root cause of any that followed it.
         """
-        dc_task = self._dc_task
+        conn = self._conn
+        dc_task = conn.dc_task
         assert dc_task is not None
         # Shielded: cancelling the caller must not cancel the teardown.
         await asyncio.shield(dc_task)
-        if self._dc_task is not dc_task:
+        if self._conn is not conn:
             return  # another caller finished this disconnect first
-        errors = self._bh_errors
-        self._reset_session()
-        if errors:
-            raise errors[0]
-
-    def _reset_session(self) -> None:
-        self._reader = None
-        self._writer = None
-        self._reader_task = None
-        self._writer_task = None
-        self._dc_task = None
-        self._bh_errors = []
+        # The connection is dropped whole; a blank one stands in.
+        self._conn = Connection(None, self.readbuflen)
         self._set_state(Runstate.IDLE)
+        if conn.errors:
+            raise conn.errors[0]
 
     # ------------------------------------------------------------------
     # Transport hooks
@@ -656,7 +669,8 @@ class AsyncProtocol(Generic[T]):
         :raise OSError: For stream-related errors.
         """
         self.logger.debug("Connecting to %s ...", address)
-        self._reader, self._writer = await _sockets.open_stream(
+        conn = self._conn
+        conn.reader, conn.writer = await _sockets.open_stream(
             address, ssl, self.readbuflen)
         self.logger.debug("Connected.")
 
@@ -697,9 +711,10 @@ class AsyncProtocol(Generic[T]):
         :raise OSError: For stream-related errors.
         """
         self.logger.debug("Listening on %s ...", address)
-        self._listener = await _sockets.listen(address)
-        self._accept_ssl = ssl
-        self._accepted = asyncio.Event()
+        conn = self._conn
+        conn.listener = await _sockets.listen(address)
+        conn.accept_ssl = ssl
+        conn.accepted = asyncio.Event()
 
     @upper_half
     async def _do_accept(self) -> None:
@@ -712,9 +727,10 @@ class AsyncProtocol(Generic[T]):
         :raise OSError: For stream-related errors.
         :raise ConnectionAbortedError: `disconnect()` was called.
         """
-        assert self._listener is not None
-        accepting = self._accept_task = asyncio.ensure_future(
-            _sockets.accept(self._listener, self._accept_ssl,
+        conn = self._conn
+        assert conn.listener is not None
+        accepting = conn.accept_task = asyncio.ensure_future(
+            _sockets.accept(conn.listener, conn.accept_ssl,
                             self.readbuflen))
         try:
             await asyncio.wait((accepting,))
@@ -722,18 +738,19 @@ class AsyncProtocol(Generic[T]):
             accepting.cancel()
             raise
         finally:
-            self._accept_task = None
+            conn.accept_task = None
         if accepting.cancelled():
             raise _aborted()
-        self._reader, self._writer = accepting.result()
+        conn.reader, conn.writer = accepting.result()
         self._close_listener()
         self.logger.debug("Connection accepted.")
 
     def _close_listener(self) -> None:
-        self._accepted = None
-        if self._listener is not None:
-            _sockets.close_listener(self._listener)
-            self._listener = None
+        conn = self._conn
+        conn.accepted = None
+        if conn.listener is not None:
+            _sockets.close_listener(conn.listener)
+            conn.listener = None
 
     @upper_half
     async def _establish_session(self) -> None:
@@ -747,9 +764,10 @@ class AsyncProtocol(Generic[T]):
         """
         if self._runstate is not Runstate.CONNECTING:
             raise _aborted()
-        self._reader_task = asyncio.create_task(
+        conn = self._conn
+        conn.reader_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_recv_message, 'Reader'))
-        self._writer_task = asyncio.create_task(
+        conn.writer_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_send_message, 'Writer'))
         self._set_state(Runstate.RUNNING)
         # Let both tasks start: once connect() returns, the reader is
@@ -775,11 +793,12 @@ class AsyncProtocol(Generic[T]):
                 await async_fn()
         except asyncio.CancelledError:
             self.logger.debug("Task.%s: cancelled.", name)
-            if self._dc_task is None and self._writer is not None:
+            conn = self._conn
+            if conn.dc_task is None and conn.writer is not None:
                 # Cancelled by someone else than disconnect(): typically
                 # asyncio.run() ending while the session is open.  No task
                 # may start now, but the connection can still be closed.
-                self._writer.close()
+                conn.writer.close()
         except Exception as err:  # pylint: disable=broad-except
             if self._bh_logged_already(err):
                 pass
@@ -789,7 +808,7 @@ class AsyncProtocol(Generic[T]):
             else:
                 self.logger.error("Task.%s: %s", name,
                                   exception_summary(err))
-            self._bh_errors.append(err)
+            self._conn.errors.append(err)
             self._schedule_disconnect()
 
     def _bh_logged_already(self, err: Exception) -> bool:
@@ -815,10 +834,11 @@ class AsyncProtocol(Generic[T]):
         Everything queued by the time the first message is taken goes out
         in the same batch: one system call for many messages.
         """
-        outgoing = self._outgoing
+        conn = self._conn
+        outgoing = conn.outgoing
         msg = await outgoing.get()
         batch: List[bytes] = []
-        self._write_batch = batch
+        conn.write_batch = batch
         # What _send() does, without a coroutine (or a drain) per message.
         cb_outbound, do_send = self._cb_outbound, self._do_send
         try:
@@ -826,12 +846,12 @@ class AsyncProtocol(Generic[T]):
             while not outgoing.empty():
                 do_send(cb_outbound(outgoing.get_nowait()))
         finally:
-            self._write_batch = None
+            conn.write_batch = None
             if batch:
-                assert self._writer is not None
-                self._writer.write(b''.join(batch))
-        if self._writer is not None:  # a subclass may fake the session
-            await self._writer.drain()
+                assert conn.writer is not None
+                conn.writer.write(b''.join(batch))
+        if conn.writer is not None:  # a subclass may fake the session
+            await conn.writer.drain()
 
     @bottom_half
     async def _bh_disconnect(self) -> None:
@@ -840,11 +860,12 @@ class AsyncProtocol(Generic[T]):
 
         Runs in `_dc_task`, so it may wait on the other tasks.
         """
+        conn = self._conn
         current = asyncio.current_task()
         tasks: List['asyncio.Future[Any]'] = [
-            task for task in (self._reader_task, self._writer_task)
+            task for task in (conn.reader_task, conn.writer_task)
             if task is not None and task is not current]
-        accepting = self._accept_task
+        accepting = conn.accept_task
         if accepting is not None:
             # Stopped before its socket closes: a wait on a closed socket
             # would never end.
@@ -857,7 +878,7 @@ class AsyncProtocol(Generic[T]):
         self.logger.debug("Disconnected.")
 
     async def _close_stream(self) -> None:
-        writer = self._writer
+        writer = self._conn.writer
         if writer is None:
             return
         try:
@@ -901,12 +922,13 @@ class AsyncProtocol(Generic[T]):
 
         Inside the writer task the bytes join the current batch.
         """
-        batch = self._write_batch
+        conn = self._conn
+        batch = conn.write_batch
         if batch is not None:
             batch.append(data)
         else:
-            assert self._writer is not None
-            self._writer.write(data)
+            assert conn.writer is not None
+            conn.writer.write(data)
 
     async def _readline(self) -> bytes:
         """
@@ -918,11 +940,12 @@ class AsyncProtocol(Generic[T]):
         :raise EOFError: The peer closed the connection.
         :raise MessageTooLongError: The line is longer than ``readbuflen``.
         """
-        lines = self._lines
+        conn = self._conn
+        lines = conn.lines
         line = lines.next_line()
         while line is None:
-            assert self._reader is not None
-            data = await self._reader.read(_sockets.READ_SIZE)
+            assert conn.reader is not None
+            data = await conn.reader.read(_sockets.READ_SIZE)
             if not data:
                 tail = lines.take_tail()
                 if tail:
@@ -962,8 +985,9 @@ class AsyncProtocol(Generic[T]):
         :raise OSError: For problems with the underlying stream.
         """
         self._do_send(self._cb_outbound(msg))
-        if self._writer is not None:
-            await self._writer.drain()
+        writer = self._conn.writer
+        if writer is not None:
+            await writer.drain()
 
     @upper_half
     def _submit(self, msg: T, alone: bool = False) -> None:
@@ -980,10 +1004,11 @@ class AsyncProtocol(Generic[T]):
         :raise OSError: For problems with the underlying stream (only
             when written at once).
         """
-        if alone and self._outgoing.empty():
+        outgoing = self._conn.outgoing
+        if alone and outgoing.empty():
             self._do_send(self._cb_outbound(msg))
         else:
-            self._outgoing.put_nowait(msg)
+            outgoing.put_nowait(msg)
 
     async def _on_message(self, msg: T) -> None:
         """

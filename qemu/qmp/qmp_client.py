@@ -159,15 +159,27 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         #: `GreetingError` or `NegotiationError`.
         self.session_timeout: Optional[float] = None
 
-        # The rules of the current session, with its wire format and
-        # the commands that wait for replies; made anew by each one.
-        self._core: SessionCore[asyncio.Future[Message]] = \
-            self._new_core()
+        # The last session's greeting, kept after it ended.
+        self._greeting: Optional[Greeting] = None
 
-    def _new_core(self) -> SessionCore['asyncio.Future[Message]']:
-        return SessionCore(self.logger, limit=self.readbuflen,
-                           await_greeting=self.await_greeting,
-                           negotiate=self.negotiate, framing=self._lines)
+    @property
+    def _core(self) -> SessionCore['asyncio.Future[Message]']:
+        """
+        The session's rules, with its wire format and the commands that
+        wait for replies: part of the connection, made anew by each.
+        """
+        core: SessionCore[asyncio.Future[Message]] = \
+            self._conn.protocol_state
+        return core
+
+    def _begin_session(self, address: object) -> None:
+        super()._begin_session(address)
+        self._greeting = None
+        conn = self._conn
+        conn.protocol_state = SessionCore(
+            self.logger, limit=self.readbuflen,
+            await_greeting=self.await_greeting, negotiate=self.negotiate,
+            framing=conn.lines)
 
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:
@@ -218,7 +230,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
         `None` until a greeting arrives; reset at each connection attempt.
         """
-        return self._core.greeting
+        return self._greeting
 
     # ------------------------------------------------------------------
     # Upper half: session set-up
@@ -233,10 +245,11 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise NegotiationError: The server refused ``qmp_capabilities``.
         :raise EOFError, OSError: The connection failed meanwhile.
         """
-        core = self._core = self._new_core()
+        core = self._core
         if core.phase is Phase.GREETING:
             # (A subclass's _get_greeting may read it by its own means.)
-            core.greeted(await self._get_greeting())
+            self._greeting = await self._get_greeting()
+            core.greeted(self._greeting)
         if core.phase is Phase.NEGOTIATING:
             await self._negotiate()
         await super()._establish_session()
@@ -666,7 +679,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             if type(item) is Message:
                 return item
             if item is None:
-                reader = self._reader
+                reader = self._conn.reader
                 assert reader is not None
                 try:
                     data = await reader.read(_sockets.READ_SIZE)
@@ -708,16 +721,19 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
     def _bh_logged_already(self, err: Exception) -> bool:
         # The session core logged why the session ended.
-        return err is self._core.end_reason
+        core = self._conn.protocol_state
+        return core is not None and err is core.end_reason
 
     @bottom_half
     async def _bh_disconnect(self) -> None:
-        core = self._core
-        cause = self._bh_errors[0] if self._bh_errors else None
-        for future in core.take_waiters():
-            if not future.done():
-                future.set_exception(core.interrupted(
-                    cause, "; disconnect() reports why"))
+        conn = self._conn
+        core = conn.protocol_state
+        if core is not None:  # (None: disconnect() while IDLE)
+            cause = conn.errors[0] if conn.errors else None
+            for future in core.take_waiters():
+                if not future.done():
+                    future.set_exception(core.interrupted(
+                        cause, "; disconnect() reports why"))
         await super()._bh_disconnect()
 
 

@@ -116,11 +116,11 @@ class ReconnectingProtocol(AsyncProtocol[T]):
             return False
         if self._reconnecting:
             return True  # an attempt failed; the next one follows
-        return (self._target is not None and bool(self._bh_errors)
+        return (self._target is not None and bool(self._conn.errors)
                 and self.runstate is Runstate.RUNNING)
 
     def _schedule_disconnect(self) -> None:
-        reconnect = self._dc_task is None and not self._reconnecting \
+        reconnect = self._conn.dc_task is None and not self._reconnecting \
             and self._will_reconnect()
         super()._schedule_disconnect()
         if reconnect:
@@ -129,7 +129,7 @@ class ReconnectingProtocol(AsyncProtocol[T]):
     async def _reconnect(self) -> None:
         """Finish tearing down the lost session, then connect again until
         it works or `auto_reconnect` seconds have passed."""
-        reason = exception_summary(self._bh_errors[0])
+        reason = exception_summary(self._conn.errors[0])
         self._reconnecting = True
         try:
             await self._reconnect_attempts(reason)

@@ -2,11 +2,13 @@
 
 import asyncio
 import errno
+import gc
 import json
 import logging
 import os
 import socket
 import threading
+import weakref
 
 import pytest
 
@@ -775,3 +777,24 @@ async def test_readline_and_do_recv_share_one_buffer():
     assert event['event'] == 'EARLY'
     await qmp.disconnect()
     await asyncio.to_thread(thread.join)
+
+
+async def test_each_session_is_one_object_dropped_whole(server):
+    """Everything of a session (streams, tasks, buffer, session core) is
+    one object, made by connect() and released by disconnect(): the next
+    session shares nothing with it."""
+    qmp = QMPClient()
+    await qmp.connect(server.address)
+    first = qmp._conn  # white-box: the connection's state
+    core = first.protocol_state
+    assert first.reader_task is not None and core.phase.name == 'RUNNING'
+    await qmp.disconnect()
+    assert qmp._conn is not first and qmp._conn.protocol_state is None
+    await qmp.connect(server.address)
+    assert qmp._conn.protocol_state is not core
+    assert qmp._conn.lines is not first.lines
+    await qmp.disconnect()
+    released = weakref.ref(first)
+    del first, core
+    gc.collect()
+    assert released() is None
