@@ -47,6 +47,8 @@ nitpick_ignore_regex = [
      r'Awaitable|AsyncIterator|Iterator|Iterable|Mapping|MutableMapping|'
      r'Sequence|Dict|List|Tuple|Set|Type|TypeVar|Generic|Hashable|'
      r'Coroutine|Deque|NoReturn|TextIO|IO|Pattern|Match)'),
+    # The session core's waiter type variable, as Sphinx prints it.
+    (r'py:.*', r'(qemu\.qmp\.core\.)?(W|Reply\[W\]|ReplyFailed\[W\])'),
     # qmp-tui's base classes and types are Textual's and Rich's.
     (r'py:.*', r'(textual|rich)\..*'),
 ]

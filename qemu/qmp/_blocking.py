@@ -221,8 +221,10 @@ class BlockingConnection:
                     with self._lock:
                         command = core.negotiation_command()
                     self._send(Codec.encode(command), deadline)
-                    if self._wait(lambda: core.phase is Phase.RUNNING or None,
-                                  deadline) is None:
+                    established = self._wait(
+                        lambda: core.phase is Phase.ESTABLISHED or None,
+                        deadline)
+                    if established is None:
                         raise asyncio.TimeoutError
             except ExecInterruptedError as err:
                 assert err.__cause__ is not None

@@ -24,7 +24,7 @@ What it decides, and so what both clients do alike:
 
 - the greeting and negotiation phases (`Phase`): a bad greeting is a
   `GreetingError`, a refused or garbled negotiation a `NegotiationError`;
-- which reply belongs to whom: ids of any JSON type (`_ids.reply_key`),
+- which reply belongs to whom: ids of any JSON type (``_ids.reply_key``),
   the first of two replies with the same id wins, id-less replies go to
   id-less commands in order;
 - late replies to abandoned commands are dropped at DEBUG, replies with
@@ -112,7 +112,7 @@ class Phase(Enum):
     #: Greeted; ``qmp_capabilities`` is (about to be) sent, its reply due.
     NEGOTIATING = 'negotiating'
     #: Commands and events flow.
-    RUNNING = 'running'
+    ESTABLISHED = 'established'
     #: Over: no message can arrive any more.
     ENDED = 'ended'
 
@@ -203,7 +203,7 @@ class SessionCore(Generic[W]):
         self.codec = Codec(limit, framing)
         #: Where the session is.
         self.phase = Phase.GREETING if await_greeting or negotiate \
-            else Phase.RUNNING
+            else Phase.ESTABLISHED
         self._negotiate = negotiate
         #: The server's greeting, once it came.
         self.greeting: Optional[Greeting] = None
@@ -340,7 +340,7 @@ class SessionCore(Generic[W]):
         self.greeting = greeting
         if self.phase is Phase.GREETING:
             self.phase = Phase.NEGOTIATING if self._negotiate \
-                else Phase.RUNNING
+                else Phase.ESTABLISHED
 
     # ------------------------------------------------------------------
     # Bytes in: bottom half
@@ -410,7 +410,7 @@ class SessionCore(Generic[W]):
             (an id-less error, a failed handshake); `None` for a message
             that was logged and dropped.
         """
-        if self.phase is not Phase.RUNNING:
+        if self.phase is not Phase.ESTABLISHED:
             return self._handshake(msg)
         exec_id = msg.get('id', _ABSENT)
         if exec_id is not _ABSENT:
@@ -475,7 +475,7 @@ class SessionCore(Generic[W]):
                 reply_value(msg, sent)
             except (ProtocolError, ExecuteError) as err:
                 return self._end(NegotiationError("Negotiation failed", err))
-            self.phase = Phase.RUNNING
+            self.phase = Phase.ESTABLISHED
             return _NEGOTIATED
         return None  # ENDED: nothing counts any more
 

@@ -673,7 +673,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise TruncatedMessageError: The server hung up mid-message.
         :raise OSError: Reading the socket failed.
         """
-        core = self._core
+        core = self._conn.protocol_state
         while True:
             item = core.next_message()
             if type(item) is Message:
@@ -705,7 +705,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ServerParseError: An error reply without an id arrived and
             no id-less execution waits for one.
         """
-        event = self._core.route(msg)
+        event = self._conn.protocol_state.route(msg)
         if event is msg:
             dispatching = self._dispatch_event(msg)
             if dispatching is not None:

@@ -787,7 +787,7 @@ async def test_each_session_is_one_object_dropped_whole(server):
     await qmp.connect(server.address)
     first = qmp._conn  # white-box: the connection's state
     core = first.protocol_state
-    assert first.reader_task is not None and core.phase.name == 'RUNNING'
+    assert first.reader_task is not None and core.phase.name == 'ESTABLISHED'
     await qmp.disconnect()
     assert qmp._conn is not first and qmp._conn.protocol_state is None
     await qmp.connect(server.address)

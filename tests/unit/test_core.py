@@ -207,7 +207,7 @@ def test_greeting_then_negotiation():
                     'arguments': {'enable': ['oob']}}
     event, done = feed(core, b'{"event": "E"}\n{"return": {}}\n')
     assert event['event'] == 'E' and type(done) is Negotiated
-    assert core.phase is Phase.RUNNING
+    assert core.phase is Phase.ESTABLISHED
 
 
 @pytest.mark.parametrize('first, cause', [
@@ -257,7 +257,7 @@ def test_over_long_reply_fails_only_its_command():
     failed, event = feed(core, huge + b'\n{"event": "E"}\n')
     assert type(failed) is ReplyFailed and failed.waiter == 'caller'
     assert isinstance(failed.error, MessageTooLongError)
-    assert event['event'] == 'E' and core.phase is Phase.RUNNING
+    assert event['event'] == 'E' and core.phase is Phase.ESTABLISHED
 
 
 def test_end_is_logged_once_and_repeated(caplog):
