@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,7 +11,12 @@ import threading
 
 import pytest
 
-from qemu.qmp import ExecInterruptedError, ExecuteError, StateError
+from qemu.qmp import (
+    ConnectError,
+    ExecInterruptedError,
+    ExecuteError,
+    StateError,
+)
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from tests.helpers import require_binary
 from tests.integration.conftest import QEMU_BASE
@@ -219,3 +225,43 @@ async def test_timeout_keeps_real_qemu_usable(qemu):
     qmp.settimeout(10)
     assert qmp.cmd('query-status')['running']
     qmp.close()
+
+
+def test_connect_timeout_on_a_busy_qemu_monitor(qemu):
+    """While one client holds QEMU's monitor, further connect(timeout=)
+    calls fail with ConnectError within their timeout, whether the socket
+    connection waits in the backlog (no greeting) or cannot be made at
+    all; the first client's session is unharmed."""
+    holder = QEMUMonitorProtocol(qemu.address)
+    holder.connect()
+    others = [QEMUMonitorProtocol(qemu.address) for _ in range(3)]
+    for other in others:
+        with pytest.raises(ConnectError):
+            other.connect(timeout=0.5)
+    assert holder.cmd('query-status')['running'] is True
+    for other in others:
+        other.close()
+    holder.close()
+
+
+def test_signal_handler_close_during_pull_event(qemu):
+    """A SIGTERM-style handler that closes the client while the main
+    thread waits for an event ends that wait at once; QEMU runs on."""
+    qmp = QEMUMonitorProtocol(qemu.address)
+    qmp.connect()
+    main = threading.get_ident()
+    previous = signal.getsignal(signal.SIGUSR1)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: qmp.close())
+    timer = threading.Timer(0.2, signal.pthread_kill,
+                            (main, signal.SIGUSR1))
+    timer.start()
+    try:
+        with pytest.raises(EOFError):
+            qmp.pull_event(wait=30)
+    finally:
+        timer.join()
+        signal.signal(signal.SIGUSR1, previous)
+    again = QEMUMonitorProtocol(qemu.address)
+    again.connect(timeout=10)
+    assert again.cmd('query-status')['running'] is True
+    again.close()
