@@ -55,7 +55,7 @@ from typing import (
     cast,
 )
 
-from ._sockets import READ_SIZE
+from ._sockets import LONGEST_WAIT, READ_SIZE
 from .codec import Codec
 from .core import (
     Phase,
@@ -85,18 +85,14 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
 
-# The longest single wait (poll(), Condition.wait, Lock.acquire): longer
-# ones overflow.  A wait past it simply waits again.
-_LONGEST_WAIT = 24 * 3600.0
-
 
 def longest_wait(seconds: float) -> float:
     """
-    ``seconds``, cut to what one blocking call can wait (a day).
+    ``seconds``, cut to what one blocking call can wait (`LONGEST_WAIT`).
 
     An infinite or huge timeout is then waited in day-long steps.
     """
-    return seconds if seconds < _LONGEST_WAIT else _LONGEST_WAIT
+    return seconds if seconds < LONGEST_WAIT else LONGEST_WAIT
 
 
 def _milliseconds(seconds: float) -> int:

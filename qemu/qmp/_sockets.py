@@ -29,6 +29,10 @@ Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # One result of getaddrinfo(): family, type, proto, canonname, sockaddr.
 AddrInfo = Tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
 
+#: The longest single blocking wait, in seconds: poll(), settimeout(),
+#: Condition.wait() and Lock.acquire() overflow on much longer ones.
+LONGEST_WAIT = 24 * 3600.0
+
 # How many bytes one read takes from the stream at most; large enough that a
 # burst of messages is split into lines in one pass.
 READ_SIZE = 256 * 1024
@@ -244,7 +248,7 @@ def accept_blocking(listener: socket.socket,
     :raise OSError: Accepting failed.
     """
     # (An infinite or huge timeout would overflow settimeout().)
-    listener.settimeout(None if timeout is None or timeout > 86400.0
+    listener.settimeout(None if timeout is None or timeout > LONGEST_WAIT
                         else timeout)
     try:
         conn, _ = listener.accept()

@@ -426,10 +426,7 @@ class SessionCore(Generic[W]):
                                     exec_id)
             return None
         if 'event' in msg:
-            if type(msg['event']) is str:
-                return msg
-            self.logger.warning("Dropping event without a name: %s", msg)
-            return None
+            return self._event(msg)
         return self._idless_message(msg)
 
     def _idless_message(self, msg: Message) -> Union[SessionEvent[W], None]:
@@ -465,7 +462,7 @@ class SessionCore(Generic[W]):
             return greeting
         if phase is Phase.NEGOTIATING:
             if 'event' in msg:
-                return self._early_event(msg)
+                return self._event(msg)
             sent = self._negotiation
             if sent is None:
                 return self._end(NegotiationError(
@@ -479,8 +476,8 @@ class SessionCore(Generic[W]):
             return _NEGOTIATED
         return None  # ENDED: nothing counts any more
 
-    def _early_event(self, msg: Message) -> Optional[Message]:
-        # An event while negotiating: delivered like any other.
+    def _event(self, msg: Message) -> Optional[Message]:
+        # An event, while negotiating or running: delivered if named.
         if type(msg['event']) is str:
             return msg
         self.logger.warning("Dropping event without a name: %s", msg)

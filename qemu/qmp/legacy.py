@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import time
 from types import TracebackType
@@ -476,8 +475,7 @@ class QEMUMonitorProtocol:
             return None
         if wait is False:
             return 0.0
-        seconds = float(wait)
-        return None if seconds == math.inf else max(0.0, seconds)
+        return max(0.0, float(wait))
 
     def pull_event(self,
                    wait: Union[bool, float] = False) -> Optional[QMPMessage]:
