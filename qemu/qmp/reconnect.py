@@ -37,9 +37,48 @@ __all__ = ['ReconnectingProtocol']
 T = TypeVar('T')
 
 # Between attempts that fail other than by a missing or refusing socket
-# (which connect(retry=) paces): the first pause, and the longest.
+# (which connect(retry=) paces), and before re-establishing a session that
+# died young: the first pause, and the longest.
 _RECONNECT_FIRST = 0.05
 _RECONNECT_MAX = 2.0
+
+# A session that lived this many seconds was a working one: the next loss
+# is reconnected at once.  One that died sooner (a server that accepts
+# each session and drops it) makes the next reconnection wait longer.
+_SESSION_SETTLED = 10.0
+
+
+class Backoff:
+    """
+    The pauses between sessions and attempts: sans-I/O, times in seconds.
+
+    Each pause is twice the one before, from *first* up to *longest*;
+    a session that lived *settled* seconds or more starts again from none.
+    """
+
+    def __init__(self, first: float = _RECONNECT_FIRST,
+                 longest: float = _RECONNECT_MAX,
+                 settled: float = _SESSION_SETTLED) -> None:
+        self.first = first
+        self.longest = longest
+        self.settled = settled
+        self._next = first
+
+    def after_session(self, lived: float) -> float:
+        """
+        The pause before reconnecting a session that ended after
+        ``lived`` seconds: none for a settled one, else the next pause.
+        """
+        if lived >= self.settled:
+            self._next = self.first
+            return 0.0
+        return self.after_failure()
+
+    def after_failure(self) -> float:
+        """The pause after a failed attempt: the next one in line."""
+        pause = self._next
+        self._next = min(pause * 2, self.longest)
+        return pause
 
 
 class ReconnectingProtocol(AsyncProtocol[T]):
@@ -65,6 +104,9 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         self._target: Optional[Tuple[SocketAddrT, Optional[SSLContext]]] \
             = None
         self._reconnect_task: Optional[asyncio.Task[None]] = None
+        self._backoff = Backoff()
+        # When the current session started running (loop time).
+        self._running_since = 0.0
         # The reconnect task is trying: a failed attempt is not the end.
         self._reconnecting = False
         # disconnect() is under way: nothing reconnects.
@@ -78,9 +120,11 @@ class ReconnectingProtocol(AsyncProtocol[T]):
                       ssl: Optional[SSLContext] = None, *,
                       retry: Optional[float] = None) -> None:
         # (The docstring is AsyncProtocol.connect's.)
-        await super().connect(address, ssl, retry=retry)
+        # Known before the session starts: it may be lost before this
+        # call returns, and must come back all the same.
         self._target = None if isinstance(address, socket.socket) \
             else (address, ssl)
+        await super().connect(address, ssl, retry=retry)
 
     connect.__doc__ = AsyncProtocol.connect.__doc__
 
@@ -91,6 +135,11 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         await super().start_server(address, ssl)
 
     start_server.__doc__ = AsyncProtocol.start_server.__doc__
+
+    async def _establish_session(self) -> None:
+        # Before the tasks start: the session may end in their first step.
+        self._running_since = asyncio.get_running_loop().time()
+        await super()._establish_session()
 
     async def disconnect(self) -> None:
         # (The docstring is AsyncProtocol.disconnect's.)
@@ -129,44 +178,71 @@ class ReconnectingProtocol(AsyncProtocol[T]):
     async def _reconnect(self) -> None:
         """Finish tearing down the lost session, then connect again until
         it works or `auto_reconnect` seconds have passed."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         reason = exception_summary(self._conn.errors[0])
         self._reconnecting = True
         try:
-            await self._reconnect_attempts(reason)
+            attempts = 0
+            while True:
+                tried = await self._reconnect_attempts()
+                if tried is None:
+                    return  # given up
+                attempts += tried
+                if self._conn.dc_task is None:
+                    break
+                # Lost again before connect() returned: that loss is this
+                # task's too (nothing else reconnects while it runs).
         finally:
             self._reconnecting = False
+        gap = loop.time() - started
+        self.logger.info("Reconnected to %s after %.3f s",
+                         self._conn.address, gap)
+        await self._reconnected(reason, attempts, gap)
 
-    async def _reconnect_attempts(self, reason: str) -> None:
+    async def _reconnect_attempts(self) -> Optional[int]:
+        """
+        Re-establish the session just lost, after the pause it earned.
+
+        :return: How many attempts it took, or `None` after giving up.
+        """
+        loop = asyncio.get_running_loop()
+        lost = loop.time()
+        lived = lost - self._running_since
+        reason = exception_summary(self._conn.errors[0])
         try:
             await self._wait_disconnect()
         except Exception:  # pylint: disable=broad-except
             pass  # the reason, logged just below
         assert self._target is not None and self.auto_reconnect is not None
         address, ssl = self._target
-        self.logger.warning("The session was lost (%s); reconnecting to %s",
-                            reason, address)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.auto_reconnect
-        delay, attempts = _RECONNECT_FIRST, 0
+        deadline = lost + self.auto_reconnect
+        pause = min(self._backoff.after_session(lived), self.auto_reconnect)
+        self.logger.warning("The session was lost after %.3g s (%s); "
+                            "reconnecting to %s in %.3g s",
+                            lived, reason, address, pause)
+        await self._pause(pause)
+        attempts = 0
         while True:
             attempts += 1
             try:
                 await self.connect(address, ssl,
                                    retry=max(0.0, deadline - loop.time()))
-                break
+                return attempts
             except ConnectError as err:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     self.logger.error("Gave up reconnecting after %d "
                                       "attempt(s): %s", attempts, err)
                     self._end_of_session()
-                    return
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, _RECONNECT_MAX)
-        gap = loop.time() - started
-        self.logger.info("Reconnected to %s after %.3f s", address, gap)
-        await self._reconnected(reason, attempts, gap)
+                    return None
+                await self._pause(
+                    min(self._backoff.after_failure(), remaining))
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait between sessions or attempts; `disconnect` cancels it."""
+        if seconds > 0:
+            await asyncio.sleep(seconds)
 
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:

@@ -7,7 +7,8 @@ import pytest
 
 from qemu.qmp import ExecInterruptedError, QMPClient, Runstate
 from qemu.qmp.qmp_client import RECONNECTED
-from qemu.qmp.testing import NO_REPLY, QMPTestServer
+from qemu.qmp.reconnect import Backoff
+from qemu.qmp.testing import NO_REPLY, QUIT, QMPTestServer
 from tests.helpers import assert_no_tasks_left, wait_for_state
 
 
@@ -115,3 +116,56 @@ async def test_off_by_default(server):
     with pytest.raises(EOFError):
         await qmp.disconnect()
     assert server.connections == 1
+
+
+class _HeldAtStart(QMPClient):
+    """Its first connect() returns only once the session has already been
+    lost: the server hangs up during the few steps between the session
+    starting and connect() returning."""
+
+    held = True
+
+    async def _establish_session(self):
+        await super()._establish_session()
+        if self.held:
+            self.held = False
+            await wait_for_state(self, Runstate.DISCONNECTING)
+
+
+async def test_a_session_lost_before_connect_returns_comes_back(server):
+    server.on('qmp_capabilities', QUIT)  # each session ends at once
+    qmp = _HeldAtStart('resilient')
+    qmp.auto_reconnect = 10.0
+    await qmp.connect(server.address)
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections >= 3), 10)
+    await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+    assert_no_tasks_left()
+
+
+async def test_sessions_that_die_young_are_paced(server, caplog):
+    """A server that accepts each session and drops it at once does not
+    get a new session as fast as the client can make them: the pause
+    before each reconnection doubles, as between failed attempts."""
+    server.on('qmp_capabilities', QUIT)
+    qmp = QMPClient('resilient')
+    qmp.auto_reconnect = 10.0
+    await qmp.connect(server.address)
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections >= 5), 10)
+    await qmp.disconnect()
+    pauses = [record.args[-1] for record in caplog.records
+              if record.msg.startswith('The session was lost')]
+    assert pauses[:4] == [0.05, 0.1, 0.2, 0.4]
+    assert ' in 0.4 s' in caplog.text
+
+
+def test_backoff_doubles_and_a_settled_session_resets_it():
+    backoff = Backoff(first=0.05, longest=0.3, settled=10.0)
+    assert [backoff.after_session(0.1) for _ in range(4)] \
+        == [0.05, 0.1, 0.2, 0.3]
+    assert backoff.after_failure() == 0.3
+    assert backoff.after_session(10.0) == 0.0  # it had settled: at once
+    assert backoff.after_failure() == 0.05     # and from the start again
+    assert backoff.after_session(9.9) == 0.1
