@@ -36,10 +36,18 @@ import logging
 from .error import QMPError
 from .events import EventListener
 from .message import Message
-from .protocol import ConnectError, Runstate, SocketAddrT, StateError
+from .expect import EventTimeoutError
+from .protocol import (
+    ConnectError,
+    EventLoopError,
+    Runstate,
+    SocketAddrT,
+    StateError,
+)
 from .qmp_client import (
     ExecInterruptedError,
     ExecuteError,
+    ExecuteTimeoutError,
     QMPClient,
     session,
 )
@@ -63,6 +71,9 @@ __all__ = (
     'ConnectError',
     'ExecuteError',
     'ExecInterruptedError',
+    'ExecuteTimeoutError',
+    'EventTimeoutError',
+    'EventLoopError',
 
     # Type aliases
     'SocketAddrT',

@@ -19,6 +19,7 @@ that raises it; this map shows the whole tree in one place:
     │   └── BadReplyError                     replies.py
     ├── SerializationError                    message.py
     ├── StateError                            protocol.py
+    ├── EventLoopError                        protocol.py
     ├── ConnectError                          protocol.py
     ├── ExecuteError                          replies.py
     ├── ExecInterruptedError                  replies.py

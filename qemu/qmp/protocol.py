@@ -22,6 +22,7 @@ error and returns the object to IDLE, ready to connect again.
 from __future__ import annotations
 
 import asyncio
+from asyncio import get_running_loop
 import inspect
 import logging
 import socket
@@ -55,8 +56,8 @@ from ._connection import Connection
 from .util import bottom_half, exception_summary, upper_half
 
 
-__all__ = ['Runstate', 'ConnectError', 'StateError', 'require',
-           'AsyncProtocol', 'SocketAddrT']
+__all__ = ['Runstate', 'ConnectError', 'StateError', 'EventLoopError',
+           'require', 'AsyncProtocol', 'SocketAddrT']
 
 #: An address to connect to or listen at: a UNIX socket path, or a
 #: ``(host, port)`` tuple for TCP.
@@ -164,6 +165,46 @@ class StateError(QMPError):
         return self.error_message
 
 
+class EventLoopError(QMPError):
+    """
+    The session belongs to an event loop other than the running one.
+
+    A session lives in the event loop that connected it: its tasks,
+    futures and stream are that loop's.  Typically a script connected in
+    one ``asyncio.run()`` and calls again in another: the first loop has
+    ended, and the session with it.  `AsyncProtocol.disconnect`, called
+    in the new loop, brings the client back to `IDLE`, ready to connect
+    again.  A loop that still runs (in another thread) keeps its session:
+    call the client from that loop, e.g. with
+    `asyncio.run_coroutine_threadsafe`.
+
+    :param error_message: Human-readable string describing the error.
+    """
+
+    def __init__(self, error_message: str) -> None:
+        super().__init__(error_message)
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        return self.error_message
+
+
+def _check_loop(proto: 'AsyncProtocol[Any]') -> None:
+    session_loop = proto._conn.loop
+    if session_loop is None or session_loop is asyncio.get_running_loop():
+        return
+    name = type(proto).__name__
+    if session_loop.is_closed():
+        raise EventLoopError(
+            f"{name}'s session belonged to an event loop that has ended "
+            f"(each asyncio.run() has a loop of its own): call "
+            f"disconnect() to return to IDLE, then connect() again")
+    raise EventLoopError(
+        f"{name}'s session belongs to another event loop, which still "
+        f"runs: call it from that loop (from another thread, with "
+        f"asyncio.run_coroutine_threadsafe())")
+
+
 # What a call in the wrong state is told, by the actual state; the
 # reference library's wording, which its users match on.
 _STATE_ERRORS = {
@@ -188,17 +229,21 @@ def require(required_state: Runstate) -> Callable[[F], F]:
 
     A coroutine function stays a coroutine function, and checks the
     runstate when it is awaited (not when the coroutine is created), so a
-    call prepared earlier sees the state it actually runs in.
+    call prepared earlier sees the state it actually runs in; it also
+    checks that it runs in the session's event loop.
 
     :param required_state: The `Runstate` required to invoke this method.
     :raise StateError: When the required `Runstate` is not met.
+    :raise EventLoopError: The session belongs to another event loop.
     """
     def _decorator(func: F) -> F:
         if inspect.iscoroutinefunction(func):
             @wraps(func)
             async def _async_wrapper(proto: 'AsyncProtocol[Any]',
                                      *args: Any, **kwargs: Any) -> Any:
-                if proto._runstate is not required_state:
+                if proto._runstate is not required_state \
+                        or proto._conn.loop is not get_running_loop():
+                    _check_loop(proto)
                     _check_state(proto, required_state)
                 return await func(proto, *args, **kwargs)
             return cast(F, _async_wrapper)
@@ -524,11 +569,24 @@ class AsyncProtocol(Generic[T]):
         again.  Called when already `IDLE`, it still goes through
         `DISCONNECTING` back to `IDLE`, and raises nothing.
 
+        A session whose event loop has ended (see `EventLoopError`) is
+        dropped: what asyncio left of it is released, and the object is
+        `IDLE` again.
+
         :raise Exception:
             The error that ended the session early, if one did: `EOFError`
             when the peer hung up, `OSError` for connection problems,
             `ProtocolError` when the peer broke the protocol.
+        :raise EventLoopError: The session belongs to another event loop,
+            which still runs.
         """
+        session_loop = self._conn.loop
+        if session_loop is not None \
+                and session_loop is not asyncio.get_running_loop():
+            if not session_loop.is_closed():
+                _check_loop(self)  # that loop still runs the session
+            self._drop_ended_session()
+            return
         self._schedule_disconnect()
         await self._wait_disconnect()
 
@@ -538,7 +596,8 @@ class AsyncProtocol(Generic[T]):
 
     def _begin_session(self, address: object) -> None:
         """Make the connection's state anew and enter `CONNECTING`."""
-        self._conn = Connection(address, self.readbuflen, asyncio.Queue())
+        self._conn = Connection(address, self.readbuflen, asyncio.Queue(),
+                                asyncio.get_running_loop())
         self._set_state(Runstate.CONNECTING)
         over = self._session_over
         if over is None or over.done():
@@ -655,6 +714,26 @@ class AsyncProtocol(Generic[T]):
         self._set_state(Runstate.IDLE)
         if conn.errors:
             raise conn.errors[0]
+
+    def _drop_ended_session(self) -> None:
+        """
+        Forget a session whose event loop has ended, and return to `IDLE`.
+
+        Nothing of it can run any more.  ``asyncio.run()`` cancelled its
+        tasks, which closed the stream as they ended (`_bh_loop_forever`);
+        whoever waited in that loop is gone too.
+        """
+        ended = self._conn.loop
+        self.logger.debug("Dropping the session of an ended event loop")
+        self._close_listener()
+        self._runstate_waiters = [waiter for waiter in self._runstate_waiters
+                                  if waiter.get_loop() is not ended]
+        over = self._session_over
+        if over is not None and over.get_loop() is ended:
+            self._session_over = None
+        self._set_state(Runstate.DISCONNECTING)
+        self._conn = Connection(None, self.readbuflen)
+        self._set_state(Runstate.IDLE)
 
     # ------------------------------------------------------------------
     # Transport hooks

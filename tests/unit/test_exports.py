@@ -30,11 +30,13 @@ def test_every_reference_name_exists_with_its_parameters():
 
 
 def test_package_all():
-    """qemu.qmp exports the reference's names, and session()."""
+    """qemu.qmp exports the reference's names, session(), and the errors
+    a caller of execute(), expect() or a session meets."""
     assert set(qemu.qmp.__all__) == {
         'QMPClient', 'Message', 'EventListener', 'Runstate', 'QMPError',
         'StateError', 'ConnectError', 'ExecuteError', 'ExecInterruptedError',
-        'SocketAddrT', 'session'}
+        'SocketAddrT', 'session', 'ExecuteTimeoutError', 'EventTimeoutError',
+        'EventLoopError'}
     for name in qemu.qmp.__all__:
         assert hasattr(qemu.qmp, name)
 

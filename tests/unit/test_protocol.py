@@ -12,15 +12,18 @@ import sys
 
 import pytest
 
+from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 from qemu.qmp.codec import MessageTooLongError
 from qemu.qmp.protocol import (
     AsyncProtocol,
     ConnectError,
+    EventLoopError,
     Runstate,
     StateError,
     require,
 )
+from qemu.qmp.testing import ServerThread
 from tests.helpers import (
     assert_no_tasks_left,
     free_port,
@@ -544,3 +547,53 @@ def test_a_script_that_never_disconnects_exits_quietly():
     assert result.returncode == 0, result.stderr
     assert result.stdout == 'done\n'
     assert result.stderr == ''
+
+
+def test_a_client_outliving_its_event_loop_says_so_and_recovers():
+    """asyncio.run(connect()), then asyncio.run(execute()): the session
+    died with the first loop.  The second call says so at once instead of
+    waiting for ever, and disconnect() brings the client back to IDLE,
+    ready to connect in the new loop."""
+    with ServerThread() as thread:
+        thread.server.on('query-status', {'status': 'running'})
+        qmp = QMPClient('moved')
+        asyncio.run(qmp.connect(thread.address))
+
+        async def ping():
+            return await asyncio.wait_for(qmp.execute('query-status'), 10)
+
+        with pytest.raises(EventLoopError, match='event loop that has ended'
+                           '.*disconnect()'):
+            asyncio.run(ping())
+        with pytest.raises(EventLoopError):
+            asyncio.run(qmp.connect(thread.address))
+        asyncio.run(qmp.disconnect())
+        assert qmp.runstate is Runstate.IDLE
+
+        async def again():
+            await qmp.connect(thread.address)
+            try:
+                return await ping()
+            finally:
+                await qmp.disconnect()
+
+        assert asyncio.run(again()) == {'status': 'running'}
+        assert qmp.runstate is Runstate.IDLE
+
+
+def test_a_client_used_from_another_running_loop_says_so():
+    """Connected in a loop that still runs (in another thread), used from
+    this one: an error at once, and the session is left alone."""
+    with ServerThread() as thread:
+        thread.server.on('query-status', {'status': 'running'})
+        qmp = QMPClient('elsewhere')
+        thread.run(qmp.connect(thread.address))
+        try:
+            for call in (qmp.execute('query-status'), qmp.disconnect()):
+                with pytest.raises(EventLoopError, match='another event'):
+                    asyncio.run(asyncio.wait_for(call, 10))
+            assert qmp.runstate is Runstate.RUNNING
+            assert thread.run(qmp.execute('query-status')) \
+                == {'status': 'running'}
+        finally:
+            thread.run(qmp.disconnect())
