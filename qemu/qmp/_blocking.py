@@ -64,6 +64,7 @@ from .core import (
     SessionCore,
     SessionEnded,
 )
+from . import handshake
 from .error import QMPError
 from .message import Message
 from .models import Greeting
@@ -84,6 +85,9 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 # How many reads a wait makes after its deadline passed, to take in what
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
+
+#: What a server that never greets (the guest agent) needs, for the hints.
+NO_GREETING_FIX = "connect(negotiate=False)"
 
 
 def longest_wait(seconds: float) -> float:
@@ -210,7 +214,7 @@ class BlockingConnection:
         self._enter()
         try:
             try:
-                greeting = self._wait(lambda: core.greeting, deadline)
+                greeting = self._wait_for_greeting(deadline)
                 if greeting is None:
                     raise asyncio.TimeoutError
                 if core.phase is Phase.NEGOTIATING:
@@ -228,6 +232,20 @@ class BlockingConnection:
             return greeting
         finally:
             self._leave()
+
+    def _wait_for_greeting(self, deadline: Optional[float]
+                           ) -> Optional[Greeting]:
+        """`_wait` for the greeting; say so, once, when it is overdue."""
+        core = self._core
+        patience = handshake.GREETING_PATIENCE
+        overdue = time.monotonic() + patience
+        if deadline is None or deadline > overdue:
+            greeting = self._wait(lambda: core.greeting, overdue)
+            if greeting is not None:
+                return greeting
+            handshake.warn_greeting_overdue(self._logger, patience,
+                                            NO_GREETING_FIX)
+        return self._wait(lambda: core.greeting, deadline)
 
     @property
     def greeting(self) -> Optional[Greeting]:

@@ -13,6 +13,7 @@ step is a `GreetingError` or a `NegotiationError`, with the root cause in
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Dict, Mapping, Optional
 
 from .error import ProtocolError
@@ -20,7 +21,13 @@ from .models import Greeting
 
 
 __all__ = ['GreetingError', 'NegotiationError', 'read_greeting',
-           'greeting_timeout', 'capabilities_command', 'negotiation_error']
+           'GREETING_PATIENCE', 'warn_greeting_overdue', 'greeting_timeout',
+           'capabilities_command', 'negotiation_error']
+
+#: Seconds without a greeting after which both clients log a WARNING (and
+#: go on waiting, as the reference library does): by then the socket is
+#: most likely the guest agent's, which never greets.
+GREETING_PATIENCE = 5.0
 
 
 class _WrappedProtocolError(ProtocolError):
@@ -76,19 +83,36 @@ def read_greeting(msg: Mapping[str, Any]) -> Greeting:
         raise GreetingError("Did not understand Greeting", err) from err
 
 
-def greeting_timeout(seconds: Optional[float],
-                     cause: Exception) -> GreetingError:
+def warn_greeting_overdue(logger: logging.Logger, seconds: float,
+                          fix: str) -> None:
+    """
+    Log that no greeting came in ``seconds``, what it most likely means,
+    and what to do.
+
+    :param logger: The client's logger.
+    :param seconds: How long the client has waited.
+    :param fix: The client's own way to connect without a greeting, such
+        as ``"connect(negotiate=False)"``.
+    """
+    logger.warning("No greeting after %s seconds, still waiting; if this "
+                   "is the guest agent's socket, which never greets, "
+                   "connect with %s", seconds, fix)
+
+
+def greeting_timeout(seconds: Optional[float], cause: Exception,
+                     fix: str) -> GreetingError:
     """
     The error for a greeting that did not come: what it most likely
     means, and what to do.
 
     :param seconds: How long the client waited.
     :param cause: The timeout.
+    :param fix: The client's own way to connect without a greeting (see
+        `warn_greeting_overdue`).
     """
     return GreetingError(
         f"No greeting within {seconds} seconds; if this is the guest "
-        f"agent's socket, which never greets, connect with "
-        f"negotiate=False", cause)
+        f"agent's socket, which never greets, connect with {fix}", cause)
 
 
 def capabilities_command(greeting: Greeting) -> Dict[str, Any]:

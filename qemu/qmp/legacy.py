@@ -55,7 +55,12 @@ from typing import (
 )
 
 from . import _sockets
-from ._blocking import BlockingConnection, ReentrantCallError, longest_wait
+from ._blocking import (
+    NO_GREETING_FIX,
+    BlockingConnection,
+    ReentrantCallError,
+    longest_wait,
+)
 from .codec import DEFAULT_LIMIT
 from .error import QMPError
 from .message import Message
@@ -343,7 +348,8 @@ class QEMUMonitorProtocol:
             return conn.handshake(deadline)
         except asyncio.TimeoutError as err:
             if conn.greeting is None:
-                raise greeting_timeout(timeout, err) from err
+                raise greeting_timeout(timeout, err,
+                                       NO_GREETING_FIX) from err
             raise negotiation_error(err, timeout) from err
 
     # ------------------------------------------------------------------

@@ -43,12 +43,14 @@ from .core import (
 )
 from .error import ProtocolError, QMPError
 from .events import EventListener, Events, ListenerError
+from . import handshake
 from .expect import EventTimeoutError, ExpectedEvent
 from .handshake import (
     GreetingError,
     NegotiationError,
     greeting_timeout,
     negotiation_error,
+    warn_greeting_overdue,
 )
 from .message import Message
 from .models import Greeting
@@ -83,6 +85,9 @@ __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
 #: ``reason`` (why the session was lost), ``attempts`` and ``gap``
 #: (seconds).  QEMU has no event of this name.
 RECONNECTED = 'QMP_CLIENT_RECONNECTED'
+
+# What a server that never greets (the guest agent) needs, for the hints.
+_NO_GREETING = "qmp.await_greeting = False and qmp.negotiate = False"
 
 
 def _timestamp() -> Dict[str, int]:
@@ -262,11 +267,20 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise GreetingError: It is not one, or did not come in time.
         """
         self.logger.debug("Awaiting greeting ...")
+        timeout = self.session_timeout
+        patience = handshake.GREETING_PATIENCE
+        overdue = None
+        if timeout is None or timeout > patience:
+            overdue = asyncio.get_running_loop().call_later(
+                patience, warn_greeting_overdue, self.logger, patience,
+                _NO_GREETING)
         try:
-            await asyncio.wait_for(self._handshake_step(Greeting),
-                                   self.session_timeout)
+            await asyncio.wait_for(self._handshake_step(Greeting), timeout)
         except asyncio.TimeoutError as err:
-            raise greeting_timeout(self.session_timeout, err) from err
+            raise greeting_timeout(timeout, err, _NO_GREETING) from err
+        finally:
+            if overdue is not None:
+                overdue.cancel()
         greeting = self._core.greeting
         assert greeting is not None
         return greeting

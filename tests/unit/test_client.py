@@ -21,6 +21,7 @@ from qemu.qmp import (
     Runstate,
     StateError,
 )
+from qemu.qmp import handshake
 from qemu.qmp.message import DeserializationError, SerializationError
 from qemu.qmp.models import Greeting
 from qemu.qmp.qmp_client import (
@@ -132,19 +133,59 @@ async def test_hang_up_before_greeting():
         assert qmp.runstate is Runstate.IDLE
 
 
-async def test_greeting_timeout():
-    """session_timeout bounds the wait for a greeting."""
+@pytest.mark.parametrize('negotiate', [True, False])
+async def test_greeting_timeout(negotiate):
+    """session_timeout bounds the wait for a greeting, and the error names
+    both settings a guest agent's socket needs, even when one is set."""
     async with QMPTestServer(greeting=None) as server:
         qmp = QMPClient()
+        qmp.negotiate = negotiate
         qmp.session_timeout = 0.05
         with pytest.raises(ConnectError) as info:
             await qmp.connect(await server.start())
         assert isinstance(info.value.exc, GreetingError)
         text = str(info.value)
         assert 'No greeting within 0.05 seconds' in text
-        assert 'negotiate=False' in text  # what to check
+        assert 'await_greeting = False and qmp.negotiate = False' in text
         assert not text.rstrip().endswith(':')
         assert qmp.runstate is Runstate.IDLE
+
+
+async def test_a_late_greeting_is_warned_about(monkeypatch, caplog):
+    """Without session_timeout a socket that never greets (the guest
+    agent's) waits as long as it takes, as in the reference library, but
+    not silently: a WARNING after a few seconds says what to set."""
+    monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
+    warned = asyncio.Event()
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.set()
+    logger = logging.getLogger('qemu.qmp.qmp_client.patient')
+    logger.addHandler(handler)
+    try:
+        async with QMPTestServer(greeting=None) as server:
+            qmp = QMPClient('patient')
+            connecting = asyncio.create_task(
+                qmp.connect(await server.start()))
+            await asyncio.wait_for(warned.wait(), 10)
+            await qmp.disconnect()
+            with pytest.raises(ConnectError):
+                await connecting
+    finally:
+        logger.removeHandler(handler)
+    assert 'No greeting after 0.05 seconds' in caplog.text
+    assert 'qmp.await_greeting = False and qmp.negotiate = False' \
+        in caplog.text
+
+
+async def test_no_warning_when_session_timeout_is_shorter(monkeypatch,
+                                                          caplog):
+    monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
+    async with QMPTestServer(greeting=None) as server:
+        qmp = QMPClient()
+        qmp.session_timeout = 0.05
+        with pytest.raises(ConnectError):
+            await qmp.connect(await server.start())
+        assert 'No greeting after' not in caplog.text
 
 
 async def test_connect_failure_names_the_address(tmp_path):

@@ -24,6 +24,7 @@ from qemu.qmp import (
 from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
+from qemu.qmp import handshake
 from qemu.qmp.message import DeserializationError, SerializationError
 from qemu.qmp.qmp_client import (
     BadReplyError,
@@ -95,7 +96,27 @@ def test_greeting_timeout_says_what_to_check():
         with pytest.raises(ConnectError) as info:
             monitor.connect(timeout=0.05)
         assert 'No greeting within 0.05 seconds' in str(info.value)
-        assert 'negotiate=False' in str(info.value)
+        assert 'connect(negotiate=False)' in str(info.value)
+        monitor.close()
+    finally:
+        agent.close()
+
+
+def test_a_late_greeting_is_warned_about(monkeypatch, caplog):
+    """Without a timeout, connect() waits for a greeting as long as it
+    takes (the reference library's behaviour), but logs a WARNING after a
+    few seconds that says what to do."""
+    monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
+    agent = ThreadedServer(greeting=None)
+    try:
+        monitor = QEMUMonitorProtocol(agent.start())
+        with pytest.raises(ConnectError):
+            monitor.connect(timeout=0.5)
+        warnings = [record for record in caplog.records
+                    if record.levelname == 'WARNING']
+        assert len(warnings) == 1
+        assert 'No greeting after 0.05 seconds' in warnings[0].getMessage()
+        assert 'connect(negotiate=False)' in warnings[0].getMessage()
         monitor.close()
     finally:
         agent.close()
