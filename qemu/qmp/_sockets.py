@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import stat
 import time
@@ -72,6 +73,27 @@ def describe(address: object) -> str:
     if isinstance(address, socket.socket):
         return f"socket fd={address.fileno()}"
     return str(address)
+
+
+# host:port or [v6]:port, with nothing of a path about it.
+_HOST_PORT = re.compile(r'(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[\w.-]+))'
+                        r':(?P<port>[0-9]{1,5})')
+
+
+def tcp_lookalike(address: object) -> Optional[Tuple[str, int]]:
+    """
+    The TCP address a UNIX socket path that looks like ``host:port``
+    most likely meant, if it does.
+
+    >>> tcp_lookalike('127.0.0.1:4444'), tcp_lookalike('/tmp/qmp.sock')
+    (('127.0.0.1', 4444), None)
+    """
+    if not isinstance(address, str):
+        return None
+    match = _HOST_PORT.fullmatch(address)
+    if match is None:
+        return None
+    return (match['v6'] or match['host'], int(match['port']))
 
 
 def _tcp_address(address: object) -> Tuple[str, int]:

@@ -67,10 +67,11 @@ from .error import ProtocolError
 from .handshake import (
     GreetingError,
     NegotiationError,
+    NotQMPServerError,
     capabilities_command,
     read_greeting,
 )
-from .message import Message
+from .message import DeserializationError, Message
 from .models import Greeting
 from .replies import (
     ExecInterruptedError,
@@ -512,7 +513,9 @@ class SessionCore(Generic[W]):
             if isinstance(reason, ProtocolError) and \
                     not isinstance(reason, (GreetingError, NegotiationError)):
                 if self.phase is Phase.GREETING:
-                    reason = GreetingError("Did not understand Greeting",
+                    reason = NotQMPServerError(reason) \
+                        if isinstance(reason, DeserializationError) \
+                        else GreetingError("Did not understand Greeting",
                                            reason)
                 elif self.phase is Phase.NEGOTIATING:
                     reason = NegotiationError("Negotiation failed", reason)

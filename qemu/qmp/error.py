@@ -14,6 +14,7 @@ that raises it; this map shows the whole tree in one place:
     │   ├── MessageTooLongError               codec.py
     │   ├── TruncatedMessageError             codec.py
     │   ├── GreetingError                     handshake.py
+    │   │   └── NotQMPServerError             handshake.py
     │   ├── NegotiationError                  handshake.py
     │   ├── ServerParseError                  replies.py
     │   └── BadReplyError                     replies.py

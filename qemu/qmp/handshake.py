@@ -17,10 +17,12 @@ import logging
 from typing import Any, Dict, Mapping, Optional
 
 from .error import ProtocolError
+from .message import DeserializationError
 from .models import Greeting
 
 
-__all__ = ['GreetingError', 'NegotiationError', 'read_greeting',
+__all__ = ['GreetingError', 'NotQMPServerError', 'NegotiationError',
+           'read_greeting',
            'GREETING_PATIENCE', 'warn_greeting_overdue', 'greeting_timeout',
            'capabilities_command', 'negotiation_error']
 
@@ -55,6 +57,24 @@ class GreetingError(_WrappedProtocolError):
     :param error_message: Human-readable string describing the error.
     :param exc: The root-cause exception.
     """
+
+
+class NotQMPServerError(GreetingError):
+    """
+    The peer's first line is not JSON: it speaks another protocol (an
+    HTTP or SSH server, say), or the address is not QMP's.
+
+    :param exc: The decoding error; what the peer sent is its ``raw``.
+    """
+
+    def __init__(self, exc: DeserializationError) -> None:
+        super().__init__("Not a QMP server", exc)
+        self.exc: DeserializationError = exc
+
+    def __str__(self) -> str:
+        sent = self.exc.raw
+        shown = sent if len(sent) <= 60 else sent[:57] + b'...'
+        return f"{self.error_message}: it sent {shown!r}"
 
 
 class NegotiationError(_WrappedProtocolError):

@@ -120,13 +120,17 @@ class ConnectError(QMPError):
 
         asyncio.run(main())
 
+    A UNIX socket path that does not exist but reads like ``host:port``
+    gets the TCP address it most likely meant, in the message.
+
     :param error_message: Human-readable string describing the error.
     :param exc: The root-cause exception.
     :param address: The address connected to or listened on, if known.
+    :param note: Said last, in parentheses (how long it was tried, say).
     """
 
     def __init__(self, error_message: str, exc: Exception,
-                 address: object = None) -> None:
+                 address: object = None, *, note: str = '') -> None:
         super().__init__(error_message, exc)
         #: Human-readable error string
         self.error_message: str = error_message
@@ -134,13 +138,20 @@ class ConnectError(QMPError):
         self.exc: Exception = exc
         #: The address connected to or listened on, or `None`.
         self.address: object = address
+        self.note = note
 
     def __str__(self) -> str:
         where = '' if self.address is None \
             else f" ({_sockets.describe(self.address)})"
         cause = exception_summary(self.exc) \
             if not str(self.exc) else str(self.exc)
-        return f"{self.error_message}{where}: {cause}"
+        text = f"{self.error_message}{where}: {cause}"
+        if self.note:
+            text += f" ({self.note})"
+        meant = _sockets.tcp_lookalike(self.address)
+        if meant is not None and isinstance(self.exc, FileNotFoundError):
+            text += f"; for TCP, pass the address as a tuple: {meant!r}"
+        return text
 
 
 class StateError(QMPError):
@@ -552,10 +563,9 @@ class AsyncProtocol(Generic[T]):
             or, for a protocol-level failure, a `QMPError`).
         """
         self._begin_session(address)
-        emsg = "Failed to establish connection"
-        if retry:
-            emsg += f" (tried for {retry:.3g} seconds)"
-        async with self._session_guard(emsg):
+        note = f"tried for {retry:.3g} s" if retry else ''
+        async with self._session_guard("Failed to establish connection",
+                                       note):
             await self._connect_retrying(address, ssl, retry)
         async with self._session_guard("Failed to establish session"):
             await self._establish_session()
@@ -606,7 +616,8 @@ class AsyncProtocol(Generic[T]):
 
     @upper_half
     @asynccontextmanager
-    async def _session_guard(self, emsg: str) -> AsyncIterator[None]:
+    async def _session_guard(self, emsg: str,
+                             note: str = '') -> AsyncIterator[None]:
         """
         Context: one phase of session set-up; roll back to `IDLE` if the
         block fails.
@@ -616,6 +627,7 @@ class AsyncProtocol(Generic[T]):
         rollback.
 
         :param emsg: What failed, for the `ConnectError` message.
+        :param note: The `ConnectError`'s note, if any.
         :raise ConnectError: When the block raises an `Exception`.
         """
         try:
@@ -628,10 +640,11 @@ class AsyncProtocol(Generic[T]):
             address = self._conn.address
             await self._rollback()
             if aborted and isinstance(err, Exception):
-                raise ConnectError(emsg, _aborted(), address) from err
+                raise ConnectError(emsg, _aborted(), address,
+                                   note=note) from err
             if isinstance(err, Exception) \
                     and not isinstance(err, ConnectError):
-                raise ConnectError(emsg, err, address) from err
+                raise ConnectError(emsg, err, address, note=note) from err
             raise
 
     async def _rollback(self) -> None:

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from qemu.qmp import ConnectError, QMPClient, Runstate, session
+from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.message import DeserializationError
 from qemu.qmp.testing import QUIT, QMPTestServer
 from tests.helpers import assert_no_tasks_left, free_port, wait_for_state
@@ -56,9 +57,15 @@ async def test_retry_until_the_server_listens(tmp_path, retried, where):
 
 
 async def test_retry_gives_up_at_the_deadline(tmp_path):
+    """The message reads as one sentence: what failed, where, why, and
+    for how long it was tried."""
     qmp = QMPClient()
-    with pytest.raises(ConnectError, match='tried for 0.05 seconds') as err:
-        await qmp.connect(str(tmp_path / 'never.sock'), retry=0.05)
+    path = str(tmp_path / 'never.sock')
+    with pytest.raises(ConnectError) as err:
+        await qmp.connect(path, retry=1)
+    assert str(err.value) == (
+        f"Failed to establish connection ({path}): [Errno 2] No such file "
+        f"or directory (tried for 1 s)")
     assert isinstance(err.value.exc, FileNotFoundError)
     assert qmp.runstate is Runstate.IDLE
     assert_no_tasks_left()
@@ -136,3 +143,31 @@ async def test_session_for_the_guest_agent():
         async with session(await server.start(), negotiate=False) as qga:
             assert qga.greeting is None
             assert await qga.execute('guest-ping') == {}
+
+
+@pytest.mark.parametrize('address, suggestion', [
+    ('127.0.0.1:4444', "('127.0.0.1', 4444)"),
+    ('localhost:4444', "('localhost', 4444)"),
+    ('[::1]:4444', "('::1', 4444)"),
+])
+async def test_a_host_and_port_string_is_told_to_be_a_tuple(address,
+                                                            suggestion):
+    """A string is a UNIX socket path; one that looks like host:port gets
+    the tuple it most likely meant, from both clients."""
+    qmp = QMPClient()
+    with pytest.raises(ConnectError) as err:
+        await qmp.connect(address)
+    assert f"for TCP, pass the address as a tuple: {suggestion}" \
+        in str(err.value)
+    monitor = QEMUMonitorProtocol(address)
+    with pytest.raises(ConnectError) as err:
+        monitor.connect()
+    assert suggestion in str(err.value)
+    monitor.close()
+
+
+async def test_a_missing_socket_path_gets_no_tcp_hint(tmp_path):
+    qmp = QMPClient()
+    with pytest.raises(ConnectError) as err:
+        await qmp.connect(str(tmp_path / 'qmp.sock'))
+    assert 'TCP' not in str(err.value)

@@ -18,7 +18,11 @@ from qemu.qmp.core import (
     SessionCore,
     SessionEnded,
 )
-from qemu.qmp.handshake import GreetingError, NegotiationError
+from qemu.qmp.handshake import (
+    GreetingError,
+    NegotiationError,
+    NotQMPServerError,
+)
 from qemu.qmp.message import DeserializationError, Message
 from qemu.qmp.models import Greeting
 from qemu.qmp.qmp_client import ExecuteError, ServerParseError
@@ -220,6 +224,18 @@ def test_bad_greeting(first, cause):
     ended, = feed(core, first) or feed(core, b'')
     assert isinstance(ended.reason, GreetingError)
     assert isinstance(ended.reason.exc, cause)
+
+
+def test_a_peer_that_is_not_qmp_is_told_as_such():
+    """A first line that is not JSON at all (an HTTP or SSH server, say)
+    is a NotQMPServerError showing what the peer sent."""
+    core = SessionCore(LOGGER)
+    ended, = feed(core, b'HTTP/1.1 400 Bad Request\r\n\r\n')
+    assert isinstance(ended.reason, NotQMPServerError)
+    assert isinstance(ended.reason, GreetingError)
+    assert isinstance(ended.reason.exc, DeserializationError)
+    assert str(ended.reason) == \
+        "Not a QMP server: it sent b'HTTP/1.1 400 Bad Request\\r'"
 
 
 @pytest.mark.parametrize('answer, cause', [
