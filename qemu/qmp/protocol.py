@@ -211,8 +211,8 @@ def _check_loop(proto: 'AsyncProtocol[Any]') -> None:
             f"(each asyncio.run() has a loop of its own): call "
             f"disconnect() to return to IDLE, then connect() again")
     raise EventLoopError(
-        f"{name}'s session belongs to another event loop, which still "
-        f"runs: call it from that loop (from another thread, with "
+        f"{name}'s session belongs to another event loop: call it from "
+        f"that loop (from another thread, with "
         f"asyncio.run_coroutine_threadsafe())")
 
 
@@ -588,7 +588,7 @@ class AsyncProtocol(Generic[T]):
             when the peer hung up, `OSError` for connection problems,
             `ProtocolError` when the peer broke the protocol.
         :raise EventLoopError: The session belongs to another event loop,
-            which still runs.
+            which has not ended.
         """
         session_loop = self._conn.loop
         if session_loop is not None \
