@@ -87,7 +87,7 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 _LATE_READS = 16
 
 #: What a server that never greets (the guest agent) needs, for the hints.
-NO_GREETING_FIX = "connect(negotiate=False)"
+NO_GREETING_FIX = "pass negotiate=False to connect()"
 
 
 def longest_wait(seconds: float) -> float:
@@ -237,10 +237,11 @@ class BlockingConnection:
                            ) -> Optional[Greeting]:
         """`_wait` for the greeting; say so, once, when it is overdue."""
         core = self._core
-        patience = handshake.GREETING_PATIENCE
-        overdue = time.monotonic() + patience
-        if deadline is None or deadline > overdue:
-            greeting = self._wait(lambda: core.greeting, overdue)
+        timeout = None if deadline is None else deadline - time.monotonic()
+        patience = handshake.greeting_patience(timeout)
+        if patience is not None:
+            greeting = self._wait(lambda: core.greeting,
+                                  time.monotonic() + patience)
             if greeting is not None:
                 return greeting
             handshake.warn_greeting_overdue(self._logger, patience,

@@ -33,22 +33,20 @@ class Connection(Generic[T]):
     :param readbuflen: The longest line accepted.
     :param outgoing: The writer task's queue; a blank connection has
         none (it is made in the event loop that runs the session).
-    :param loop: The event loop that runs the session (`None` for the
-        blank one).
     """
 
-    __slots__ = ('address', 'loop', 'outgoing', 'lines', 'reader', 'writer',
+    __slots__ = ('address', 'connect_note', 'outgoing', 'lines', 'reader',
+                 'writer',
                  'listener', 'accept_ssl', 'accepted', 'accept_task',
                  'reader_task', 'writer_task', 'write_batch', 'dc_task',
                  'errors', 'protocol_state', '__weakref__')
 
     def __init__(self, address: object, readbuflen: int,
-                 outgoing: Optional[asyncio.Queue[T]] = None,
-                 loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+                 outgoing: Optional[asyncio.Queue[T]] = None) -> None:
         #: Where the session connects or listens, for error messages.
         self.address = address
-        #: Its tasks, futures and stream are this loop's, and die with it.
-        self.loop = loop
+        #: How the connection was tried, for the error when it failed.
+        self.connect_note = ''
         if outgoing is not None:
             #: Messages waiting for the writer task.
             self.outgoing: asyncio.Queue[T] = outgoing

@@ -67,11 +67,14 @@ from .error import ProtocolError
 from .handshake import (
     GreetingError,
     NegotiationError,
-    NotQMPServerError,
     capabilities_command,
     read_greeting,
 )
-from .message import DeserializationError, Message
+from .message import (
+    DeserializationError,
+    Message,
+    not_qmp,
+)
 from .models import Greeting
 from .replies import (
     ExecInterruptedError,
@@ -510,12 +513,12 @@ class SessionCore(Generic[W]):
         negotiation's failure, and says so.
         """
         if self.phase is not Phase.ENDED:
+            if type(reason) is DeserializationError:
+                reason = not_qmp(reason)
             if isinstance(reason, ProtocolError) and \
                     not isinstance(reason, (GreetingError, NegotiationError)):
                 if self.phase is Phase.GREETING:
-                    reason = NotQMPServerError(reason) \
-                        if isinstance(reason, DeserializationError) \
-                        else GreetingError("Did not understand Greeting",
+                    reason = GreetingError("Did not understand Greeting",
                                            reason)
                 elif self.phase is Phase.NEGOTIATING:
                     reason = NegotiationError("Negotiation failed", reason)

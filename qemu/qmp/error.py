@@ -10,11 +10,11 @@ that raises it; this map shows the whole tree in one place:
     QMPError                                  error.py
     ├── ProtocolError                         error.py
     │   ├── DeserializationError              message.py
+    │   │   └── NotQMPServerError             message.py
     │   ├── UnexpectedTypeError               message.py
     │   ├── MessageTooLongError               codec.py
     │   ├── TruncatedMessageError             codec.py
     │   ├── GreetingError                     handshake.py
-    │   │   └── NotQMPServerError             handshake.py
     │   ├── NegotiationError                  handshake.py
     │   ├── ServerParseError                  replies.py
     │   └── BadReplyError                     replies.py

@@ -17,13 +17,12 @@ import logging
 from typing import Any, Dict, Mapping, Optional
 
 from .error import ProtocolError
-from .message import DeserializationError
 from .models import Greeting
 
 
-__all__ = ['GreetingError', 'NotQMPServerError', 'NegotiationError',
-           'read_greeting',
-           'GREETING_PATIENCE', 'warn_greeting_overdue', 'greeting_timeout',
+__all__ = ['GreetingError', 'NegotiationError', 'read_greeting',
+           'GREETING_PATIENCE', 'greeting_patience', 'warn_greeting_overdue',
+           'greeting_timeout',
            'capabilities_command', 'negotiation_error']
 
 #: Seconds without a greeting after which both clients log a WARNING (and
@@ -59,24 +58,6 @@ class GreetingError(_WrappedProtocolError):
     """
 
 
-class NotQMPServerError(GreetingError):
-    """
-    The peer's first line is not JSON: it speaks another protocol (an
-    HTTP or SSH server, say), or the address is not QMP's.
-
-    :param exc: The decoding error; what the peer sent is its ``raw``.
-    """
-
-    def __init__(self, exc: DeserializationError) -> None:
-        super().__init__("Not a QMP server", exc)
-        self.exc: DeserializationError = exc
-
-    def __str__(self) -> str:
-        sent = self.exc.raw
-        shown = sent if len(sent) <= 60 else sent[:57] + b'...'
-        return f"{self.error_message}: it sent {shown!r}"
-
-
 class NegotiationError(_WrappedProtocolError):
     """
     An exception occurred during the Negotiation phase.
@@ -103,6 +84,15 @@ def read_greeting(msg: Mapping[str, Any]) -> Greeting:
         raise GreetingError("Did not understand Greeting", err) from err
 
 
+def greeting_patience(timeout: Optional[float]) -> Optional[float]:
+    """
+    When to warn that the greeting is overdue, in a wait of ``timeout``
+    seconds: `GREETING_PATIENCE`, or `None` for a wait that ends sooner.
+    """
+    patience = GREETING_PATIENCE
+    return patience if timeout is None or timeout > patience else None
+
+
 def warn_greeting_overdue(logger: logging.Logger, seconds: float,
                           fix: str) -> None:
     """
@@ -111,12 +101,12 @@ def warn_greeting_overdue(logger: logging.Logger, seconds: float,
 
     :param logger: The client's logger.
     :param seconds: How long the client has waited.
-    :param fix: The client's own way to connect without a greeting, such
-        as ``"connect(negotiate=False)"``.
+    :param fix: What to do about it, in the client's own terms, such as
+        ``"pass negotiate=False to connect()"``.
     """
     logger.warning("No greeting after %s seconds, still waiting; if this "
-                   "is the guest agent's socket, which never greets, "
-                   "connect with %s", seconds, fix)
+                   "is the guest agent's socket, which never greets, %s",
+                   seconds, fix)
 
 
 def greeting_timeout(seconds: Optional[float], cause: Exception,
@@ -127,12 +117,11 @@ def greeting_timeout(seconds: Optional[float], cause: Exception,
 
     :param seconds: How long the client waited.
     :param cause: The timeout.
-    :param fix: The client's own way to connect without a greeting (see
-        `warn_greeting_overdue`).
+    :param fix: What to do about it (see `warn_greeting_overdue`).
     """
     return GreetingError(
         f"No greeting within {seconds} seconds; if this is the guest "
-        f"agent's socket, which never greets, connect with {fix}", cause)
+        f"agent's socket, which never greets, {fix}", cause)
 
 
 def capabilities_command(greeting: Greeting) -> Dict[str, Any]:

@@ -86,6 +86,39 @@ class DeserializationError(ProtocolError):
         return f"{self.error_message}\n  raw bytes were: {shown!r}"
 
 
+class NotQMPServerError(DeserializationError):
+    """
+    The peer sent a line that is not even JSON-like: it speaks another
+    protocol (an HMP monitor, an SSH server, an HTTP server answering a
+    command), so the address is most likely not a QMP server's.
+
+    :param raw: What the peer sent.
+    """
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__("Not a QMP server", raw)
+
+    def __str__(self) -> str:
+        sent = self.raw.rstrip(b'\r\n')
+        shown = sent if len(sent) <= 60 else sent[:57] + b'...'
+        return f"{self.error_message}: it sent {shown!r}"
+
+
+def not_qmp(err: DeserializationError) -> DeserializationError:
+    """
+    ``err``, or a `NotQMPServerError` when its line does not even start
+    as a JSON object or list does: no QMP server sends such a line.
+
+    >>> str(not_qmp(DeserializationError("bad", b'SSH-2.0-OpenSSH_9.2')))
+    "Not a QMP server: it sent b'SSH-2.0-OpenSSH_9.2'"
+    """
+    if err.raw.lstrip()[:1] in (b'{', b'['):
+        return err
+    not_json = NotQMPServerError(err.raw)
+    not_json.__cause__ = err.__cause__
+    return not_json
+
+
 class UnexpectedTypeError(ProtocolError):
     """
     A QMP message was JSON, but not a JSON object.

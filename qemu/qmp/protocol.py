@@ -53,7 +53,7 @@ from . import _sockets
 from ._sockets import SocketAddrT as _SocketAddrT
 from .error import QMPError
 from ._connection import Connection
-from .util import bottom_half, exception_summary, upper_half
+from .util import Backoff, bottom_half, exception_summary, upper_half
 
 
 __all__ = ['Runstate', 'ConnectError', 'StateError', 'EventLoopError',
@@ -201,7 +201,12 @@ class EventLoopError(QMPError):
 
 
 def _check_loop(proto: 'AsyncProtocol[Any]') -> None:
-    session_loop = proto._conn.loop
+    """
+    Check that the caller runs in the event loop of ``proto``'s session.
+
+    :raise EventLoopError: It does not; the message says what to do.
+    """
+    session_loop = proto._session_loop
     if session_loop is None or session_loop is asyncio.get_running_loop():
         return
     name = type(proto).__name__
@@ -210,6 +215,11 @@ def _check_loop(proto: 'AsyncProtocol[Any]') -> None:
             f"{name}'s session belonged to an event loop that has ended "
             f"(each asyncio.run() has a loop of its own): call "
             f"disconnect() to return to IDLE, then connect() again")
+    if not session_loop.is_running():
+        raise EventLoopError(
+            f"{name}'s session belongs to another event loop, which is "
+            f"not running: run the call in that loop "
+            f"(loop.run_until_complete())")
     raise EventLoopError(
         f"{name}'s session belongs to another event loop: call it from "
         f"that loop (from another thread, with "
@@ -253,7 +263,7 @@ def require(required_state: Runstate) -> Callable[[F], F]:
             async def _async_wrapper(proto: 'AsyncProtocol[Any]',
                                      *args: Any, **kwargs: Any) -> Any:
                 if proto._runstate is not required_state \
-                        or proto._conn.loop is not get_running_loop():
+                        or proto._session_loop is not get_running_loop():
                     _check_loop(proto)
                     _check_state(proto, required_state)
                 return await func(proto, *args, **kwargs)
@@ -338,6 +348,10 @@ class AsyncProtocol(Generic[T]):
         # Everything of the current session, made anew by each
         # connection attempt (see _connection.Connection).
         self._conn: Connection[T] = Connection(None, readbuflen)
+        # The event loop the session runs in, from the first connection
+        # attempt until it is over for good (past any reconnection): its
+        # tasks and futures are that loop's, and die with it.
+        self._session_loop: Optional[asyncio.AbstractEventLoop] = None
         # Resolved when the session starts to end (enters DISCONNECTING),
         # for whoever reads until then (QMPClient.session_events); a
         # reconnection goes on with the same one.
@@ -455,7 +469,9 @@ class AsyncProtocol(Generic[T]):
         skips to the oldest one kept.
 
         :return: The new runstate.
+        :raise EventLoopError: The session belongs to another event loop.
         """
+        _check_loop(self)
         task = asyncio.current_task()
         seen = self._runstate_seen.get(task, self._runstate_count) \
             if task is not None else self._runstate_count
@@ -563,9 +579,7 @@ class AsyncProtocol(Generic[T]):
             or, for a protocol-level failure, a `QMPError`).
         """
         self._begin_session(address)
-        note = f"tried for {retry:.3g} s" if retry else ''
-        async with self._session_guard("Failed to establish connection",
-                                       note):
+        async with self._session_guard("Failed to establish connection"):
             await self._connect_retrying(address, ssl, retry)
         async with self._session_guard("Failed to establish session"):
             await self._establish_session()
@@ -590,11 +604,7 @@ class AsyncProtocol(Generic[T]):
         :raise EventLoopError: The session belongs to another event loop,
             which has not ended.
         """
-        session_loop = self._conn.loop
-        if session_loop is not None \
-                and session_loop is not asyncio.get_running_loop():
-            if not session_loop.is_closed():
-                _check_loop(self)  # that loop still runs the session
+        if self._session_loop_ended():
             self._drop_ended_session()
             return
         self._schedule_disconnect()
@@ -606,18 +616,17 @@ class AsyncProtocol(Generic[T]):
 
     def _begin_session(self, address: object) -> None:
         """Make the connection's state anew and enter `CONNECTING`."""
-        self._conn = Connection(address, self.readbuflen, asyncio.Queue(),
-                                asyncio.get_running_loop())
+        loop = self._session_loop = asyncio.get_running_loop()
+        self._conn = Connection(address, self.readbuflen, asyncio.Queue())
         self._set_state(Runstate.CONNECTING)
         over = self._session_over
-        if over is None or over.done():
+        if over is None or over.done() or over.get_loop() is not loop:
             # (A reconnection goes on with the session it re-establishes.)
-            self._session_over = asyncio.get_running_loop().create_future()
+            self._session_over = loop.create_future()
 
     @upper_half
     @asynccontextmanager
-    async def _session_guard(self, emsg: str,
-                             note: str = '') -> AsyncIterator[None]:
+    async def _session_guard(self, emsg: str) -> AsyncIterator[None]:
         """
         Context: one phase of session set-up; roll back to `IDLE` if the
         block fails.
@@ -627,7 +636,6 @@ class AsyncProtocol(Generic[T]):
         rollback.
 
         :param emsg: What failed, for the `ConnectError` message.
-        :param note: The `ConnectError`'s note, if any.
         :raise ConnectError: When the block raises an `Exception`.
         """
         try:
@@ -637,11 +645,10 @@ class AsyncProtocol(Generic[T]):
             # A disconnect already under way was asked for meanwhile:
             # that, not the failure it caused, is why set-up stopped.
             aborted = self._conn.dc_task is not None
-            address = self._conn.address
+            address, note = self._conn.address, self._conn.connect_note
             await self._rollback()
             if aborted and isinstance(err, Exception):
-                raise ConnectError(emsg, _aborted(), address,
-                                   note=note) from err
+                raise ConnectError(emsg, _aborted(), address) from err
             if isinstance(err, Exception) \
                     and not isinstance(err, ConnectError):
                 raise ConnectError(emsg, err, address, note=note) from err
@@ -724,19 +731,38 @@ class AsyncProtocol(Generic[T]):
             return  # another caller finished this disconnect first
         # The connection is dropped whole; a blank one stands in.
         self._conn = Connection(None, self.readbuflen)
+        if not self._will_reconnect():
+            self._session_loop = None
         self._set_state(Runstate.IDLE)
         if conn.errors:
             raise conn.errors[0]
+
+    def _session_loop_ended(self) -> bool:
+        """
+        Whether the session belongs to an event loop that has ended (not
+        the running one): `disconnect` then drops it.
+
+        :raise EventLoopError: It belongs to another loop, not ended.
+        """
+        session_loop = self._session_loop
+        if session_loop is None or session_loop is get_running_loop():
+            return False
+        if not session_loop.is_closed():
+            _check_loop(self)
+        return True
 
     def _drop_ended_session(self) -> None:
         """
         Forget a session whose event loop has ended, and return to `IDLE`.
 
-        Nothing of it can run any more.  ``asyncio.run()`` cancelled its
-        tasks, which closed the stream as they ended (`_bh_loop_forever`);
-        whoever waited in that loop is gone too.
+        Nothing of it can run any more, and whoever waited in that loop is
+        gone.  ``asyncio.run()`` cancelled its tasks, which closed the
+        stream as they ended (`_bh_loop_forever`); a loop closed with them
+        still pending (``loop.close()`` without ``asyncio.run()``) leaves
+        the stream to the garbage collector, and asyncio's own warnings.
         """
-        ended = self._conn.loop
+        ended = self._session_loop
+        self._session_loop = None
         self.logger.debug("Dropping the session of an ended event loop")
         self._close_listener()
         self._runstate_waiters = [waiter for waiter in self._runstate_waiters
@@ -774,16 +800,26 @@ class AsyncProtocol(Generic[T]):
         """`_do_connect`, tried again while the socket is missing or
         refuses, for up to ``retry`` seconds (see `connect`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (retry or 0.0)
-        delay = _RETRY_FIRST
+        started = loop.time()
+        deadline = started + (retry or 0.0)
+        backoff = Backoff(_RETRY_FIRST, _RETRY_MAX)
+        attempts = 0
         while True:
+            attempts += 1
             try:
                 await self._do_connect(address, ssl)
                 return
             except (FileNotFoundError, ConnectionRefusedError) as err:
                 remaining = deadline - loop.time()
-                if remaining <= 0 or isinstance(address, socket.socket):
+                if isinstance(address, socket.socket):
                     raise
+                if remaining <= 0:
+                    if attempts > 1:
+                        self._conn.connect_note = (
+                            f"tried {attempts} times in "
+                            f"{loop.time() - started:.3g} s")
+                    raise
+                delay = backoff.after_failure()
                 self.logger.debug("%s; trying again in %.2f s",
                                   exception_summary(err), delay)
             over = self._session_over
@@ -792,7 +828,6 @@ class AsyncProtocol(Generic[T]):
             await asyncio.wait((over,), timeout=min(delay, remaining))
             if over.done():
                 raise _aborted()
-            delay = min(delay * 2, _RETRY_MAX)
 
     @upper_half
     async def _do_start_server(self, address: SocketAddrT,

@@ -58,6 +58,7 @@ from .protocol import (
     Runstate,
     SocketAddrT,
     StateError,
+    _check_loop,
     require,
 )
 from .reconnect import ReconnectingProtocol
@@ -87,7 +88,7 @@ __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
 RECONNECTED = 'QMP_CLIENT_RECONNECTED'
 
 # What a server that never greets (the guest agent) needs, for the hints.
-_NO_GREETING = "qmp.await_greeting = False and qmp.negotiate = False"
+_NO_GREETING = "set the client's await_greeting and negotiate to False"
 
 
 def _timestamp() -> Dict[str, int]:
@@ -268,9 +269,9 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         """
         self.logger.debug("Awaiting greeting ...")
         timeout = self.session_timeout
-        patience = handshake.GREETING_PATIENCE
+        patience = handshake.greeting_patience(timeout)
         overdue = None
-        if timeout is None or timeout > patience:
+        if patience is not None:
             overdue = asyncio.get_running_loop().call_later(
                 patience, warn_greeting_overdue, self.logger, patience,
                 _NO_GREETING)
@@ -367,10 +368,12 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             waits for that session.
         :return: An asynchronous iterator of events.
         :raise StateError: The client is `IDLE`.
+        :raise EventLoopError: The session belongs to another event loop.
         :raise ListenerError: ``listener`` is not registered.
         :raise Exception: The error that ended the session, as
             `disconnect()` raises it (except `EOFError` for a hang-up).
         """
+        _check_loop(self)
         listener = self.events if listener is None else listener
         if listener not in self._listeners:
             raise ListenerError(f"{listener!r} is not registered")

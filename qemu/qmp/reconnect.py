@@ -28,8 +28,9 @@ from .protocol import (
     ConnectError,
     Runstate,
     SocketAddrT,
+    require,
 )
-from .util import exception_summary
+from .util import Backoff, exception_summary
 
 
 __all__ = ['ReconnectingProtocol']
@@ -48,37 +49,8 @@ _RECONNECT_MAX = 2.0
 _SESSION_SETTLED = 10.0
 
 
-class Backoff:
-    """
-    The pauses between sessions and attempts: sans-I/O, times in seconds.
-
-    Each pause is twice the one before, from *first* up to *longest*;
-    a session that lived *settled* seconds or more starts again from none.
-    """
-
-    def __init__(self, first: float = _RECONNECT_FIRST,
-                 longest: float = _RECONNECT_MAX,
-                 settled: float = _SESSION_SETTLED) -> None:
-        self.first = first
-        self.longest = longest
-        self.settled = settled
-        self._next = first
-
-    def after_session(self, lived: float) -> float:
-        """
-        The pause before reconnecting a session that ended after
-        ``lived`` seconds: none for a settled one, else the next pause.
-        """
-        if lived >= self.settled:
-            self._next = self.first
-            return 0.0
-        return self.after_failure()
-
-    def after_failure(self) -> float:
-        """The pause after a failed attempt: the next one in line."""
-        pause = self._next
-        self._next = min(pause * 2, self.longest)
-        return pause
+def _backoff() -> Backoff:
+    return Backoff(_RECONNECT_FIRST, _RECONNECT_MAX, _SESSION_SETTLED)
 
 
 class ReconnectingProtocol(AsyncProtocol[T]):
@@ -104,7 +76,7 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         self._target: Optional[Tuple[SocketAddrT, Optional[SSLContext]]] \
             = None
         self._reconnect_task: Optional[asyncio.Task[None]] = None
-        self._backoff = Backoff()
+        self._backoff = _backoff()
         # When the current session started running (loop time).
         self._running_since = 0.0
         # The reconnect task is trying: a failed attempt is not the end.
@@ -116,10 +88,19 @@ class ReconnectingProtocol(AsyncProtocol[T]):
     # Upper half: what a reconnection needs to know
     # ------------------------------------------------------------------
 
+    @require(Runstate.IDLE)
     async def connect(self, address: Union[SocketAddrT, socket.socket],
                       ssl: Optional[SSLContext] = None, *,
                       retry: Optional[float] = None) -> None:
         # (The docstring is AsyncProtocol.connect's.)
+        reconnecting = self._reconnect_task
+        if reconnecting is not None and not reconnecting.done() \
+                and reconnecting is not asyncio.current_task():
+            # The caller connects by itself, between two attempts: the
+            # reconnection stops, and the session it meant to restore is
+            # this one.
+            reconnecting.cancel()
+            await asyncio.gather(reconnecting, return_exceptions=True)
         # Known before the session starts: it may be lost before this
         # call returns, and must come back all the same.
         self._target = None if isinstance(address, socket.socket) \
@@ -143,6 +124,12 @@ class ReconnectingProtocol(AsyncProtocol[T]):
 
     async def disconnect(self) -> None:
         # (The docstring is AsyncProtocol.disconnect's.)
+        if self._session_loop_ended():
+            # Its reconnect task, if any, died with it: only forgotten.
+            self._reconnect_task = None
+            self._backoff = _backoff()
+            await super().disconnect()
+            return
         self._stopping = True
         try:
             reconnecting = self._reconnect_task
@@ -153,6 +140,8 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         finally:
             self._stopping = False
             self._reconnect_task = None
+            # What sessions to come earn starts afresh.
+            self._backoff = _backoff()
 
     disconnect.__doc__ = AsyncProtocol.disconnect.__doc__
 
@@ -180,12 +169,14 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         it works or `auto_reconnect` seconds have passed."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        reason = exception_summary(self._conn.errors[0])
+        first_reason = None
         self._reconnecting = True
         try:
             attempts = 0
             while True:
-                tried = await self._reconnect_attempts()
+                reason = exception_summary(self._conn.errors[0])
+                first_reason = first_reason or reason
+                tried = await self._reconnect_attempts(reason)
                 if tried is None:
                     return  # given up
                 attempts += tried
@@ -198,30 +189,31 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         gap = loop.time() - started
         self.logger.info("Reconnected to %s after %.3f s",
                          self._conn.address, gap)
-        await self._reconnected(reason, attempts, gap)
+        await self._reconnected(first_reason, attempts, gap)
 
-    async def _reconnect_attempts(self) -> Optional[int]:
+    async def _reconnect_attempts(self, reason: str) -> Optional[int]:
         """
         Re-establish the session just lost, after the pause it earned.
 
+        :param reason: Why it was lost.
         :return: How many attempts it took, or `None` after giving up.
         """
         loop = asyncio.get_running_loop()
-        lost = loop.time()
-        lived = lost - self._running_since
-        reason = exception_summary(self._conn.errors[0])
+        lived = loop.time() - self._running_since
         try:
             await self._wait_disconnect()
         except Exception:  # pylint: disable=broad-except
             pass  # the reason, logged just below
         assert self._target is not None and self.auto_reconnect is not None
         address, ssl = self._target
-        deadline = lost + self.auto_reconnect
-        pause = min(self._backoff.after_session(lived), self.auto_reconnect)
+        # The pause is not taken from auto_reconnect: a short one must
+        # not make a server that drops every session flooded again.
+        pause = self._backoff.after_session(lived)
         self.logger.warning("The session was lost after %.3g s (%s); "
                             "reconnecting to %s in %.3g s",
                             lived, reason, address, pause)
         await self._pause(pause)
+        deadline = loop.time() + self.auto_reconnect
         attempts = 0
         while True:
             attempts += 1
@@ -234,6 +226,7 @@ class ReconnectingProtocol(AsyncProtocol[T]):
                 if remaining <= 0:
                     self.logger.error("Gave up reconnecting after %d "
                                       "attempt(s): %s", attempts, err)
+                    self._session_loop = None  # nothing of it is left
                     self._end_of_session()
                     return None
                 await self._pause(

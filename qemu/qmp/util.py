@@ -1,15 +1,17 @@
 """
-Small helpers: method markers, exception formatting, stream helpers.
+Small helpers: method markers, exception formatting, backoff, stream
+helpers.
 
 `upper_half` and `bottom_half` mark which side of the library a method runs
 on (see `qemu.qmp.protocol`); `exception_summary` and `pretty_traceback`
-format errors for logs.  The stream helpers at the end exist for callers of
-older releases, which needed them on Python 3.6.
+format errors for logs; `Backoff` paces retries.  The stream helpers at the
+end exist for callers of older releases, which needed them on Python 3.6.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import traceback
 import warnings
 from typing import Any, Coroutine, Optional, TypeVar
@@ -71,6 +73,48 @@ def pretty_traceback(prefix: str = "  | ") -> str:
     """
     lines = traceback.format_exc().rstrip('\n').split('\n')
     return '\n'.join(prefix + line for line in lines)
+
+
+class Backoff:
+    """
+    Pauses that double, between attempts and between sessions: times in
+    seconds, no I/O.
+
+    Each pause is twice the one before, from ``first`` up to ``longest``;
+    a session that lived ``settled`` seconds or more starts again from
+    none.
+
+    >>> backoff = Backoff(0.01, 0.03)
+    >>> [backoff.after_failure() for _ in range(4)]
+    [0.01, 0.02, 0.03, 0.03]
+
+    :param first: The first pause.
+    :param longest: The longest pause.
+    :param settled: How long a session lives to reset the pauses.
+    """
+
+    def __init__(self, first: float, longest: float,
+                 settled: float = math.inf) -> None:
+        self.first = first
+        self.longest = longest
+        self.settled = settled
+        self._next = first
+
+    def after_session(self, lived: float) -> float:
+        """
+        The pause before reconnecting a session that ended after
+        ``lived`` seconds: none for a settled one, else the next pause.
+        """
+        if lived >= self.settled:
+            self._next = self.first
+            return 0.0
+        return self.after_failure()
+
+    def after_failure(self) -> float:
+        """The pause after a failed attempt: the next one in line."""
+        pause = self._next
+        self._next = min(pause * 2, self.longest)
+        return pause
 
 
 def get_or_create_event_loop() -> asyncio.AbstractEventLoop:

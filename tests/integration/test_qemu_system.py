@@ -5,8 +5,16 @@ import os
 
 import pytest
 
-from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
+from qemu.qmp import (
+    ConnectError,
+    ExecInterruptedError,
+    ExecuteError,
+    QMPClient,
+    Runstate,
+)
 from qemu.qmp.codec import MessageTooLongError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp.message import NotQMPServerError
 from qemu.qmp.qmp_client import RECONNECTED, ExecuteTimeoutError
 from tests.helpers import require_binary, started, stop_and_cont
 from tests.integration.conftest import QEMU_BASE, running
@@ -262,3 +270,30 @@ async def test_execute_timeout_keeps_the_session(qmp):
     assert (await qmp.execute('query-status', timeout=30))['status'] \
         == 'running'
     assert 'qemu' in await qmp.execute('query-version', timeout=30)
+
+
+async def test_an_hmp_monitor_is_not_a_qmp_server(tmp_path):
+    """Pointed at QEMU's human monitor by mistake, both clients say the
+    peer is no QMP server, and show what it sent."""
+    binary = require_binary('qemu-system-x86_64')
+    path, pidfile = tmp_path / 'hmp.sock', tmp_path / 'qemu.pid'
+    async with running([
+            binary, *QEMU_BASE, '-daemonize', '-pidfile', str(pidfile),
+            '-chardev', f'socket,id=m0,path={path},server=on,wait=off',
+            '-mon', 'chardev=m0,mode=readline'], str(path), pidfile):
+        qmp = QMPClient('confused')
+        with pytest.raises(ConnectError) as info:
+            await asyncio.wait_for(qmp.connect(str(path)), 30)
+        assert isinstance(info.value.exc.exc, NotQMPServerError)
+        assert 'Not a QMP server: it sent b"QEMU ' in str(info.value)
+        assert qmp.runstate is Runstate.IDLE
+
+        def blocking():
+            monitor = QEMUMonitorProtocol(str(path))
+            try:
+                monitor.connect(timeout=30)
+            finally:
+                monitor.close()
+
+        with pytest.raises(ConnectError, match='Not a QMP server'):
+            await asyncio.get_running_loop().run_in_executor(None, blocking)

@@ -3,6 +3,8 @@ always end: ``async with QMPClient()`` and ``qemu.qmp.session()``."""
 
 import asyncio
 import logging
+import math
+import re
 
 import pytest
 
@@ -62,13 +64,31 @@ async def test_retry_gives_up_at_the_deadline(tmp_path):
     qmp = QMPClient()
     path = str(tmp_path / 'never.sock')
     with pytest.raises(ConnectError) as err:
-        await qmp.connect(path, retry=1)
-    assert str(err.value) == (
-        f"Failed to establish connection ({path}): [Errno 2] No such file "
-        f"or directory (tried for 1 s)")
+        await qmp.connect(path, retry=0.2)
+    assert re.fullmatch(
+        rf"Failed to establish connection \({re.escape(path)}\): \[Errno 2\] "
+        rf"No such file or directory \(tried \d+ times in 0\.2\d* s\)",
+        str(err.value)), str(err.value)
     assert isinstance(err.value.exc, FileNotFoundError)
     assert qmp.runstate is Runstate.IDLE
     assert_no_tasks_left()
+
+
+async def test_no_retry_note_for_what_was_not_retried(tmp_path, retried):
+    """An error that is not retried, and a disconnect() during the
+    retries, say nothing of tries."""
+    qmp = QMPClient()
+    (tmp_path / 'file').touch()
+    with pytest.raises(ConnectError) as err:
+        await qmp.connect(str(tmp_path / 'file' / 'qmp.sock'), retry=30)
+    assert 'tried' not in str(err.value)
+    connecting = asyncio.ensure_future(
+        qmp.connect(str(tmp_path / 'never.sock'), retry=math.inf))
+    await asyncio.wait_for(retried.wait(), 10)
+    await qmp.disconnect()
+    with pytest.raises(ConnectError) as err:
+        await connecting
+    assert 'tried' not in str(err.value)
 
 
 async def test_retry_is_only_for_a_missing_or_refusing_socket():

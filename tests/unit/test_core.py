@@ -18,12 +18,12 @@ from qemu.qmp.core import (
     SessionCore,
     SessionEnded,
 )
-from qemu.qmp.handshake import (
-    GreetingError,
-    NegotiationError,
+from qemu.qmp.handshake import GreetingError, NegotiationError
+from qemu.qmp.message import (
+    DeserializationError,
+    Message,
     NotQMPServerError,
 )
-from qemu.qmp.message import DeserializationError, Message
 from qemu.qmp.models import Greeting
 from qemu.qmp.qmp_client import ExecuteError, ServerParseError
 
@@ -226,16 +226,27 @@ def test_bad_greeting(first, cause):
     assert isinstance(ended.reason.exc, cause)
 
 
-def test_a_peer_that_is_not_qmp_is_told_as_such():
-    """A first line that is not JSON at all (an HTTP or SSH server, say)
-    is a NotQMPServerError showing what the peer sent."""
-    core = SessionCore(LOGGER)
+@pytest.mark.parametrize('await_greeting', [True, False])
+def test_a_peer_that_is_not_qmp_is_told_as_such(await_greeting):
+    """A line that does not even start as JSON (an HMP monitor's banner,
+    an HTTP server's answer) is a NotQMPServerError showing what the peer
+    sent (a DeserializationError); instead of a greeting, it is what the
+    GreetingError wraps, as any bad greeting."""
+    core = SessionCore(LOGGER, await_greeting=await_greeting,
+                       negotiate=await_greeting)
     ended, = feed(core, b'HTTP/1.1 400 Bad Request\r\n\r\n')
-    assert isinstance(ended.reason, NotQMPServerError)
-    assert isinstance(ended.reason, GreetingError)
-    assert isinstance(ended.reason.exc, DeserializationError)
-    assert str(ended.reason) == \
-        "Not a QMP server: it sent b'HTTP/1.1 400 Bad Request\\r'"
+    reason = ended.reason.exc if await_greeting else ended.reason
+    assert isinstance(reason, NotQMPServerError)
+    assert isinstance(reason, DeserializationError)
+    assert str(reason) == \
+        "Not a QMP server: it sent b'HTTP/1.1 400 Bad Request'"
+
+
+def test_broken_json_is_no_stranger():
+    """A line that starts as JSON and breaks is a DeserializationError."""
+    core = running()
+    ended, = feed(core, b'{"return": \n')
+    assert type(ended.reason) is DeserializationError
 
 
 @pytest.mark.parametrize('answer, cause', [

@@ -65,7 +65,7 @@ CASES = {
                                    'EOFError')),
     'garbage after the reply': Case(
         REPLY + event('A') + b'not json\n' + event('LOST'),
-        Outcome(('value', {'ok': 1}), ['A'], 'DeserializationError')),
+        Outcome(('value', {'ok': 1}), ['A'], 'NotQMPServerError')),
     'garbage before the reply': Case(
         b'{"oops\n' + REPLY,
         Outcome(('error', 'ExecInterruptedError'), [],

@@ -25,7 +25,10 @@ from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
 from qemu.qmp import handshake
-from qemu.qmp.message import DeserializationError, SerializationError
+from qemu.qmp.message import (
+    NotQMPServerError,
+    SerializationError,
+)
 from qemu.qmp.qmp_client import (
     BadReplyError,
     ExecuteTimeoutError,
@@ -96,7 +99,7 @@ def test_greeting_timeout_says_what_to_check():
         with pytest.raises(ConnectError) as info:
             monitor.connect(timeout=0.05)
         assert 'No greeting within 0.05 seconds' in str(info.value)
-        assert 'connect(negotiate=False)' in str(info.value)
+        assert 'pass negotiate=False to connect()' in str(info.value)
         monitor.close()
     finally:
         agent.close()
@@ -116,7 +119,7 @@ def test_a_late_greeting_is_warned_about(monkeypatch, caplog):
                     if record.levelname == 'WARNING']
         assert len(warnings) == 1
         assert 'No greeting after 0.05 seconds' in warnings[0].getMessage()
-        assert 'connect(negotiate=False)' in warnings[0].getMessage()
+        assert 'pass negotiate=False to connect()' in warnings[0].getMessage()
         monitor.close()
     finally:
         agent.close()
@@ -812,7 +815,7 @@ def hostile(fake, payload):
 
 
 @pytest.mark.parametrize('payload, cause', [
-    (b'{"event": "EARLY"}\r\nnot json\r\n', DeserializationError),
+    (b'{"event": "EARLY"}\r\nnot json\r\n', NotQMPServerError),
     (b'{"event": "EARLY"}\r\n{"error": {"class": "GenericError", '
      b'"desc": "bad"}}\r\n', ServerParseError),
     (b'{"event": "EARLY"}\r\n{"x": "' + b'y' * (11 << 20) + b'"}\r\n',

@@ -23,6 +23,7 @@ from qemu.qmp.protocol import (
     StateError,
     require,
 )
+from qemu.qmp.util import Backoff
 from qemu.qmp.testing import ServerThread
 from tests.helpers import (
     assert_no_tasks_left,
@@ -567,6 +568,10 @@ def test_a_client_outliving_its_event_loop_says_so_and_recovers():
             asyncio.run(ping())
         with pytest.raises(EventLoopError):
             asyncio.run(qmp.connect(thread.address))
+        with pytest.raises(EventLoopError):
+            asyncio.run(qmp.runstate_changed())
+        with pytest.raises(EventLoopError):
+            asyncio.run(qmp.session_events().__anext__())
         asyncio.run(qmp.disconnect())
         assert qmp.runstate is Runstate.IDLE
 
@@ -587,9 +592,11 @@ def test_a_client_used_from_another_running_loop_says_so():
     with ServerThread() as thread:
         thread.server.on('query-status', {'status': 'running'})
         qmp = QMPClient('elsewhere')
+        qmp.auto_reconnect = 10.0
         thread.run(qmp.connect(thread.address))
         try:
-            for call in (qmp.execute('query-status'), qmp.disconnect()):
+            for call in (qmp.execute('query-status'), qmp.disconnect(),
+                         qmp.runstate_changed()):
                 with pytest.raises(EventLoopError, match='another event'):
                     asyncio.run(asyncio.wait_for(call, 10))
             assert qmp.runstate is Runstate.RUNNING
@@ -597,3 +604,54 @@ def test_a_client_used_from_another_running_loop_says_so():
                 == {'status': 'running'}
         finally:
             thread.run(qmp.disconnect())
+
+
+def test_a_loop_that_ended_while_reconnecting_is_told_too():
+    """The loop ends while auto_reconnect pauses between sessions (the
+    client is IDLE then): the next loop is told, and takes over."""
+    with ServerThread() as thread:
+        thread.server.on('query-status', {'status': 'running'})
+        qmp = QMPClient('resilient')
+        qmp.auto_reconnect = 60.0
+
+        async def lose_the_session():
+            await qmp.connect(thread.address)
+            qmp._backoff = Backoff(60.0, 60.0)
+            watching = asyncio.ensure_future(
+                wait_for_state(qmp, Runstate.IDLE))
+            await asyncio.sleep(0)  # (the watcher sees from here on)
+            thread.run(thread.server.hang_up())
+            await watching
+
+        asyncio.run(lose_the_session())
+        with pytest.raises(EventLoopError, match='ended'):
+            asyncio.run(qmp.execute('query-status'))
+        asyncio.run(qmp.disconnect())
+
+        async def again():
+            async with qmp:
+                await qmp.connect(thread.address)
+                return await qmp.execute('query-status')
+
+        assert asyncio.run(again()) == {'status': 'running'}
+
+
+def test_a_loop_closed_without_asyncio_run():
+    """run_until_complete(connect()), then loop.close() with the session's
+    tasks still pending: disconnect() in another loop returns to IDLE."""
+    script = (
+        "import asyncio\n"
+        "from qemu.qmp import QMPClient\n"
+        "from qemu.qmp.testing import ServerThread\n"
+        "with ServerThread() as thread:\n"
+        "    qmp = QMPClient('closed')\n"
+        "    qmp.auto_reconnect = 10\n"
+        "    loop = asyncio.new_event_loop()\n"
+        "    loop.run_until_complete(qmp.connect(thread.address))\n"
+        "    loop.close()\n"
+        "    asyncio.run(qmp.disconnect())\n"
+        "    print(qmp.runstate.name)\n")
+    result = subprocess.run([sys.executable, '-c', script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == 'IDLE\n'

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from qemu.qmp import ExecInterruptedError, QMPClient, Runstate
+from qemu.qmp import ExecInterruptedError, QMPClient, Runstate, StateError
 from qemu.qmp.qmp_client import RECONNECTED
-from qemu.qmp.reconnect import Backoff
+from qemu.qmp.util import Backoff
 from qemu.qmp.testing import NO_REPLY, QUIT, QMPTestServer
 from tests.helpers import assert_no_tasks_left, wait_for_state
 
@@ -139,7 +139,7 @@ async def test_a_session_lost_before_connect_returns_comes_back(server):
     await qmp.connect(server.address)
     await asyncio.wait_for(
         server.wait_until(lambda: server.connections >= 3), 10)
-    await qmp.disconnect()
+    await _stop(qmp)
     assert qmp.runstate is Runstate.IDLE
     assert_no_tasks_left()
 
@@ -154,18 +154,83 @@ async def test_sessions_that_die_young_are_paced(server, caplog):
     await qmp.connect(server.address)
     await asyncio.wait_for(
         server.wait_until(lambda: server.connections >= 5), 10)
-    await qmp.disconnect()
+    await _stop(qmp)
     pauses = [record.args[-1] for record in caplog.records
               if record.msg.startswith('The session was lost')]
     assert pauses[:4] == [0.05, 0.1, 0.2, 0.4]
     assert ' in 0.4 s' in caplog.text
 
 
-def test_backoff_doubles_and_a_settled_session_resets_it():
-    backoff = Backoff(first=0.05, longest=0.3, settled=10.0)
-    assert [backoff.after_session(0.1) for _ in range(4)] \
-        == [0.05, 0.1, 0.2, 0.3]
-    assert backoff.after_failure() == 0.3
-    assert backoff.after_session(10.0) == 0.0  # it had settled: at once
-    assert backoff.after_failure() == 0.05     # and from the start again
-    assert backoff.after_session(9.9) == 0.1
+async def test_a_short_auto_reconnect_still_paces(server, caplog):
+    """The pause is not taken out of auto_reconnect: a short one must not
+    turn the pacing off."""
+    server.on('qmp_capabilities', QUIT)
+    qmp = QMPClient('resilient')
+    qmp.auto_reconnect = 0.01
+    await qmp.connect(server.address)
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections >= 4), 10)
+    await _stop(qmp)
+    assert _pauses(caplog)[:3] == [0.05, 0.1, 0.2]
+
+
+def _pauses(caplog):
+    return [record.args[-1] for record in caplog.records
+            if record.msg.startswith('The session was lost')]
+
+
+async def test_disconnect_resets_the_pacing(server, caplog):
+    """A session the caller opens afresh after disconnect() owes nothing
+    to the sessions before it."""
+    server.on('qmp_capabilities', QUIT)
+    qmp = QMPClient('resilient')
+    qmp.auto_reconnect = 10.0
+    await qmp.connect(server.address)
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections >= 3), 10)
+    await _stop(qmp)
+    caplog.clear()
+    before = server.connections
+    await qmp.connect(server.address)
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections >= before + 2), 10)
+    await _stop(qmp)
+    assert _pauses(caplog)[0] == 0.05
+
+
+async def _stop(qmp):
+    """disconnect(), from a server that drops every session: the last one
+    may have been lost already (EOFError), or not."""
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass
+
+
+async def test_a_failed_connect_leaves_the_target_alone(server):
+    """connect() refused (already connected) does not change where a lost
+    session is re-established."""
+    qmp = await connected(server)
+    with pytest.raises(StateError):
+        await qmp.connect('/nonexistent/typo.sock')
+    await server.hang_up()
+    await asyncio.wait_for(
+        server.wait_until(lambda: server.connections == 2), 10)
+    await wait_for_state(qmp, Runstate.RUNNING)
+    assert await qmp.execute('query-status') == {'status': 'running'}
+    await qmp.disconnect()
+
+
+async def test_connecting_by_hand_between_attempts_takes_over(server):
+    """The caller connects while the reconnection pauses: the reconnect
+    task stops quietly, and the caller's session is the one that runs."""
+    qmp = await connected(server)
+    qmp._backoff = Backoff(60.0, 60.0)  # a pause that outlasts the test
+    await server.hang_up()
+    await wait_for_state(qmp, Runstate.IDLE)
+    await qmp.connect(server.address)
+    assert qmp.runstate is Runstate.RUNNING
+    assert await qmp.execute('query-status') == {'status': 'running'}
+    await qmp.disconnect()
+    await server.close()
+    assert_no_tasks_left()  # the reconnect task too

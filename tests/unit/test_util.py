@@ -6,6 +6,7 @@ import socket
 import threading
 
 from qemu.qmp import util
+from qemu.qmp.util import Backoff
 
 
 def test_exception_summary():
@@ -92,3 +93,13 @@ async def test_the_loop_the_suite_asked_for():
     loop = asyncio.get_running_loop()
     on_uvloop = type(loop).__module__.startswith('uvloop')
     assert on_uvloop == (os.environ.get('QMP_TEST_LOOP') == 'uvloop')
+
+
+def test_backoff_doubles_and_a_settled_session_resets_it():
+    backoff = Backoff(first=0.05, longest=0.3, settled=10.0)
+    assert [backoff.after_session(0.1) for _ in range(4)] \
+        == [0.05, 0.1, 0.2, 0.3]
+    assert backoff.after_failure() == 0.3
+    assert backoff.after_session(10.0) == 0.0  # it had settled: at once
+    assert backoff.after_failure() == 0.05     # and from the start again
+    assert backoff.after_session(9.9) == 0.1
