@@ -91,7 +91,7 @@ def tcp_lookalike(address: object) -> Optional[Tuple[str, int]]:
     if not isinstance(address, str):
         return None
     match = _HOST_PORT.fullmatch(address)
-    if match is None:
+    if match is None or not 0 < int(match['port']) < 65536:
         return None
     return (match['v6'] or match['host'], int(match['port']))
 

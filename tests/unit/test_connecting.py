@@ -186,8 +186,12 @@ async def test_a_host_and_port_string_is_told_to_be_a_tuple(address,
     monitor.close()
 
 
-async def test_a_missing_socket_path_gets_no_tcp_hint(tmp_path):
+@pytest.mark.parametrize('name', ['qmp.sock', 'vm1:0', 'host:99999'])
+async def test_a_missing_socket_path_gets_no_tcp_hint(tmp_path, name):
     qmp = QMPClient()
     with pytest.raises(ConnectError) as err:
-        await qmp.connect(str(tmp_path / 'qmp.sock'))
+        await qmp.connect(str(tmp_path / name))
+    assert 'TCP' not in str(err.value)
+    with pytest.raises(ConnectError) as err:
+        await qmp.connect(name)
     assert 'TCP' not in str(err.value)
