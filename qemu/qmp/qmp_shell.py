@@ -45,6 +45,7 @@ from typing import (
     IO,
     Any,
     Dict,
+    Iterable,
     Iterator,
     List,
     NoReturn,
@@ -66,6 +67,15 @@ __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
 # A word: runs of non-space characters and quoted strings (which may hold
 # spaces); quotes stay in the word, the value parser removes them.
 _WORD = re.compile(r'''(?:[^\s"']|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')+''')
+
+#: How deeply a command may nest objects and lists (the command itself is
+#: the first level).  Real commands need a handful; the bound keeps every
+#: JSON encoder and printer the shell uses far from Python's recursion
+#: limit, whatever the call stack, so a hostile line is an error message.
+MAX_DEPTH = 256
+
+_TOO_DEEP = f"nested too deeply (at most {MAX_DEPTH} levels of objects " \
+    "and lists)"
 
 
 class QMPShellError(QMPError):
@@ -160,7 +170,12 @@ class CommandParser:
             a transaction block).
         :raise QMPShellError: The line is not valid.
         """
-        line = line.strip()
+        cmd = self._parse(line.strip())
+        if cmd is not None:
+            _check_depth(cmd)
+        return cmd
+
+    def _parse(self, line: str) -> Optional[Dict[str, Any]]:
         if not line:
             return None
         if line.startswith('{') and not self.in_transaction:
@@ -219,6 +234,8 @@ class CommandParser:
             value: Dict[str, Any] = json.loads(line)
         except ValueError as err:
             raise QMPShellError(f"invalid JSON: {err}") from err
+        except RecursionError:
+            raise QMPShellError(f"invalid JSON: {_TOO_DEEP}") from None
         return value
 
     def _command(self, words: List[str]) -> Dict[str, Any]:
@@ -276,12 +293,16 @@ class CommandParser:
         {'a': [True, None, 'b']}
 
         :raise QMPShellError: Text that looks like a list or an object but
-            is neither valid JSON nor a valid literal.
+            is neither valid JSON nor a valid literal, or one nested too
+            deeply for the JSON parser.
         """
         try:
             return json.loads(text)
         except ValueError as err:
             json_error = err
+        except RecursionError:
+            raise QMPShellError(
+                f"invalid JSON value {_excerpt(text)}: {_TOO_DEEP}") from None
         if text.lower() in ('true', 'false'):
             return text.lower() == 'true'
         if len(text) > 1 and text[0] == text[-1] == "'":
@@ -294,7 +315,37 @@ class CommandParser:
         except (SyntaxError, ValueError, TypeError, MemoryError,
                 RecursionError):
             raise QMPShellError(
-                f"invalid JSON value {text!r}: {json_error}") from None
+                f"invalid JSON value {_excerpt(text)}: {json_error}") from None
+
+
+def _excerpt(text: str, length: int = 40) -> str:
+    """``text`` quoted for a message, cut short if it is long."""
+    if len(text) <= length:
+        return repr(text)
+    return repr(text[:length]) + '...'
+
+
+def _check_depth(value: object) -> None:
+    """
+    Refuse a value nested more than `MAX_DEPTH` levels deep.
+
+    Iterative: a value built from dotted keys can be arbitrarily deep
+    without the JSON parser ever seeing it.
+
+    :raise QMPShellError: Too deep.
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise QMPShellError(f"the command is {_TOO_DEEP}")
+        pending.extend((child, depth + 1) for child in children)
 
 
 class QMPShell(QEMUMonitorProtocol):

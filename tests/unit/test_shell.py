@@ -440,6 +440,56 @@ def test_piped_bad_lines_go_on(address):
     assert result.returncode == 1
 
 
+DEEP = 5000
+
+
+def nested(depth, inner='1'):
+    """A list ``depth`` levels deep, as text."""
+    return '[' * depth + inner + ']' * depth
+
+
+@pytest.mark.parametrize('line', [
+    '{"execute": "x", "arguments": {"a": %s}}' % nested(DEEP),
+    'x a=' + nested(DEEP),
+    'x a=' + '{"b":' * DEEP + '1' + '}' * DEEP,
+    'x a=' + nested(300),          # parses, but too deep to print or send
+    'x ' + '.'.join(['a'] * DEEP) + '=1',      # dotted keys nest too
+    'transaction( t a=%s )' % nested(DEEP),
+])
+def test_deeply_nested_line_is_an_error(line):
+    """A line nested thousands of levels deep (raw JSON, a value, dotted
+    keys) is a QMPShellError with a short message, never RecursionError."""
+    with pytest.raises(QMPShellError, match='nested too deeply') as info:
+        CommandParser().parse(line)
+    assert len(str(info.value)) < 200
+
+
+def test_deeply_nested_lines_go_on(address, tmp_path):
+    """From a pipe, with -c and on a terminal, a deeply nested line prints
+    an error and the next line runs: status 1 from a pipe and with -c, as
+    for any failed line; 0 on a terminal."""
+    raw = '{"execute": "x", "arguments": {"a": %s}}' % nested(DEEP)
+    lines = [raw, 'x a=' + nested(DEEP), 'query-status']
+    result = run_shell([address], '\n'.join(lines) + '\n')
+    assert 'Traceback' not in result.stderr, result.stderr[-500:]
+    out = result.stdout.splitlines()
+    assert [line.startswith('Error:') and 'nested too deeply' in line
+            for line in out[:2]] == [True, True]
+    assert json.loads(out[2]) == {'status': 'running'}
+    assert result.returncode == 1
+    result = run_shell([address, '-c', raw])
+    assert 'nested too deeply' in result.stdout
+    assert 'Traceback' not in result.stderr and result.returncode == 1
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
+    deep = 'x a=' + nested(DEEP)
+    output, code = pty_session(
+        [address], [deep.encode() + b'\r', b'query-status\r', b'\x04'], env)
+    assert 'Traceback' not in output
+    assert 'nested too deeply' in output
+    assert '"status": "running"' in output
+    assert code == 0
+
+
 def test_stdout_closed_early(address):
     """qmp-shell ... | head -1: the shell stops quietly when its output
     is closed, with no BrokenPipeError traceback."""
