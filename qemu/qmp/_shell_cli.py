@@ -29,6 +29,7 @@ from .legacy import QEMUMonitorProtocol, QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
 from .handshake import GreetingError
 from .qmp_shell import HMPShell, QMPShell, common_parser, die
+from .util import qemu_option_value
 
 
 def _shell_options(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +179,8 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
         shell = _make_shell(path, args, server=True)
         try:
             proc = subprocess.Popen(
-                [*qemu, '-chardev', f'socket,id=qmp-shell,path={path}',
+                [*qemu, '-chardev',
+                 f'socket,id=qmp-shell,path={qemu_option_value(path)}',
                  '-mon', 'chardev=qmp-shell,mode=control'],
                 **_own_process_group())
         except OSError as err:

@@ -200,3 +200,28 @@ def test_shell_objects_against_qemu(qemu):
         assert 'help quit' in hmp.completions
         assert hmp.run_line('cont')
         assert hmp.pull_event(wait=10)['event'] == 'RESUME'
+
+
+@pytest.mark.parametrize('program', ['qmp-shell-wrap', 'qmp-shell --demo',
+                                     'qemu.qmp.demo'])
+def test_comma_in_tmpdir(tmp_path, program):
+    """A comma in TMPDIR (legal in a path) reaches QEMU doubled, as its
+    option syntax needs: qmp-shell-wrap, qmp-shell --demo and the scripted
+    tour all start QEMU with their socket in it."""
+    binary = require_binary('qemu-system-x86_64')
+    tmpdir = tmp_path / 'a,b'
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    if program == 'qmp-shell-wrap':
+        args = ['-c', 'import sys; from qemu.qmp.qmp_shell import '
+                'main_wrap; sys.exit(main_wrap())', '--', binary, *QEMU_BASE]
+    elif program == 'qmp-shell --demo':
+        args = ['-m', 'qemu.qmp.qmp_shell', '--demo']
+    else:
+        args = ['-m', 'qemu.qmp.demo']
+    result = subprocess.run([sys.executable, *args], input='query-status\n',
+                            capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert 'running' in result.stdout
+    assert list(tmpdir.iterdir()) == []  # and cleaned up after

@@ -576,6 +576,19 @@ def test_wrap_cleans_up_on_signals(tmp_path, signum):
     assert not list(tmp_path.glob('qmp-shell-wrap-*'))
 
 
+def test_wrap_comma_in_tmpdir(tmp_path):
+    """A comma in TMPDIR reaches QEMU's -chardev option doubled, as QEMU
+    reads it (tests/fake_qemu.py parses options as QEMU does)."""
+    tmpdir = tmp_path / 'a,b'
+    tmpdir.mkdir()
+    proc = wrap_process(['--', sys.executable, FAKE_QEMU],
+                        env=dict(os.environ, TMPDIR=str(tmpdir)))
+    out, err = proc.communicate('query-status\n', timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)['status'] == 'running'
+    assert list(tmpdir.iterdir()) == []
+
+
 def test_ctrl_c(address, fake, tmp_path):
     """On a terminal, Ctrl-C at the prompt cancels the line (the shell
     goes on), Ctrl-D leaves with 0; Ctrl-C during a command ends the
