@@ -365,8 +365,9 @@ class QMPShell(QEMUMonitorProtocol):
 
     :param address: QMP server address: a UNIX socket path or a
         ``(host, port)`` tuple.
-    :param pretty: Indent JSON output.
-    :param verbose: Print each command before sending it.
+    :param pretty: Indent JSON output (not with ``json_output``).
+    :param verbose: Print each command before sending it, and successful
+        replies whole (``{"return": ...}``) instead of their value.
     :param server: Listen at ``address`` for QEMU to connect; then call
         `accept` instead of `connect`.
     :param logfile: A path (appended to) or an open text file: every
@@ -567,8 +568,9 @@ class QMPShell(QEMUMonitorProtocol):
         return True
 
     def show_return(self, reply: QMPMessage) -> None:
-        """Print a successful reply (its value, or all of it)."""
-        if self.json_output or self.verbose or self.pretty:
+        """Print a successful reply: its value, or all of it with
+        ``verbose`` or ``json_output``."""
+        if self.json_output or self.verbose:
             self._print(self._format(reply))
         else:
             self._print(self._format(reply.get('return')))
@@ -809,10 +811,15 @@ def common_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument('-H', '--hmp', action='store_true',
                         help='HMP mode: lines are HMP commands')
+    # What each prints, in the reference's spirit ("echo commands sent
+    # and received", "pretty-print JSON"): -v the traffic, -p the layout.
     parser.add_argument('-v', '--verbose', action='store_true',
-                        help='echo each QMP command sent')
+                        help='print each command before sending it, and '
+                             'whole replies ({"return": ...}) instead of '
+                             'their value')
     parser.add_argument('-p', '--pretty', action='store_true',
-                        help='pretty-print JSON')
+                        help='indent JSON output; what is printed stays '
+                             'the same (no effect with --json)')
     parser.add_argument('-l', '--logfile', metavar='FILE',
                         help='append commands, replies and events to FILE '
                              'as JSON lines')

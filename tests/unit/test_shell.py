@@ -170,21 +170,45 @@ def test_error_reply_is_printed_not_fatal(shells):
 
 
 def test_verbose_pretty_and_json(shells):
-    """-v echoes the command, -p indents, --json prints compact lines."""
+    """Each option does one thing: -v shows the traffic (the command sent,
+    the whole reply received), -p only indents, --json prints whole replies
+    as compact lines."""
     out = shells.out
 
-    def output_of(**options):
+    def output_of(shell_class=QMPShell, line='echo a=1', **options):
         out.seek(0)
         out.truncate()
-        shell = shells(**options)
-        shell.run_line('echo a=1')
+        shell = shells(shell_class, **options)
+        shell.run_line(line)
         shell.close()  # the server takes one client at a time, as QEMU
         return out.getvalue()
 
-    assert output_of(verbose=True).splitlines()[0] == \
-        '{"execute": "echo", "arguments": {"a": 1}}'
-    assert '\n    "return": {\n' in output_of(pretty=True)
+    command = {'execute': 'echo', 'arguments': {'a': 1}}
+    assert output_of() == '{"a": 1}\n'
+    assert output_of(pretty=True) == json.dumps({'a': 1}, indent=4) + '\n'
+    assert output_of(verbose=True) == \
+        json.dumps(command) + '\n' + '{"return": {"a": 1}}\n'
+    assert output_of(verbose=True, pretty=True) == \
+        json.dumps(command, indent=4) + '\n' + \
+        json.dumps({'return': {'a': 1}}, indent=4) + '\n'
     assert output_of(json_output=True) == '{"return":{"a":1}}\n'
+    assert output_of(json_output=True, pretty=True) == \
+        '{"return":{"a":1}}\n'
+    # HMP: the text, whatever the options; -v shows the command sent too.
+    assert output_of(HMPShell, 'info status', pretty=True) == \
+        'VM status: running\n'
+    assert output_of(HMPShell, 'info status', verbose=True) == \
+        '{"execute": "human-monitor-command", "arguments": ' \
+        '{"command-line": "info status"}}\nVM status: running\n'
+
+
+def test_help_says_what_each_option_prints(capsys):
+    """--help says what -v and -p print."""
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'print each command before sending it, and whole replies' in text
+    assert 'indent JSON output; what is printed stays the same' in text
 
 
 @pytest.mark.parametrize('as_path', [True, False])
