@@ -38,9 +38,10 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', action='store_true', dest='json_output',
                         help='machine-readable output: one JSON line per '
                              'reply or event')
-    parser.add_argument('-c', '--command', metavar='LINE',
-                        help='run LINE, print the reply and exit '
-                             '(status 1 on an error reply)')
+    parser.add_argument('-c', '--command', metavar='LINE', action='append',
+                        help='run LINE, print the reply and exit (status 1 '
+                             'on an error reply); repeat -c to run several '
+                             'lines in order, as from a pipe')
 
 
 def _address_argument(parser: argparse.ArgumentParser) -> None:
@@ -84,12 +85,7 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
     """
     try:
         if args.command is not None:
-            ok = shell.run_line(args.command)
-            if ok and shell.parser.in_transaction:
-                ok = False
-                print("Error: transaction( was not closed", file=sys.stderr)
-            shell.print_events()
-            return 0 if ok else 1
+            return _run_commands(shell, args.command)
         interactive = shell.interactive
         for _ in shell.repl():
             pass
@@ -108,6 +104,26 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
         return 1
     finally:
         shell.close()
+
+
+def _run_commands(shell: QMPShell, lines: List[str]) -> int:
+    """
+    Run the ``-c`` lines in order; the exit status.
+
+    As from a pipe, a failed line does not stop the others (they may not
+    depend on it), and the status is 1 if any failed; once the connection
+    is gone, the rest cannot run.
+    """
+    ok = True
+    for line in lines:
+        ok = shell.run_line(line) and ok
+        shell.print_events()
+        if shell.connection_lost:
+            break
+    if ok and shell.parser.in_transaction:
+        ok = False
+        print("Error: transaction( was not closed", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def qmp_shell(argv: Optional[List[str]] = None) -> int:

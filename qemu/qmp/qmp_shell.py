@@ -5,7 +5,7 @@ Usage:
 
 .. code-block:: text
 
-    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c CMD] ADDRESS
+    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c LINE]... ADDRESS
     qmp-shell-wrap [shell options] [--] [qemu-system-x86_64 [QEMU options]]
     qmp-shell --demo
 

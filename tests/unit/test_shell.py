@@ -203,12 +203,13 @@ def test_verbose_pretty_and_json(shells):
 
 
 def test_help_says_what_each_option_prints(capsys):
-    """--help says what -v and -p print."""
+    """--help says what -v and -p print, and that -c may be repeated."""
     with pytest.raises(SystemExit):
         main(['--help'])
     text = ' '.join(capsys.readouterr().out.split())
     assert 'print each command before sending it, and whole replies' in text
     assert 'indent JSON output; what is printed stays the same' in text
+    assert 'repeat -c to run several lines in order' in text
 
 
 @pytest.mark.parametrize('as_path', [True, False])
@@ -335,6 +336,22 @@ def test_one_shot(address, capsys):
     assert main([path, '--json', '-c', 'echo x=[1]']) == 0
     assert capsys.readouterr().out == '{"return":{"x":[1]}}\n'
     assert main([path, '-c', 'transaction(']) == 1
+
+
+def test_one_shot_repeated(address, capsys):
+    """-c A -c B runs A, then B (it used to run only B): every line runs,
+    as from a pipe; status 1 if any failed.  A transaction may span
+    several -c."""
+    assert main([address, '-c', 'echo a=1', '-c', 'echo b=2']) == 0
+    assert capsys.readouterr().out == '{"a": 1}\n{"b": 2}\n'
+    assert main([address, '-c', 'fail', '-c', 'echo b=2']) == 1
+    assert capsys.readouterr().out == \
+        'Error: GenericError: it failed\n{"b": 2}\n'
+    assert main([address, '-c', 'echo a=1', '-c', 'fail']) == 1
+    capsys.readouterr()
+    assert main([address, '-c', 'transaction(', '-c', 'echo a=1',
+                 '-c', ')']) == 1  # the test server has no transaction
+    assert "transaction" in capsys.readouterr().out
 
 
 def test_bad_address_and_port(capsys, tmp_path):
