@@ -565,7 +565,12 @@ class QMPShell(QEMUMonitorProtocol):
                             f"{error.get('desc')}")
             return False
         self.show_return(reply)
-        return True
+        return not self._failed(reply)
+
+    def _failed(self, reply: QMPMessage) -> bool:
+        """Whether a successful reply still stands for a failure."""
+        # pylint: disable=unused-argument
+        return False
 
     def show_return(self, reply: QMPMessage) -> None:
         """Print a successful reply: its value, or all of it with
@@ -696,6 +701,29 @@ def hmp_words(help_text: object, info_text: object) -> List[str]:
     return words
 
 
+def _hmp_error(output: object) -> bool:
+    """
+    Whether HMP output is one of the monitor's own error messages.
+
+    ``human-monitor-command`` succeeds whatever the HMP command did; QEMU's
+    monitor reports its errors as text, in three forms: an unknown command,
+    ``Error: ...`` (most commands' errors), and a usage message ending
+    ``Try "help NAME" for more information``.  Other messages (``Device
+    'x' not found``) cannot be told from output.
+
+    >>> _hmp_error("unknown command: 'foo'\\r\\n")
+    True
+    >>> _hmp_error('VM status: running\\r\\n')
+    False
+    """
+    if not isinstance(output, str) or not output.strip():
+        return False
+    lines = output.splitlines()
+    return lines[0].startswith(('unknown command: ', 'Error: ')) or (
+        lines[-1].startswith('Try "help ')
+        and lines[-1].endswith('" for more information'))
+
+
 class HMPShell(QMPShell):
     """
     An HMP shell over QMP: each line is a human monitor command, sent
@@ -762,6 +790,9 @@ class HMPShell(QMPShell):
         elif value:
             # QEMU's monitor ends lines with CRLF.
             self._print(value.replace('\r\n', '\n').rstrip('\n'))
+
+    def _failed(self, reply: QMPMessage) -> bool:
+        return _hmp_error(reply.get('return'))
 
     def _completion_words(self) -> List[str]:
         return hmp_words(

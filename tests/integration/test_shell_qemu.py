@@ -72,6 +72,19 @@ def test_hmp_mode(qemu):
     assert 'VM status: running' in result.stdout
 
 
+def test_hmp_mode_error_status(qemu):
+    """-H from a pipe: an unknown command (or another error of QEMU's
+    monitor) makes the status 1, as a failed command does in QMP mode;
+    the next lines still run."""
+    result = run_shell(['-H', qemu.address],
+                       'no-such-command\ndevice_add nosuch\ninfo status\n')
+    assert result.stdout.startswith("unknown command: 'no-such-command'\n")
+    assert "Error: 'nosuch' is not a valid device model name" in \
+        result.stdout
+    assert 'VM status: running' in result.stdout
+    assert result.returncode == 1
+
+
 def test_hmp_mode_interactive(qemu, tmp_path):
     """-H on a terminal loads HMP completion from QEMU without crashing."""
     env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')

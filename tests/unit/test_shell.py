@@ -102,6 +102,18 @@ def test_nested_transaction_refused():
 
 # -- the shell over the fake server -----------------------------------------
 
+#: What QEMU 7.2's monitor prints for its own errors (it has no error
+#: replies): the line, and its output.
+HMP_ERRORS = {
+    'foo': "unknown command: 'foo'\r\n",
+    'info foo': "unknown command: 'info foo'\r\n",
+    'device_add nosuch':
+        "Error: 'nosuch' is not a valid device model name\r\n",
+    'stop x': 'stop|s: extraneous characters at the end of line\r\n'
+              'Try "help stop" for more information\r\n',
+}
+
+
 @pytest.fixture
 def address(fake):
     help_text = 'help|?  -- show help\ninfo  -- show the system state\n' \
@@ -114,7 +126,7 @@ def address(fake):
         if 'cpu-index' in args and args['cpu-index'] != 0:
             raise CommandError('GenericError', 'Invalid CPU index')
         return {'info status': 'VM status: running\n', 'help': help_text,
-                'info': info_text}.get(line, f'ran {line}\n')
+                'info': info_text, **HMP_ERRORS}.get(line, f'ran {line}\n')
     fake.server.on('human-monitor-command', hmp)
     fake.server.on('query-commands', [{'name': 'query-status'},
                                       {'name': 'query-version'},
@@ -249,6 +261,31 @@ def test_hmp_mode(shells, fake):
         'command-line': 'info version', 'cpu-index': 0}
     assert 'no CPU with index 3' in shells.out.getvalue()
     assert shell.prompt == '(QEMU) '
+
+
+@pytest.mark.parametrize('line', sorted(HMP_ERRORS))
+def test_hmp_errors_fail(shells, address, line):
+    """HMP has no error replies: output in the form of the monitor's own
+    errors (unknown command, "Error: ...", a usage message) counts as a
+    failed line, printed as is; so -H from a pipe or -c exits 1, as QMP
+    mode does after a failed command."""
+    shell = shells(HMPShell)
+    assert not shell.run_line(line)
+    assert shell.run_line('info status')
+    text = HMP_ERRORS[line].replace('\r\n', '\n')
+    assert shells.out.getvalue() == text + 'VM status: running\n'
+    shell.close()
+    result = run_shell(['-H', address], f'{line}\ninfo status\n')
+    assert result.stdout == text + 'VM status: running\n'
+    assert result.returncode == 1
+    assert main(['-H', address, '-c', line]) == 1
+
+
+def test_hmp_output_that_is_no_error(shells):
+    """Ordinary output, even mentioning errors, is success."""
+    shell = shells(HMPShell)
+    for line in ('info status', 'say Error: inside', 'say unknown command'):
+        assert shell.run_line(line)
 
 
 def test_completion(shells):
