@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import re
@@ -405,6 +406,8 @@ class QMPShell(QEMUMonitorProtocol):
         #: Whether the last command was a ``quit`` the server answered.
         self.quit_answered = False
         self._completer = QMPCompleter()
+        # The server's command names: asked for when first needed.
+        self._commands: Optional[List[str]] = None
         self._greeting: Optional[QMPMessage] = None
         self._readline_used = False
         if isinstance(logfile, str):
@@ -500,9 +503,34 @@ class QMPShell(QEMUMonitorProtocol):
         self._completer = completer
 
     def _completion_words(self) -> List[str]:
-        commands = self.cmd('query-commands')
-        return [cmd['name'] for cmd in commands
+        return self.known_commands()
+
+    def known_commands(self) -> List[str]:
+        """
+        The server's command names, from ``query-commands``: asked for on
+        the first call only (Tab completion, or an unknown command), then
+        remembered.  Empty if the server cannot tell (the guest agent).
+        """
+        if self._commands is None:
+            try:
+                commands = self.cmd('query-commands')
+            except QMPError:
+                commands = []
+            self._commands = [
+                cmd['name'] for cmd in commands
                 if isinstance(cmd, dict) and isinstance(cmd.get('name'), str)]
+        return list(self._commands)
+
+    def suggest(self, name: str) -> List[str]:
+        """
+        The known command names nearest to ``name`` (at most three, the
+        nearest first), for an unknown command.
+
+        :param name: The command name the server did not know.
+        """
+        known = [command for command in self.known_commands()
+                 if command != name]
+        return difflib.get_close_matches(name, known, n=3)
 
     def complete(self, text: str, state: int) -> Optional[str]:
         """The readline completer (see `QMPCompleter.complete`)."""
@@ -562,10 +590,25 @@ class QMPShell(QEMUMonitorProtocol):
                 self._print(self._format(reply))
             else:
                 self._print(f"Error: {error.get('class')}: "
-                            f"{error.get('desc')}")
+                            f"{error.get('desc')}"
+                            f"{self._did_you_mean(cmd, error)}")
             return False
         self.show_return(reply)
         return not self._failed(reply)
+
+    def _did_you_mean(self, cmd: QMPMessage, error: Dict[str, Any]) -> str:
+        """``"; did you mean NAME?"`` for an unknown command, or ``""``."""
+        # Only here, after a CommandNotFound: known commands cost nothing.
+        name = cmd.get('execute', cmd.get('exec-oob'))
+        if error.get('class') != 'CommandNotFound' \
+                or not isinstance(name, str):
+            return ''
+        names = self.suggest(name)
+        if not names:
+            return ''
+        if len(names) > 1:
+            names = [', '.join(names[:-1]), names[-1]]
+        return f"; did you mean {' or '.join(names)}?"
 
     def _failed(self, reply: QMPMessage) -> bool:
         """Whether a successful reply still stands for a failure."""

@@ -25,6 +25,17 @@ def test_commands_and_errors(qemu):
     assert result.returncode == 1
 
 
+def test_unknown_command_suggestion(qemu):
+    """A misspelt command gets QEMU's nearest command names."""
+    result = run_shell([qemu.address], 'blockdev-ad\nquery-stauts\n')
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('Error: CommandNotFound: ')
+    assert lines[0].endswith('; did you mean blockdev-add, blockdev-del or '
+                             'x-blockdev-amend?')
+    assert 'query-status' in lines[1].split('did you mean')[1]
+    assert result.returncode == 1
+
+
 def test_transaction_and_nested_keys(storage_daemon):
     """Nested keys and a transaction reach a real qemu-storage-daemon."""
     result = run_shell(

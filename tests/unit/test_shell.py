@@ -288,6 +288,60 @@ def test_hmp_output_that_is_no_error(shells):
         assert shell.run_line(line)
 
 
+def sent(fake, name):
+    """How many times the shell sent command ``name``."""
+    return sum(1 for msg in fake.server.received
+               if msg.get('execute') == name)
+
+
+def test_unknown_command_suggestion(shells, fake):
+    """An unknown command gets the nearest known names, from
+    query-commands, asked once per session and only then: known commands
+    cost nothing."""
+    shell = shells()
+    assert shell.run_line('query-status')
+    assert shell.run_line('{"execute": "query-status"}')
+    assert sent(fake, 'query-commands') == 0
+    assert not shell.run_line('quer-status')
+    assert not shell.run_line('{"execute": "stpo"}')
+    assert not shell.run_line('query-vers')
+    assert not shell.run_line('frobnicate')
+    assert sent(fake, 'query-commands') == 1
+    lines = shells.out.getvalue().splitlines()[2:]
+    assert lines == [
+        'Error: CommandNotFound: The command quer-status has not been '
+        'found; did you mean query-status?',
+        'Error: CommandNotFound: The command stpo has not been found; '
+        'did you mean stop?',
+        'Error: CommandNotFound: The command query-vers has not been '
+        'found; did you mean query-version or query-status?',
+        'Error: CommandNotFound: The command frobnicate has not been '
+        'found']
+
+
+def test_unknown_command_suggestion_quietly_absent(shells, fake):
+    """With --json, no suggestion (machine-readable output); where
+    query-commands fails, none either; the completions, when loaded, serve
+    without asking again."""
+    shell = shells(json_output=True)
+    assert not shell.run_line('quer-status')
+    assert 'did you mean' not in shells.out.getvalue()
+    assert sent(fake, 'query-commands') == 0
+    shell.close()
+    shell = shells()
+    shell.load_completions()
+    assert not shell.run_line('quer-status')
+    assert sent(fake, 'query-commands') == 1
+    assert 'did you mean query-status?' in shells.out.getvalue()
+    shell.close()
+    del fake.server.handlers['query-commands']
+    shell = shells()
+    assert not shell.run_line('quer-status')
+    assert not shell.run_line('quer-status')
+    assert shells.out.getvalue().endswith('has not been found\n')
+    assert sent(fake, 'query-commands') == 2  # one more, in that session
+
+
 def test_completion(shells):
     """Completion offers command names from query-commands, or HMP's
     command names, "help NAME" and "info SUBCOMMAND"."""
