@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Type
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Type
 
 from . import __version__
 from .error import QMPError
@@ -257,6 +258,53 @@ def _exit_on_signal(signum: int, frame: object) -> NoReturn:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    with _foreground_of_our_own():
+        return _run_demo(args)
+
+
+@contextlib.contextmanager
+def _foreground_of_our_own() -> Iterator[None]:
+    """
+    When started by another program on a terminal (``make demo``), take
+    the terminal for a process group of our own while the demo runs.
+
+    The terminal sends Ctrl-C's SIGINT to its whole foreground process
+    group.  Started by make, we share make's group: the shell cancels the
+    line, but make dies of the signal as soon as we end (``*** [demo]
+    Interrupt``, status 130), however cleanly we exit.  In a group of our
+    own that is the terminal's foreground one, only we get it, as when a
+    job-control shell starts us.  Ctrl-Z is ignored meanwhile: it would
+    stop us alone, and nothing would take the terminal back.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        foreground = os.tcgetpgrp(fd)
+    except (AttributeError, OSError, ValueError):
+        foreground = None  # not a terminal: nobody sends it signals
+    if foreground != os.getpgrp() or os.getpgrp() == os.getpid():
+        yield  # no terminal, or already a group of our own
+        return
+    os.setpgid(0, 0)
+    _set_foreground(fd, os.getpgrp())
+    stop = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTSTP, stop)
+        _set_foreground(fd, foreground)
+
+
+def _set_foreground(fd: int, group: int) -> None:
+    # A process outside the foreground group that calls tcsetpgrp() gets
+    # SIGTTOU, which stops it, unless the signal is blocked.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(fd, group)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     qemu = shutil.which('qemu-system-x86_64')
     if qemu:
         print(f"Starting {qemu} (no guest) with a QMP shell attached.",

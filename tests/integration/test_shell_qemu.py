@@ -8,7 +8,12 @@ import uuid
 
 import pytest
 
-from tests.helpers import pty_session, require_binary, run_shell
+from tests.helpers import (
+    make_demo_env,
+    pty_session,
+    require_binary,
+    run_shell,
+)
 from tests.integration.conftest import QEMU_BASE
 
 pytestmark = pytest.mark.integration
@@ -192,6 +197,19 @@ def test_demo_with_qemu():
     result = run_shell(['--demo'], 'query-status\n')
     assert result.returncode == 0, result.stderr
     assert 'Starting' in result.stdout and '"running"' in result.stdout
+
+
+def test_make_demo_ctrl_c_with_qemu(tmp_path):
+    """make demo with QEMU: Ctrl-C at the prompt cancels the line; the
+    session then ends with status 0 and no "Interrupt" from make."""
+    require_binary('qemu-system-x86_64')
+    output, code = pty_session(
+        ['-s', 'demo'], [b'query-sta', b'\x03', b'query-status\r', b'\x04'],
+        make_demo_env(tmp_path, with_qemu=True), program='make',
+        waits={1: b'query-sta'})
+    assert 'Starting ' in output and '"running": true' in output
+    assert 'Interrupt' not in output and '***' not in output, output
+    assert code == 0, output
 
 
 def test_shell_objects_against_qemu(qemu):

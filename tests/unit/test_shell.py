@@ -23,7 +23,13 @@ from qemu.qmp.qmp_shell import (
     main,
 )
 from qemu.qmp.testing import NO_REPLY, QUIT, CommandError
-from tests.helpers import FAKE_QEMU, ThreadedServer, pty_session, run_shell
+from tests.helpers import (
+    FAKE_QEMU,
+    ThreadedServer,
+    make_demo_env,
+    pty_session,
+    run_shell,
+)
 
 
 # -- the input syntax ------------------------------------------------------
@@ -739,6 +745,26 @@ def test_ctrl_c(address, fake, tmp_path):
         waits={1: lambda: fake.run(fake.server.wait_for_command('hang'))})
     assert code == 130, output
     assert 'Traceback' not in output
+
+
+def test_make_demo_ctrl_c(tmp_path):
+    """make demo: Ctrl-C at the prompt cancels the line, and reaches the
+    shell only: an otherwise clean session ends with status 0, without
+    make's "Interrupt" (make, in the terminal's foreground process group,
+    used to get the SIGINT too, and die of it once the shell ended).
+    Ctrl-Z does nothing there (stopping the shell alone would hang the
+    terminal)."""
+    output, code = pty_session(
+        ['-s', 'demo'],
+        [b'query-sta', b'\x03', b'query-status\r', b'\x1a',
+         b'query-status\r', b'\x04'],
+        make_demo_env(tmp_path, with_qemu=False), program='make',
+        waits={1: b'query-sta',  # see test_ctrl_c
+               4: lambda: None})  # no new prompt after Ctrl-Z
+    assert 'built-in QMP test server' in output
+    assert output.count('"status": "running"') == 2, output
+    assert 'Interrupt' not in output and '***' not in output, output
+    assert code == 0, output
 
 
 def test_wrap_ctrl_c_does_not_reach_qemu(tmp_path):
