@@ -509,7 +509,10 @@ class QMPShell(QEMUMonitorProtocol):
         """
         The server's command names, from ``query-commands``: asked for on
         the first call only (Tab completion, or an unknown command), then
-        remembered.  Empty if the server cannot tell (the guest agent).
+        remembered.
+
+        :return: The names; empty if the server cannot tell (the guest
+            agent).
         """
         if self._commands is None:
             try:
@@ -527,6 +530,7 @@ class QMPShell(QEMUMonitorProtocol):
         nearest first), for an unknown command.
 
         :param name: The command name the server did not know.
+        :return: The names; empty if none is near.
         """
         known = [command for command in self.known_commands()
                  if command != name]
