@@ -57,7 +57,10 @@ async def main() -> int:
             await _session(qmp, lines)
             await qmp.execute('quit')
         finally:
-            await qmp.disconnect()
+            try:
+                await qmp.disconnect()
+            except EOFError:
+                pass  # QEMU closed the connection: it quit, as asked
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
