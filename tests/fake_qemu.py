@@ -18,9 +18,10 @@ from qemu.qmp.testing import QMPTestServer
 
 def chardev_path(args):
     for arg in args:
-        for option in arg.split(','):
+        # QEMU's option syntax: "," separates options, ",," is a comma.
+        for option in arg.replace(',,', '\0').split(','):
             if option.startswith('path='):
-                return option[len('path='):]
+                return option[len('path='):].replace('\0', ',')
     raise SystemExit("fake_qemu: no -chardev ...,path=PATH given")
 
 

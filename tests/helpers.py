@@ -29,6 +29,9 @@ IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
 #: tests/fake_qemu.py: a stand-in for QEMU in qmp-shell-wrap's tests.
 FAKE_QEMU = os.path.join(os.path.dirname(__file__), 'fake_qemu.py')
 
+#: The checkout: where the Makefile is.
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # -- what a test needs from the machine -------------------------------------
 
@@ -131,13 +134,36 @@ def run_shell(args: List[str], stdin: str = '',
         capture_output=True, text=True, timeout=60, env=env)
 
 
+def make_demo_env(tmp_path, with_qemu: bool) -> dict:
+    """
+    The environment for ``make demo`` in a test: ``python3`` is this
+    interpreter; without QEMU, ``PATH`` holds only make and python3, so the
+    demo uses the built-in test server.
+    """
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    python3 = bin_dir / 'python3'
+    python3.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python3.chmod(0o755)
+    make = shutil.which('make')
+    if make is None:
+        unavailable("make is not installed")
+    (bin_dir / 'make').symlink_to(make)
+    path = str(bin_dir)
+    if with_qemu:
+        path += os.pathsep + os.environ.get('PATH', '')
+    return dict(os.environ, PATH=path, XDG_STATE_HOME=str(tmp_path),
+                TERM='dumb')
+
+
 def pty_session(args, keys, env, program='shell', waits=None):
     """
-    Run the shell (or ``program='wrap'``, qmp-shell-wrap) on a
-    pseudo-terminal, type each of ``keys`` at a prompt, return the output
-    and the exit status.  For a key whose index is in ``waits``, instead
-    of waiting for a prompt: wait for that text to show (bytes), or call
-    that function (to type into a running command).
+    Run the shell (or ``program='wrap'``, qmp-shell-wrap; or
+    ``program='make'``, make in the checkout) on a pseudo-terminal, type
+    each of ``keys`` at a prompt, return the output and the exit status.
+    For a key whose index is in ``waits``, instead of waiting for a
+    prompt: wait for that text to show (bytes), or call that function (to
+    type into a running command, or not to wait at all).
 
     A Ctrl-C at a prompt is pressed again if no new prompt answers it
     within a second, as a person would: CPython's readline loses a SIGINT
@@ -148,6 +174,9 @@ def pty_session(args, keys, env, program='shell', waits=None):
     pid, fd = pty.fork()
     if pid == 0:  # child
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if program == 'make':
+            os.chdir(CHECKOUT)
+            os.execvpe('make', ['make', *args], env)
         main = 'main_wrap' if program == 'wrap' else 'main'
         os.execve(sys.executable,
                   [sys.executable, '-c', 'import sys; from qemu.qmp.'

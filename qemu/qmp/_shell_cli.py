@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Type
+from typing import Any, Dict, Iterator, List, NoReturn, Optional, Type
 
 from . import __version__
 from .error import QMPError
@@ -29,6 +30,7 @@ from .legacy import QEMUMonitorProtocol, QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
 from .handshake import GreetingError
 from .qmp_shell import HMPShell, QMPShell, common_parser, die
+from .util import qemu_option_value
 
 
 def _shell_options(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +39,10 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', action='store_true', dest='json_output',
                         help='machine-readable output: one JSON line per '
                              'reply or event')
-    parser.add_argument('-c', '--command', metavar='LINE',
-                        help='run LINE, print the reply and exit '
-                             '(status 1 on an error reply)')
+    parser.add_argument('-c', '--command', metavar='LINE', action='append',
+                        help='run LINE, print the reply and exit (status 1 '
+                             'on an error reply); repeat -c to run several '
+                             'lines in order, as from a pipe')
 
 
 def _address_argument(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +86,7 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
     """
     try:
         if args.command is not None:
-            ok = shell.run_line(args.command)
-            if ok and shell.parser.in_transaction:
-                ok = False
-                print("Error: transaction( was not closed", file=sys.stderr)
-            shell.print_events()
-            return 0 if ok else 1
+            return _run_commands(shell, args.command)
         interactive = shell.interactive
         for _ in shell.repl():
             pass
@@ -107,6 +105,26 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
         return 1
     finally:
         shell.close()
+
+
+def _run_commands(shell: QMPShell, lines: List[str]) -> int:
+    """
+    Run the ``-c`` lines in order; the exit status.
+
+    As from a pipe, a failed line does not stop the others (they may not
+    depend on it), and the status is 1 if any failed; once the connection
+    is gone, the rest cannot run.
+    """
+    ok = True
+    for line in lines:
+        ok = shell.run_line(line) and ok
+        shell.print_events()
+        if shell.connection_lost:
+            break
+    if ok and shell.parser.in_transaction:
+        ok = False
+        print("Error: transaction( was not closed", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def qmp_shell(argv: Optional[List[str]] = None) -> int:
@@ -178,7 +196,8 @@ def wrap(qemu: List[str], args: argparse.Namespace) -> int:
         shell = _make_shell(path, args, server=True)
         try:
             proc = subprocess.Popen(
-                [*qemu, '-chardev', f'socket,id=qmp-shell,path={path}',
+                [*qemu, '-chardev',
+                 f'socket,id=qmp-shell,path={qemu_option_value(path)}',
                  '-mon', 'chardev=qmp-shell,mode=control'],
                 **_own_process_group())
         except OSError as err:
@@ -239,6 +258,53 @@ def _exit_on_signal(signum: int, frame: object) -> NoReturn:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    with _foreground_of_our_own():
+        return _run_demo(args)
+
+
+@contextlib.contextmanager
+def _foreground_of_our_own() -> Iterator[None]:
+    """
+    When started by another program on a terminal (``make demo``), take
+    the terminal for a process group of our own while the demo runs.
+
+    The terminal sends Ctrl-C's SIGINT to its whole foreground process
+    group.  Started by make, we share make's group: the shell cancels the
+    line, but make dies of the signal as soon as we end (``*** [demo]
+    Interrupt``, status 130), however cleanly we exit.  In a group of our
+    own that is the terminal's foreground one, only we get it, as when a
+    job-control shell starts us.  Ctrl-Z is ignored meanwhile: it would
+    stop us alone, and nothing would take the terminal back.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        foreground = os.tcgetpgrp(fd)
+    except (AttributeError, OSError, ValueError):
+        foreground = None  # not a terminal: nobody sends it signals
+    if foreground != os.getpgrp() or os.getpgrp() == os.getpid():
+        yield  # no terminal, or already a group of our own
+        return
+    os.setpgid(0, 0)
+    _set_foreground(fd, os.getpgrp())
+    stop = signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTSTP, stop)
+        _set_foreground(fd, foreground)
+
+
+def _set_foreground(fd: int, group: int) -> None:
+    # A process outside the foreground group that calls tcsetpgrp() gets
+    # SIGTTOU, which stops it, unless the signal is blocked.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        os.tcsetpgrp(fd, group)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
     qemu = shutil.which('qemu-system-x86_64')
     if qemu:
         print(f"Starting {qemu} (no guest) with a QMP shell attached.",

@@ -18,6 +18,7 @@ from typing import List
 
 from . import QMPClient, QMPError
 from .testing import demo_server
+from .util import qemu_option_value
 
 
 async def _session(qmp: QMPClient, lines: List[str]) -> None:
@@ -48,7 +49,7 @@ async def main() -> int:
         await qmp.start_server(path)
         proc = await asyncio.create_subprocess_exec(
             qemu, '-M', 'none', '-nodefaults', '-display', 'none',
-            '-chardev', f'socket,id=mon,path={path}',
+            '-chardev', f'socket,id=mon,path={qemu_option_value(path)}',
             '-mon', 'chardev=mon,mode=control')
         try:
             await asyncio.wait_for(qmp.accept(), 30)
@@ -56,7 +57,10 @@ async def main() -> int:
             await _session(qmp, lines)
             await qmp.execute('quit')
         finally:
-            await qmp.disconnect()
+            try:
+                await qmp.disconnect()
+            except EOFError:
+                pass  # QEMU closed the connection: it quit, as asked
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()

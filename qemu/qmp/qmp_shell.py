@@ -5,7 +5,7 @@ Usage:
 
 .. code-block:: text
 
-    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c CMD] ADDRESS
+    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c LINE]... ADDRESS
     qmp-shell-wrap [shell options] [--] [qemu-system-x86_64 [QEMU options]]
     qmp-shell --demo
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ from typing import (
     IO,
     Any,
     Dict,
+    Iterable,
     Iterator,
     List,
     NoReturn,
@@ -66,6 +68,15 @@ __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
 # A word: runs of non-space characters and quoted strings (which may hold
 # spaces); quotes stay in the word, the value parser removes them.
 _WORD = re.compile(r'''(?:[^\s"']|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')+''')
+
+#: How deeply a command may nest objects and lists (the command itself is
+#: the first level).  Real commands need a handful; the bound keeps every
+#: JSON encoder and printer the shell uses far from Python's recursion
+#: limit, whatever the call stack, so a hostile line is an error message.
+MAX_DEPTH = 256
+
+_TOO_DEEP = f"nested too deeply (at most {MAX_DEPTH} levels of objects " \
+    "and lists)"
 
 
 class QMPShellError(QMPError):
@@ -160,7 +171,12 @@ class CommandParser:
             a transaction block).
         :raise QMPShellError: The line is not valid.
         """
-        line = line.strip()
+        cmd = self._parse(line.strip())
+        if cmd is not None:
+            _check_depth(cmd)
+        return cmd
+
+    def _parse(self, line: str) -> Optional[Dict[str, Any]]:
         if not line:
             return None
         if line.startswith('{') and not self.in_transaction:
@@ -219,6 +235,8 @@ class CommandParser:
             value: Dict[str, Any] = json.loads(line)
         except ValueError as err:
             raise QMPShellError(f"invalid JSON: {err}") from err
+        except RecursionError:
+            raise QMPShellError(f"invalid JSON: {_TOO_DEEP}") from None
         return value
 
     def _command(self, words: List[str]) -> Dict[str, Any]:
@@ -276,12 +294,16 @@ class CommandParser:
         {'a': [True, None, 'b']}
 
         :raise QMPShellError: Text that looks like a list or an object but
-            is neither valid JSON nor a valid literal.
+            is neither valid JSON nor a valid literal, or one nested too
+            deeply for the JSON parser.
         """
         try:
             return json.loads(text)
         except ValueError as err:
             json_error = err
+        except RecursionError:
+            raise QMPShellError(
+                f"invalid JSON value {_excerpt(text)}: {_TOO_DEEP}") from None
         if text.lower() in ('true', 'false'):
             return text.lower() == 'true'
         if len(text) > 1 and text[0] == text[-1] == "'":
@@ -294,7 +316,37 @@ class CommandParser:
         except (SyntaxError, ValueError, TypeError, MemoryError,
                 RecursionError):
             raise QMPShellError(
-                f"invalid JSON value {text!r}: {json_error}") from None
+                f"invalid JSON value {_excerpt(text)}: {json_error}") from None
+
+
+def _excerpt(text: str, length: int = 40) -> str:
+    """``text`` quoted for a message, cut short if it is long."""
+    if len(text) <= length:
+        return repr(text)
+    return repr(text[:length]) + '...'
+
+
+def _check_depth(value: object) -> None:
+    """
+    Refuse a value nested more than `MAX_DEPTH` levels deep.
+
+    Iterative: a value built from dotted keys can be arbitrarily deep
+    without the JSON parser ever seeing it.
+
+    :raise QMPShellError: Too deep.
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise QMPShellError(f"the command is {_TOO_DEEP}")
+        pending.extend((child, depth + 1) for child in children)
 
 
 class QMPShell(QEMUMonitorProtocol):
@@ -314,8 +366,9 @@ class QMPShell(QEMUMonitorProtocol):
 
     :param address: QMP server address: a UNIX socket path or a
         ``(host, port)`` tuple.
-    :param pretty: Indent JSON output.
-    :param verbose: Print each command before sending it.
+    :param pretty: Indent JSON output (not with ``json_output``).
+    :param verbose: Print each command before sending it, and successful
+        replies whole (``{"return": ...}``) instead of their value.
     :param server: Listen at ``address`` for QEMU to connect; then call
         `accept` instead of `connect`.
     :param logfile: A path (appended to) or an open text file: every
@@ -353,6 +406,8 @@ class QMPShell(QEMUMonitorProtocol):
         #: Whether the last command was a ``quit`` the server answered.
         self.quit_answered = False
         self._completer = QMPCompleter()
+        # The server's command names: asked for when first needed.
+        self._commands: Optional[List[str]] = None
         self._greeting: Optional[QMPMessage] = None
         self._readline_used = False
         if isinstance(logfile, str):
@@ -448,9 +503,38 @@ class QMPShell(QEMUMonitorProtocol):
         self._completer = completer
 
     def _completion_words(self) -> List[str]:
-        commands = self.cmd('query-commands')
-        return [cmd['name'] for cmd in commands
+        return self.known_commands()
+
+    def known_commands(self) -> List[str]:
+        """
+        The server's command names, from ``query-commands``: asked for on
+        the first call only (Tab completion, or an unknown command), then
+        remembered.
+
+        :return: The names; empty if the server cannot tell (the guest
+            agent).
+        """
+        if self._commands is None:
+            try:
+                commands = self.cmd('query-commands')
+            except QMPError:
+                commands = []
+            self._commands = [
+                cmd['name'] for cmd in commands
                 if isinstance(cmd, dict) and isinstance(cmd.get('name'), str)]
+        return list(self._commands)
+
+    def suggest(self, name: str) -> List[str]:
+        """
+        The known command names nearest to ``name`` (at most three, the
+        nearest first), for an unknown command.
+
+        :param name: The command name the server did not know.
+        :return: The names; empty if none is near.
+        """
+        known = [command for command in self.known_commands()
+                 if command != name]
+        return difflib.get_close_matches(name, known, n=3)
 
     def complete(self, text: str, state: int) -> Optional[str]:
         """The readline completer (see `QMPCompleter.complete`)."""
@@ -510,14 +594,35 @@ class QMPShell(QEMUMonitorProtocol):
                 self._print(self._format(reply))
             else:
                 self._print(f"Error: {error.get('class')}: "
-                            f"{error.get('desc')}")
+                            f"{error.get('desc')}"
+                            f"{self._did_you_mean(cmd, error)}")
             return False
         self.show_return(reply)
-        return True
+        return not self._failed(reply)
+
+    def _did_you_mean(self, cmd: QMPMessage, error: Dict[str, Any]) -> str:
+        """``"; did you mean NAME?"`` for an unknown command, or ``""``."""
+        # Only here, after a CommandNotFound: known commands cost nothing.
+        name = cmd.get('execute', cmd.get('exec-oob'))
+        if error.get('class') != 'CommandNotFound' \
+                or not isinstance(name, str):
+            return ''
+        names = self.suggest(name)
+        if not names:
+            return ''
+        if len(names) > 1:
+            names = [', '.join(names[:-1]), names[-1]]
+        return f"; did you mean {' or '.join(names)}?"
+
+    def _failed(self, reply: QMPMessage) -> bool:
+        """Whether a successful reply still stands for a failure."""
+        # pylint: disable=unused-argument
+        return False
 
     def show_return(self, reply: QMPMessage) -> None:
-        """Print a successful reply (its value, or all of it)."""
-        if self.json_output or self.verbose or self.pretty:
+        """Print a successful reply: its value, or all of it with
+        ``verbose`` or ``json_output``."""
+        if self.json_output or self.verbose:
             self._print(self._format(reply))
         else:
             self._print(self._format(reply.get('return')))
@@ -643,6 +748,29 @@ def hmp_words(help_text: object, info_text: object) -> List[str]:
     return words
 
 
+def _hmp_error(output: object) -> bool:
+    """
+    Whether HMP output is one of the monitor's own error messages.
+
+    ``human-monitor-command`` succeeds whatever the HMP command did; QEMU's
+    monitor reports its errors as text, in three forms: an unknown command,
+    ``Error: ...`` (most commands' errors), and a usage message ending
+    ``Try "help NAME" for more information``.  Other messages (``Device
+    'x' not found``) cannot be told from output.
+
+    >>> _hmp_error("unknown command: 'foo'\\r\\n")
+    True
+    >>> _hmp_error('VM status: running\\r\\n')
+    False
+    """
+    if not isinstance(output, str) or not output.strip():
+        return False
+    lines = output.splitlines()
+    return lines[0].startswith(('unknown command: ', 'Error: ')) or (
+        lines[-1].startswith('Try "help ')
+        and lines[-1].endswith('" for more information'))
+
+
 class HMPShell(QMPShell):
     """
     An HMP shell over QMP: each line is a human monitor command, sent
@@ -710,6 +838,9 @@ class HMPShell(QMPShell):
             # QEMU's monitor ends lines with CRLF.
             self._print(value.replace('\r\n', '\n').rstrip('\n'))
 
+    def _failed(self, reply: QMPMessage) -> bool:
+        return _hmp_error(reply.get('return'))
+
     def _completion_words(self) -> List[str]:
         return hmp_words(
             self.cmd('human-monitor-command', **{'command-line': 'help'}),
@@ -758,10 +889,15 @@ def common_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument('-H', '--hmp', action='store_true',
                         help='HMP mode: lines are HMP commands')
+    # What each prints, in the reference's spirit ("echo commands sent
+    # and received", "pretty-print JSON"): -v the traffic, -p the layout.
     parser.add_argument('-v', '--verbose', action='store_true',
-                        help='echo each QMP command sent')
+                        help='print each command before sending it, and '
+                             'whole replies ({"return": ...}) instead of '
+                             'their value')
     parser.add_argument('-p', '--pretty', action='store_true',
-                        help='pretty-print JSON')
+                        help='indent JSON output; what is printed stays '
+                             'the same (no effect with --json)')
     parser.add_argument('-l', '--logfile', metavar='FILE',
                         help='append commands, replies and events to FILE '
                              'as JSON lines')

@@ -1,11 +1,13 @@
 """
-Small helpers: method markers, exception formatting, backoff, stream
-helpers.
+Small helpers: method markers, exception formatting, backoff, QEMU
+options, stream helpers.
 
 `upper_half` and `bottom_half` mark which side of the library a method runs
 on (see `qemu.qmp.protocol`); `exception_summary` and `pretty_traceback`
-format errors for logs; `Backoff` paces retries.  The stream helpers at the
-end exist for callers of older releases, which needed them on Python 3.6.
+format errors for logs; `Backoff` paces retries; `qemu_option_value`
+writes a value (a socket path) into a QEMU command-line option.  The
+stream helpers at the end exist for callers of older releases, which
+needed them on Python 3.6.
 """
 
 from __future__ import annotations
@@ -115,6 +117,23 @@ class Backoff:
         pause = self._next
         self._next = min(pause * 2, self.longest)
         return pause
+
+
+def qemu_option_value(value: str) -> str:
+    """
+    Write ``value`` for a QEMU option string, such as ``-chardev``'s.
+
+    QEMU splits ``socket,id=mon,path=PATH`` at commas and reads ``,,`` as
+    one comma inside a value, so commas are doubled; nothing else needs
+    escaping.  A comma is legal in a path (a ``$TMPDIR`` may have one).
+
+    >>> f"socket,id=mon,path={qemu_option_value('/tmp/a,b/qmp.sock')}"
+    'socket,id=mon,path=/tmp/a,,b/qmp.sock'
+
+    :param value: The value, as it should reach QEMU.
+    :return: The value to put after ``key=`` in the option string.
+    """
+    return value.replace(',', ',,')
 
 
 def get_or_create_event_loop() -> asyncio.AbstractEventLoop:

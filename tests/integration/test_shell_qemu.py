@@ -8,7 +8,12 @@ import uuid
 
 import pytest
 
-from tests.helpers import pty_session, require_binary, run_shell
+from tests.helpers import (
+    make_demo_env,
+    pty_session,
+    require_binary,
+    run_shell,
+)
 from tests.integration.conftest import QEMU_BASE
 
 pytestmark = pytest.mark.integration
@@ -22,6 +27,17 @@ def test_commands_and_errors(qemu):
     assert json.loads(lines[0])['status'] == 'running'
     assert lines[1].startswith('Error: CommandNotFound:')
     assert 'VM status: running' in lines[2]
+    assert result.returncode == 1
+
+
+def test_unknown_command_suggestion(qemu):
+    """A misspelt command gets QEMU's nearest command names."""
+    result = run_shell([qemu.address], 'blockdev-ad\nquery-stauts\n')
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('Error: CommandNotFound: ')
+    assert lines[0].endswith('; did you mean blockdev-add, blockdev-del or '
+                             'x-blockdev-amend?')
+    assert 'query-status' in lines[1].split('did you mean')[1]
     assert result.returncode == 1
 
 
@@ -70,6 +86,19 @@ def test_hmp_mode(qemu):
     result = run_shell(['-H', qemu.address], 'info status\nhelp info\n')
     assert result.returncode == 0, result.stderr
     assert 'VM status: running' in result.stdout
+
+
+def test_hmp_mode_error_status(qemu):
+    """-H from a pipe: an unknown command (or another error of QEMU's
+    monitor) makes the status 1, as a failed command does in QMP mode;
+    the next lines still run."""
+    result = run_shell(['-H', qemu.address],
+                       'no-such-command\ndevice_add nosuch\ninfo status\n')
+    assert result.stdout.startswith("unknown command: 'no-such-command'\n")
+    assert "Error: 'nosuch' is not a valid device model name" in \
+        result.stdout
+    assert 'VM status: running' in result.stdout
+    assert result.returncode == 1
 
 
 def test_hmp_mode_interactive(qemu, tmp_path):
@@ -170,6 +199,19 @@ def test_demo_with_qemu():
     assert 'Starting' in result.stdout and '"running"' in result.stdout
 
 
+def test_make_demo_ctrl_c_with_qemu(tmp_path):
+    """make demo with QEMU: Ctrl-C at the prompt cancels the line; the
+    session then ends with status 0 and no "Interrupt" from make."""
+    require_binary('qemu-system-x86_64')
+    output, code = pty_session(
+        ['-s', 'demo'], [b'query-sta', b'\x03', b'query-status\r', b'\x04'],
+        make_demo_env(tmp_path, with_qemu=True), program='make',
+        waits={1: b'query-sta'})
+    assert 'Starting ' in output and '"running": true' in output
+    assert 'Interrupt' not in output and '***' not in output, output
+    assert code == 0, output
+
+
 def test_shell_objects_against_qemu(qemu):
     """QMPShell and HMPShell used as objects, as the reference library's
     users do: construct, connect, run lines, use the inherited legacy
@@ -200,3 +242,28 @@ def test_shell_objects_against_qemu(qemu):
         assert 'help quit' in hmp.completions
         assert hmp.run_line('cont')
         assert hmp.pull_event(wait=10)['event'] == 'RESUME'
+
+
+@pytest.mark.parametrize('program', ['qmp-shell-wrap', 'qmp-shell --demo',
+                                     'qemu.qmp.demo'])
+def test_comma_in_tmpdir(tmp_path, program):
+    """A comma in TMPDIR (legal in a path) reaches QEMU doubled, as its
+    option syntax needs: qmp-shell-wrap, qmp-shell --demo and the scripted
+    tour all start QEMU with their socket in it."""
+    binary = require_binary('qemu-system-x86_64')
+    tmpdir = tmp_path / 'a,b'
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    if program == 'qmp-shell-wrap':
+        args = ['-c', 'import sys; from qemu.qmp.qmp_shell import '
+                'main_wrap; sys.exit(main_wrap())', '--', binary, *QEMU_BASE]
+    elif program == 'qmp-shell --demo':
+        args = ['-m', 'qemu.qmp.qmp_shell', '--demo']
+    else:
+        args = ['-m', 'qemu.qmp.demo']
+    result = subprocess.run([sys.executable, *args], input='query-status\n',
+                            capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert 'running' in result.stdout
+    assert list(tmpdir.iterdir()) == []  # and cleaned up after

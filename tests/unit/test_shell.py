@@ -23,7 +23,13 @@ from qemu.qmp.qmp_shell import (
     main,
 )
 from qemu.qmp.testing import NO_REPLY, QUIT, CommandError
-from tests.helpers import FAKE_QEMU, ThreadedServer, pty_session, run_shell
+from tests.helpers import (
+    FAKE_QEMU,
+    ThreadedServer,
+    make_demo_env,
+    pty_session,
+    run_shell,
+)
 
 
 # -- the input syntax ------------------------------------------------------
@@ -102,6 +108,18 @@ def test_nested_transaction_refused():
 
 # -- the shell over the fake server -----------------------------------------
 
+#: What QEMU 7.2's monitor prints for its own errors (it has no error
+#: replies): the line, and its output.
+HMP_ERRORS = {
+    'foo': "unknown command: 'foo'\r\n",
+    'info foo': "unknown command: 'info foo'\r\n",
+    'device_add nosuch':
+        "Error: 'nosuch' is not a valid device model name\r\n",
+    'stop x': 'stop|s: extraneous characters at the end of line\r\n'
+              'Try "help stop" for more information\r\n',
+}
+
+
 @pytest.fixture
 def address(fake):
     help_text = 'help|?  -- show help\ninfo  -- show the system state\n' \
@@ -114,7 +132,7 @@ def address(fake):
         if 'cpu-index' in args and args['cpu-index'] != 0:
             raise CommandError('GenericError', 'Invalid CPU index')
         return {'info status': 'VM status: running\n', 'help': help_text,
-                'info': info_text}.get(line, f'ran {line}\n')
+                'info': info_text, **HMP_ERRORS}.get(line, f'ran {line}\n')
     fake.server.on('human-monitor-command', hmp)
     fake.server.on('query-commands', [{'name': 'query-status'},
                                       {'name': 'query-version'},
@@ -170,21 +188,46 @@ def test_error_reply_is_printed_not_fatal(shells):
 
 
 def test_verbose_pretty_and_json(shells):
-    """-v echoes the command, -p indents, --json prints compact lines."""
+    """Each option does one thing: -v shows the traffic (the command sent,
+    the whole reply received), -p only indents, --json prints whole replies
+    as compact lines."""
     out = shells.out
 
-    def output_of(**options):
+    def output_of(shell_class=QMPShell, line='echo a=1', **options):
         out.seek(0)
         out.truncate()
-        shell = shells(**options)
-        shell.run_line('echo a=1')
+        shell = shells(shell_class, **options)
+        shell.run_line(line)
         shell.close()  # the server takes one client at a time, as QEMU
         return out.getvalue()
 
-    assert output_of(verbose=True).splitlines()[0] == \
-        '{"execute": "echo", "arguments": {"a": 1}}'
-    assert '\n    "return": {\n' in output_of(pretty=True)
+    command = {'execute': 'echo', 'arguments': {'a': 1}}
+    assert output_of() == '{"a": 1}\n'
+    assert output_of(pretty=True) == json.dumps({'a': 1}, indent=4) + '\n'
+    assert output_of(verbose=True) == \
+        json.dumps(command) + '\n' + '{"return": {"a": 1}}\n'
+    assert output_of(verbose=True, pretty=True) == \
+        json.dumps(command, indent=4) + '\n' + \
+        json.dumps({'return': {'a': 1}}, indent=4) + '\n'
     assert output_of(json_output=True) == '{"return":{"a":1}}\n'
+    assert output_of(json_output=True, pretty=True) == \
+        '{"return":{"a":1}}\n'
+    # HMP: the text, whatever the options; -v shows the command sent too.
+    assert output_of(HMPShell, 'info status', pretty=True) == \
+        'VM status: running\n'
+    assert output_of(HMPShell, 'info status', verbose=True) == \
+        '{"execute": "human-monitor-command", "arguments": ' \
+        '{"command-line": "info status"}}\nVM status: running\n'
+
+
+def test_help_says_what_each_option_prints(capsys):
+    """--help says what -v and -p print, and that -c may be repeated."""
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'print each command before sending it, and whole replies' in text
+    assert 'indent JSON output; what is printed stays the same' in text
+    assert 'repeat -c to run several lines in order' in text
 
 
 @pytest.mark.parametrize('as_path', [True, False])
@@ -224,6 +267,85 @@ def test_hmp_mode(shells, fake):
         'command-line': 'info version', 'cpu-index': 0}
     assert 'no CPU with index 3' in shells.out.getvalue()
     assert shell.prompt == '(QEMU) '
+
+
+@pytest.mark.parametrize('line', sorted(HMP_ERRORS))
+def test_hmp_errors_fail(shells, address, line):
+    """HMP has no error replies: output in the form of the monitor's own
+    errors (unknown command, "Error: ...", a usage message) counts as a
+    failed line, printed as is; so -H from a pipe or -c exits 1, as QMP
+    mode does after a failed command."""
+    shell = shells(HMPShell)
+    assert not shell.run_line(line)
+    assert shell.run_line('info status')
+    text = HMP_ERRORS[line].replace('\r\n', '\n')
+    assert shells.out.getvalue() == text + 'VM status: running\n'
+    shell.close()
+    result = run_shell(['-H', address], f'{line}\ninfo status\n')
+    assert result.stdout == text + 'VM status: running\n'
+    assert result.returncode == 1
+    assert main(['-H', address, '-c', line]) == 1
+
+
+def test_hmp_output_that_is_no_error(shells):
+    """Ordinary output, even mentioning errors, is success."""
+    shell = shells(HMPShell)
+    for line in ('info status', 'say Error: inside', 'say unknown command'):
+        assert shell.run_line(line)
+
+
+def sent(fake, name):
+    """How many times the shell sent command ``name``."""
+    return sum(1 for msg in fake.server.received
+               if msg.get('execute') == name)
+
+
+def test_unknown_command_suggestion(shells, fake):
+    """An unknown command gets the nearest known names, from
+    query-commands, asked once per session and only then: known commands
+    cost nothing."""
+    shell = shells()
+    assert shell.run_line('query-status')
+    assert shell.run_line('{"execute": "query-status"}')
+    assert sent(fake, 'query-commands') == 0
+    assert not shell.run_line('quer-status')
+    assert not shell.run_line('{"execute": "stpo"}')
+    assert not shell.run_line('query-vers')
+    assert not shell.run_line('frobnicate')
+    assert sent(fake, 'query-commands') == 1
+    lines = shells.out.getvalue().splitlines()[2:]
+    assert lines == [
+        'Error: CommandNotFound: The command quer-status has not been '
+        'found; did you mean query-status?',
+        'Error: CommandNotFound: The command stpo has not been found; '
+        'did you mean stop?',
+        'Error: CommandNotFound: The command query-vers has not been '
+        'found; did you mean query-version or query-status?',
+        'Error: CommandNotFound: The command frobnicate has not been '
+        'found']
+
+
+def test_unknown_command_suggestion_quietly_absent(shells, fake):
+    """With --json, no suggestion (machine-readable output); where
+    query-commands fails, none either; the completions, when loaded, serve
+    without asking again."""
+    shell = shells(json_output=True)
+    assert not shell.run_line('quer-status')
+    assert 'did you mean' not in shells.out.getvalue()
+    assert sent(fake, 'query-commands') == 0
+    shell.close()
+    shell = shells()
+    shell.load_completions()
+    assert not shell.run_line('quer-status')
+    assert sent(fake, 'query-commands') == 1
+    assert 'did you mean query-status?' in shells.out.getvalue()
+    shell.close()
+    del fake.server.handlers['query-commands']
+    shell = shells()
+    assert not shell.run_line('quer-status')
+    assert not shell.run_line('quer-status')
+    assert shells.out.getvalue().endswith('has not been found\n')
+    assert sent(fake, 'query-commands') == 2  # one more, in that session
 
 
 def test_completion(shells):
@@ -311,6 +433,22 @@ def test_one_shot(address, capsys):
     assert main([path, '--json', '-c', 'echo x=[1]']) == 0
     assert capsys.readouterr().out == '{"return":{"x":[1]}}\n'
     assert main([path, '-c', 'transaction(']) == 1
+
+
+def test_one_shot_repeated(address, capsys):
+    """-c A -c B runs A, then B (it used to run only B): every line runs,
+    as from a pipe; status 1 if any failed.  A transaction may span
+    several -c."""
+    assert main([address, '-c', 'echo a=1', '-c', 'echo b=2']) == 0
+    assert capsys.readouterr().out == '{"a": 1}\n{"b": 2}\n'
+    assert main([address, '-c', 'fail', '-c', 'echo b=2']) == 1
+    assert capsys.readouterr().out == \
+        'Error: GenericError: it failed\n{"b": 2}\n'
+    assert main([address, '-c', 'echo a=1', '-c', 'fail']) == 1
+    capsys.readouterr()
+    assert main([address, '-c', 'transaction(', '-c', 'echo a=1',
+                 '-c', ')']) == 1  # the test server has no transaction
+    assert "transaction" in capsys.readouterr().out
 
 
 def test_bad_address_and_port(capsys, tmp_path):
@@ -440,6 +578,56 @@ def test_piped_bad_lines_go_on(address):
     assert result.returncode == 1
 
 
+DEEP = 5000
+
+
+def nested(depth, inner='1'):
+    """A list ``depth`` levels deep, as text."""
+    return '[' * depth + inner + ']' * depth
+
+
+@pytest.mark.parametrize('line', [
+    '{"execute": "x", "arguments": {"a": %s}}' % nested(DEEP),
+    'x a=' + nested(DEEP),
+    'x a=' + '{"b":' * DEEP + '1' + '}' * DEEP,
+    'x a=' + nested(300),          # parses, but too deep to print or send
+    'x ' + '.'.join(['a'] * DEEP) + '=1',      # dotted keys nest too
+    'transaction( t a=%s )' % nested(DEEP),
+])
+def test_deeply_nested_line_is_an_error(line):
+    """A line nested thousands of levels deep (raw JSON, a value, dotted
+    keys) is a QMPShellError with a short message, never RecursionError."""
+    with pytest.raises(QMPShellError, match='nested too deeply') as info:
+        CommandParser().parse(line)
+    assert len(str(info.value)) < 200
+
+
+def test_deeply_nested_lines_go_on(address, tmp_path):
+    """From a pipe, with -c and on a terminal, a deeply nested line prints
+    an error and the next line runs: status 1 from a pipe and with -c, as
+    for any failed line; 0 on a terminal."""
+    raw = '{"execute": "x", "arguments": {"a": %s}}' % nested(DEEP)
+    lines = [raw, 'x a=' + nested(DEEP), 'query-status']
+    result = run_shell([address], '\n'.join(lines) + '\n')
+    assert 'Traceback' not in result.stderr, result.stderr[-500:]
+    out = result.stdout.splitlines()
+    assert [line.startswith('Error:') and 'nested too deeply' in line
+            for line in out[:2]] == [True, True]
+    assert json.loads(out[2]) == {'status': 'running'}
+    assert result.returncode == 1
+    result = run_shell([address, '-c', raw])
+    assert 'nested too deeply' in result.stdout
+    assert 'Traceback' not in result.stderr and result.returncode == 1
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
+    deep = 'x a=' + nested(DEEP)
+    output, code = pty_session(
+        [address], [deep.encode() + b'\r', b'query-status\r', b'\x04'], env)
+    assert 'Traceback' not in output
+    assert 'nested too deeply' in output
+    assert '"status": "running"' in output
+    assert code == 0
+
+
 def test_stdout_closed_early(address):
     """qmp-shell ... | head -1: the shell stops quietly when its output
     is closed, with no BrokenPipeError traceback."""
@@ -526,6 +714,19 @@ def test_wrap_cleans_up_on_signals(tmp_path, signum):
     assert not list(tmp_path.glob('qmp-shell-wrap-*'))
 
 
+def test_wrap_comma_in_tmpdir(tmp_path):
+    """A comma in TMPDIR reaches QEMU's -chardev option doubled, as QEMU
+    reads it (tests/fake_qemu.py parses options as QEMU does)."""
+    tmpdir = tmp_path / 'a,b'
+    tmpdir.mkdir()
+    proc = wrap_process(['--', sys.executable, FAKE_QEMU],
+                        env=dict(os.environ, TMPDIR=str(tmpdir)))
+    out, err = proc.communicate('query-status\n', timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out)['status'] == 'running'
+    assert list(tmpdir.iterdir()) == []
+
+
 def test_ctrl_c(address, fake, tmp_path):
     """On a terminal, Ctrl-C at the prompt cancels the line (the shell
     goes on), Ctrl-D leaves with 0; Ctrl-C during a command ends the
@@ -544,6 +745,26 @@ def test_ctrl_c(address, fake, tmp_path):
         waits={1: lambda: fake.run(fake.server.wait_for_command('hang'))})
     assert code == 130, output
     assert 'Traceback' not in output
+
+
+def test_make_demo_ctrl_c(tmp_path):
+    """make demo: Ctrl-C at the prompt cancels the line, and reaches the
+    shell only: an otherwise clean session ends with status 0, without
+    make's "Interrupt" (make, in the terminal's foreground process group,
+    used to get the SIGINT too, and die of it once the shell ended).
+    Ctrl-Z does nothing there (stopping the shell alone would hang the
+    terminal)."""
+    output, code = pty_session(
+        ['-s', 'demo'],
+        [b'query-sta', b'\x03', b'query-status\r', b'\x1a',
+         b'query-status\r', b'\x04'],
+        make_demo_env(tmp_path, with_qemu=False), program='make',
+        waits={1: b'query-sta',  # see test_ctrl_c
+               4: lambda: None})  # no new prompt after Ctrl-Z
+    assert 'built-in QMP test server' in output
+    assert output.count('"status": "running"') == 2, output
+    assert 'Interrupt' not in output and '***' not in output, output
+    assert code == 0, output
 
 
 def test_wrap_ctrl_c_does_not_reach_qemu(tmp_path):

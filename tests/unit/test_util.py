@@ -26,6 +26,15 @@ def test_pretty_traceback():
     assert 'ValueError: inner' in text
 
 
+def test_qemu_option_value():
+    """Commas are doubled, as QEMU's option syntax wants inside a value;
+    nothing else changes."""
+    assert util.qemu_option_value('/tmp/a,b,,c/q.sock') == \
+        '/tmp/a,,b,,,,c/q.sock'
+    assert util.qemu_option_value('plain = text') == 'plain = text'
+    assert util.qemu_option_value('') == ''
+
+
 def test_markers_return_the_function():
     """upper_half and bottom_half change nothing."""
     def func():
