@@ -319,6 +319,50 @@ class CommandParser:
                 f"invalid JSON value {_excerpt(text)}: {json_error}") from None
 
 
+def nearest_names(name: str, known: Iterable[str],
+                  count: int = 3) -> List[str]:
+    """
+    The names in ``known`` a mistyped ``name`` most likely meant, the
+    likeliest first: names it begins (a command typed short), then the
+    fewest typing mistakes (a swap of two letters is one), then a length
+    kept.
+
+    >>> nearest_names('query-stauts', ['query-stats', 'query-status'])
+    ['query-status', 'query-stats']
+    >>> nearest_names('query-cpu', ['query-pci', 'query-cpus-fast'])
+    ['query-cpus-fast', 'query-pci']
+
+    :param name: The unknown name.
+    :param known: The known names.
+    :param count: How many to return at most.
+    :return: The names; empty if none is near.
+    """
+    known = [candidate for candidate in known if candidate != name]
+    near = set(difflib.get_close_matches(name, known, n=10))
+    near.update(candidate for candidate in known
+                if candidate.startswith(name))
+    return sorted(near, key=lambda candidate: (
+        not candidate.startswith(name), _typos(name, candidate),
+        abs(len(candidate) - len(name)), candidate))[:count]
+
+
+def _typos(first: str, second: str) -> int:
+    """How many letters to insert, delete, change or swap with the next
+    one to turn ``first`` into ``second`` (optimal string alignment)."""
+    before: List[int] = []
+    previous = list(range(len(second) + 1))
+    for i, letter in enumerate(first, 1):
+        current = [i] + [0] * len(second)
+        for j, other in enumerate(second, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1,
+                             previous[j - 1] + (letter != other))
+            if i > 1 and j > 1 and letter == second[j - 2] \
+                    and first[i - 2] == other:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, previous = previous, current
+    return previous[-1]
+
+
 def _excerpt(text: str, length: int = 40) -> str:
     """``text`` quoted for a message, cut short if it is long."""
     if len(text) <= length:
@@ -532,9 +576,7 @@ class QMPShell(QEMUMonitorProtocol):
         :param name: The command name the server did not know.
         :return: The names; empty if none is near.
         """
-        known = [command for command in self.known_commands()
-                 if command != name]
-        return difflib.get_close_matches(name, known, n=3)
+        return nearest_names(name, self.known_commands())
 
     def complete(self, text: str, state: int) -> Optional[str]:
         """The readline completer (see `QMPCompleter.complete`)."""

@@ -21,6 +21,7 @@ from qemu.qmp.qmp_shell import (
     die,
     history_path,
     main,
+    nearest_names,
 )
 from qemu.qmp.testing import NO_REPLY, QUIT, CommandError
 from tests.helpers import (
@@ -790,3 +791,17 @@ def test_version(program):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{program} (qemu.qmp) {qemu.qmp.__version__}\n"
+
+
+@pytest.mark.parametrize('typed, first', [
+    ('query-stauts', 'query-status'),   # two letters swapped
+    ('query-cpu', 'query-cpus-fast'),   # typed short
+    ('quer-status', 'query-status'),
+    ('qmp-capabilities', 'qmp_capabilities'),
+])
+def test_nearest_names_put_the_likeliest_first(typed, first):
+    """The suggestions' order, among QEMU 7.2's own names that look alike."""
+    known = ['query-stats', 'query-status', 'query-pci', 'query-vnc',
+             'query-tpm', 'query-cpus-fast', 'query-cpu-definitions',
+             'qmp_capabilities', 'query-kvm', 'stop', 'cont']
+    assert nearest_names(typed, known)[0] == first
