@@ -38,6 +38,31 @@ async def _session(qmp: QMPClient, lines: List[str]) -> None:
         lines.append(f"no-such-command -> {type(err).__name__}: {err}")
 
 
+async def _accepted(qmp: QMPClient,
+                    proc: asyncio.subprocess.Process) -> bool:
+    """
+    Wait for QEMU to connect; `False` if it exits first.
+
+    :raise ConnectError: The session could not be established.
+    :raise asyncio.TimeoutError: QEMU neither connected nor exited.
+    """
+    accepting = asyncio.ensure_future(qmp.accept())
+    exiting = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.wait((accepting, exiting), timeout=30,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exiting.cancel()
+    if not accepting.done():
+        accepting.cancel()  # (a disconnect() follows, and ends it)
+        await asyncio.gather(accepting, return_exceptions=True)
+        if proc.returncode is None:
+            raise asyncio.TimeoutError
+        return False
+    accepting.result()
+    return True
+
+
 async def main() -> int:
     """Run the demo; return the exit status."""
     lines: List[str] = []
@@ -52,7 +77,10 @@ async def main() -> int:
             '-chardev', f'socket,id=mon,path={qemu_option_value(path)}',
             '-mon', 'chardev=mon,mode=control')
         try:
-            await asyncio.wait_for(qmp.accept(), 30)
+            if not await _accepted(qmp, proc):
+                print(f"{qemu} exited with status {proc.returncode} "
+                      f"before connecting", file=sys.stderr)
+                return 1
             lines.append(f"started {qemu} (pid {proc.pid})")
             await _session(qmp, lines)
             await qmp.execute('quit')

@@ -1,5 +1,8 @@
 """python3 -m qemu.qmp.demo, the scripted tour, against real QEMU."""
 
+import asyncio
+import os
+
 import pytest
 
 from qemu.qmp import QMPClient, Runstate, demo
@@ -26,3 +29,16 @@ async def test_quit_then_hang_up(monkeypatch, capsys):
     assert await demo.main() == 0
     out = capsys.readouterr().out
     assert 'event: STOP' in out and 'event: RESUME' in out
+
+
+async def test_qemu_that_exits_before_connecting(monkeypatch, tmp_path,
+                                                 capsys):
+    """A QEMU that fails at once (a broken install, say) is reported at
+    once, with its status, instead of a traceback 30 s later."""
+    fake = tmp_path / 'qemu-system-x86_64'
+    fake.write_text('#!/bin/sh\necho "qemu: broken" >&2\nexit 3\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv('PATH', f"{tmp_path}:{os.environ['PATH']}")
+    assert await asyncio.wait_for(demo.main(), 20) == 1
+    err = capsys.readouterr().err
+    assert 'exited with status 3 before connecting' in err
