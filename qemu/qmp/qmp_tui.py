@@ -692,9 +692,19 @@ def _describe(address: SocketAddrT) -> str:
         f"{address[0]}:{address[1]}"
 
 
+# The history holds whatever was typed, secrets included (``object-add
+# qom-type=secret ... data=...``): it is its owner's only, as GNU
+# readline makes qmp-shell's.
+_HISTORY_MODE = 0o600
+
+
 def _load_history() -> List[str]:
+    path = history_path()
     try:
-        with open(history_path(), encoding='utf-8') as lines:
+        # A history an older qmp-tui wrote under umask 022 is readable to
+        # all: make it private now, not only at the next line typed.
+        os.chmod(path, _HISTORY_MODE)
+        with open(path, encoding='utf-8') as lines:
             return [line.rstrip('\n') for line in lines][-_HISTORY_KEPT:]
     except OSError:
         return []
@@ -704,7 +714,12 @@ def _save_history(history: List[str]) -> None:
     path = history_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'w', encoding='utf-8') as out:
+        # Created private, and made private before anything is written
+        # when it already existed with another mode.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     _HISTORY_MODE)
+        with open(fd, 'w', encoding='utf-8') as out:
+            os.fchmod(fd, _HISTORY_MODE)
             out.writelines(line + '\n' for line in history)
     except OSError:
         pass  # the history is a convenience

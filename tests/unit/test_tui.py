@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -109,6 +110,34 @@ async def test_history_is_kept_between_sessions(qemu):
         assert field.value == 'query-status'
         await pilot.press('down', 'down', 'down')
         assert field.value == ''
+
+
+async def test_history_is_the_owners_only(qemu):
+    """The history holds what was typed, secrets too (``object-add
+    qom-type=secret ... data=...``): it is mode 0600 under umask 022, as
+    qmp-shell's is, and a history an older qmp-tui left readable to all is
+    made private as soon as the app starts."""
+    def mode():
+        return stat.S_IMODE(os.stat(history_path()).st_mode)
+
+    umask = os.umask(0o022)
+    try:
+        app = QMPTUI(qemu.address)
+        async with app.run_test() as pilot:
+            await connected(app)
+            await type_line(pilot, 'query-status')
+            await until(app, said(app, 'reply'))
+        assert mode() == 0o600
+        os.chmod(history_path(), 0o644)
+        app = QMPTUI(qemu.address)
+        async with app.run_test() as pilot:
+            await connected(app)
+            assert mode() == 0o600
+            os.chmod(history_path(), 0o644)
+            await type_line(pilot, 'query-status')
+            await until(app, lambda: mode() == 0o600)
+    finally:
+        os.umask(umask)
 
 
 async def test_event_filter(qemu):
