@@ -35,6 +35,15 @@ from collections import deque
 from typing import (
     Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar)
 
+
+if __name__ == '__main__':
+    # python3 -m qemu.qmp.qmp_tui: the command line comes first, as with
+    # the qmp-tui program, so that --help works and a missing Textual is
+    # one line and status 2 (below, it would be a traceback).  It imports
+    # this module again, as qemu.qmp.qmp_tui, for the app.
+    from ._shell_cli import qmp_tui as _command_line
+    sys.exit(_command_line())
+
 try:
     from rich.text import Text
     from textual.app import App, ComposeResult
@@ -736,7 +745,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     from . import _shell_cli  # pylint: disable=import-outside-toplevel
     return _shell_cli.qmp_tui(argv)
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -325,6 +325,38 @@ def test_without_textual_one_line_says_what_to_install():
                              "textual\n")
 
 
+def test_python_dash_m_without_textual(tmp_path):
+    """``python3 -m qemu.qmp.qmp_tui`` without Textual: the one line and
+    status 2 the docs promise, no traceback; --help still works."""
+    shim = tmp_path / 'shim' / 'textual'
+    shim.mkdir(parents=True)
+    (shim / '__init__.py').write_text(
+        "raise ImportError('No module named textual (blocked by a test)')\n")
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(shim.parent), ROOT]))
+    command = [sys.executable, '-m', 'qemu.qmp.qmp_tui']
+    result = subprocess.run(command + ['qmp.sock'], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("qmp-tui needs Textual (the tui extra), "
+                             "which is not installed: pip install "
+                             "textual\n")
+    result = subprocess.run(command + ['--help'], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('usage: qmp-tui ')
+
+
+def test_the_two_log_options_say_which_is_which(capsys):
+    """-l/--logfile (the transcript) and --log-file (the library's log)
+    differ by a hyphen: --help tells them apart in its first words."""
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert '-l FILE, --logfile FILE the transcript:' in text
+    assert "--log-file FILE the library's debug log" in text
+
+
 def test_python_dash_m():
     result = subprocess.run(
         [sys.executable, '-m', 'qemu.qmp.qmp_tui', '--version'],
