@@ -412,6 +412,40 @@ async def test_gives_up_when_told(tmp_path):
         await pilot.press('ctrl+q')
 
 
+async def test_not_connected_says_so_and_ctrl_r_reconnects(tmp_path):
+    """After connecting gave up (or a session ended for good), a command
+    is not sent and the transcript says "not connected" and how to
+    reconnect, not StateError; Ctrl+R connects again, and while the app
+    is connected or connecting it only says so."""
+    address = str(tmp_path / 'later.sock')
+    app = QMPTUI(address, retry=0.2)
+    async with app.run_test() as pilot:
+        await until(app, said(app, 'error', 'could not connect'))
+        await type_line(pilot, 'query-status')
+        await until(app, said(app, 'error', 'not connected'))
+        assert said(app, 'error', 'Ctrl+R')()
+        assert not said(app, 'command')()
+        assert not any('StateError' in e.text for e in app.entries)
+        async with QMPTestServer() as server:
+            server.on('query-status', {'status': 'running'})
+            await server.start(address)
+            await pilot.press('ctrl+r')
+            await until(app, lambda: app.connection_state == 'connected')
+            await type_line(pilot, 'query-status')
+            await until(app, said(app, 'reply', 'running'))
+            await pilot.press('ctrl+r')
+            assert 'already connected' in str(
+                app.query_one('#hint').render())
+        # The server is gone, and re-connecting gives up again.
+        await until(app, said(app, 'info', 'the session has ended'))
+        entries = len(app.entries)
+        await type_line(pilot, 'query-status')
+        await until(app, lambda: len(app.entries) > entries)
+        assert app.entries[-1].kind == 'error'
+        assert 'not connected' in app.entries[-1].text
+        await pilot.press('ctrl+q')
+
+
 # Runs the app headless in a process of its own, sends the process a
 # signal once connected, and prints the app's exit status: a signal the
 # app does not handle would end the test run, not just fail the test.
@@ -490,7 +524,7 @@ def test_the_apps_keys_come_before_the_inputs():
     keys = [binding for binding in QMPTUI.BINDINGS
             if binding.key.startswith('ctrl+')]
     assert {b.key for b in keys} == {'ctrl+q', 'ctrl+c', 'ctrl+s', 'ctrl+y',
-                                     'ctrl+f'}
+                                     'ctrl+f', 'ctrl+r'}
     assert all(binding.priority for binding in keys)
 
 
