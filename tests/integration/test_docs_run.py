@@ -148,14 +148,15 @@ async def test_the_first_pages_in_reading_order(tmp_path):
     (started again only where a page says so after it quit); every Python
     example runs against it, in order, and exits 0 within 30 s; the
     qmp-shell sessions print what the page shows.  An example that leaves
-    the VM paused, or quits QEMU, breaks the next one here.  (qemu-ga is
-    provided: the guest-agent page's command line is a sketch.  pip and
-    qmp-tui, interactive, are not run.)"""
+    the VM paused, or quits QEMU, breaks the next one here.  qemu-ga is
+    started on the socket and state directory its page names (socket
+    activated: see `socket_activated`).  pip, mkdir and qmp-tui
+    (interactive) are not run, nor are command lines with ``...`` in
+    them: sketches."""
     qemu: Optional[Daemon] = None
     started = 0
+    agent: Optional[Daemon] = None
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(socket_activated(
-            tmp_path / 'qga.sock', tmp_path / 'qga-state'))
         for page in FIRST_PAGES:
             for block in blocks(ROOT / page):
                 if block.language == 'python':
@@ -176,6 +177,12 @@ async def test_the_first_pages_in_reading_order(tmp_path):
                              '-daemonize', '-pidfile', str(pidfile)],
                             str(tmp_path / 'qmp.sock'), pidfile,
                             cwd=tmp_path))
+                    elif program == 'qemu-ga' and agent is None:
+                        words = command.argv
+                        agent = await stack.enter_async_context(
+                            socket_activated(
+                                tmp_path / words[words.index('-p') + 1],
+                                tmp_path / words[words.index('-t') + 1]))
                     elif program == 'qmp-shell':
                         output = _run_in_order(
                             block, [sys.executable, '-m',
@@ -186,6 +193,7 @@ async def test_the_first_pages_in_reading_order(tmp_path):
                         assert output.splitlines() == command.output, \
                             f"{block.where}: qmp-shell printed {output!r}"
     assert started >= 2  # README's QEMU, and qmp-tui's after blocking's quit
+    assert agent is not None
 
 
 def _run_in_order(block: Block, argv: List[str], cwd: Path,
