@@ -58,24 +58,31 @@ system-deps:
 check: develop system-deps
 	$(MAKE) check-only
 
-lint:
+# Run on their own, the checks set up what they need first (a fresh clone
+# has no .venv); under `check-only` they run as things are, with no
+# set-up step to slow it down.
+ifeq ($(filter check-only,$(MAKECMDGOALS)),)
+SETUP := develop
+endif
+
+lint: $(SETUP)
 	$(PYTHON) -m flake8 qemu tests examples docs $(wildcard bench)
 
-typecheck:
+typecheck: $(SETUP)
 	$(PYTHON) -m mypy -p qemu
 	$(PYTHON) -m mypy examples docs/_ext docs/tui_screenshot.py
 
 # Warnings are errors: a broken reference or a public name missing from
 # the API reference (docs/_ext/apicheck.py) fails the build.  -E: read
 # every page again, so no warning hides in an old environment.
-docs:
+docs: $(SETUP)
 	$(PYTHON) -m sphinx -E -q -W --keep-going -b html -d build/doctrees \
 	    docs build/docs
 
 # Debug mode and warnings-as-errors: "exception was never retrieved",
 # "Task was destroyed" and ResourceWarning fail the run.
 # The unit tests run a second time on uvloop (QMP_TEST_LOOP=uvloop).
-test:
+test: $(SETUP)
 	PYTHONASYNCIODEBUG=1 PYTHONDEVMODE=1 $(PYTHON) -m pytest
 	QMP_TEST_LOOP=uvloop PYTHONDEVMODE=1 $(PYTHON) -m pytest -q tests/unit
 

@@ -12,6 +12,7 @@ README.rst, docs/*.rst, and the docstrings of qemu/qmp/*.py.
 from __future__ import annotations
 
 import re
+import shlex
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,3 +94,45 @@ def all_blocks(language: str = 'python') -> List[Block]:
     """Every block of ``language`` in the documentation."""
     return [block for path in documents() for block in blocks(path)
             if block.language == language]
+
+
+@dataclass
+class ConsoleCommand:
+    """One ``$`` command of a ``console`` block, and what follows it."""
+
+    #: The command's words, continuation lines joined, a final ``&`` off.
+    argv: List[str]
+    #: Whether it ends in ``&`` (runs in the background).
+    background: bool
+    #: Lines typed at the program's prompt (``(QEMU) query-status``).
+    typed: List[str]
+    #: The other lines: what the program prints.
+    output: List[str]
+
+
+#: The prompts of the programs the documentation shows a session of.
+PROMPTS = ('(QEMU) ',)
+
+
+def console_commands(block: Block) -> List[ConsoleCommand]:
+    """The commands of a ``console`` block, as a reader would type them."""
+    commands: List[ConsoleCommand] = []
+    lines = block.code.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith('$ '):
+            text = line[2:]
+            while text.endswith('\\') and i < len(lines):
+                text = text[:-1] + ' ' + lines[i].strip()
+                i += 1
+            words = shlex.split(text)
+            background = bool(words) and words[-1] == '&'
+            commands.append(ConsoleCommand(
+                words[:-1] if background else words, background, [], []))
+        elif commands and line.startswith(PROMPTS):
+            commands[-1].typed.append(line.split(' ', 1)[1])
+        elif commands and line.strip():
+            commands[-1].output.append(line)
+    return commands

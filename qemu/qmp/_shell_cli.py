@@ -343,8 +343,8 @@ def qmp_tui(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--listen', action='store_true',
                         help='listen at ADDRESS for QEMU to connect')
     parser.add_argument('-l', '--logfile', metavar='FILE',
-                        help='append commands, replies and events to '
-                             'FILE as JSON lines')
+                        help='the transcript: append commands, replies '
+                             'and events to FILE as JSON lines')
     _address_argument(parser)
     # The reference qmp-tui's options, so that its command lines work.
     parser.add_argument('--num-retries', type=int, metavar='N',
@@ -355,7 +355,9 @@ def qmp_tui(argv: Optional[List[str]] = None) -> int:
                         help='with --num-retries: the time a retry '
                              'stands for (default: 2)')
     parser.add_argument('--log-file', metavar='FILE',
-                        help="write the library's log messages to FILE")
+                        help="the library's debug log: write its log "
+                             "messages to FILE (not the transcript: "
+                             "that is -l)")
     parser.add_argument('--log-level', default='WARNING',
                         type=str.upper, choices=['CRITICAL', 'ERROR',
                                                  'WARNING', 'INFO', 'DEBUG'],

@@ -16,6 +16,7 @@ QEMU restarts.
 Keys: Enter sends; Up/Down walk the history; Tab completes; Ctrl+F types
 an event filter (``STOP RESUME`` shows only those, ``-JOB_STATUS_CHANGE``
 hides one); Ctrl+S saves the transcript to a file, Ctrl+Y copies it;
+Ctrl+R connects again once the session has ended or connecting gave up;
 Ctrl+Q or Ctrl+C quits.
 
 It needs Textual, the ``tui`` extra (``pip install '.[tui]'``): Textual runs
@@ -35,6 +36,15 @@ from collections import deque
 from typing import (
     Any, Callable, Deque, Dict, List, Optional, Sequence, TypeVar)
 
+
+if __name__ == '__main__':
+    # python3 -m qemu.qmp.qmp_tui: the command line comes first, as with
+    # the qmp-tui program, so that --help works and a missing Textual is
+    # one line and status 2 (below, it would be a traceback).  It imports
+    # this module again, as qemu.qmp.qmp_tui, for the app.
+    from ._shell_cli import qmp_tui as _command_line
+    sys.exit(_command_line())
+
 try:
     from rich.text import Text
     from textual.app import App, ComposeResult
@@ -46,7 +56,7 @@ except ImportError as err:  # pragma: no cover (the tui extra is missing)
 
 from .error import QMPError
 from .message import Message
-from .protocol import Runstate, SocketAddrT
+from .protocol import Runstate, SocketAddrT, StateError
 from .qmp_client import RECONNECTED, QMPClient
 from .qmp_shell import CommandParser, QMPShellError, hmp_words
 from .qmp_shell import history_path as qmp_shell_history_path
@@ -257,6 +267,7 @@ class QMPTUI(App[int]):
         Binding('ctrl+s', 'save', 'Save transcript', priority=True),
         Binding('ctrl+y', 'copy', 'Copy transcript', priority=True),
         Binding('ctrl+f', 'filter', 'Filter events', priority=True),
+        Binding('ctrl+r', 'reconnect', 'Reconnect', priority=True),
         Binding('escape', 'focus_input', 'Input', show=False),
     ]
 
@@ -305,6 +316,8 @@ class QMPTUI(App[int]):
         self._hint_line = Static(id='hint')
         # The session was lost, and is being re-established.
         self._lost = False
+        # A session worker runs: connecting, connected or reconnecting.
+        self._in_session = False
 
     # -- layout ------------------------------------------------------------
 
@@ -441,6 +454,13 @@ class QMPTUI(App[int]):
     # -- the session -------------------------------------------------------
 
     async def _session(self) -> None:
+        self._in_session = True
+        try:
+            await self._one_session()
+        finally:
+            self._in_session = False
+
+    async def _one_session(self) -> None:
         try:
             if self.listen:
                 await self.qmp.start_server(self.address)
@@ -449,13 +469,14 @@ class QMPTUI(App[int]):
             else:
                 await self.qmp.connect(self.address, retry=self.retry)
         except QMPError as err:
-            self.add('error', f"could not connect: {err}")
+            self.add('error', f"could not connect: {err} "
+                              f"(Ctrl+R tries again)")
             return
         await self._learn_the_server()
         async for event in self.qmp.session_events():
             await self._on_event(event)
         self._lost = False
-        self.add('info', "the session has ended")
+        self.add('info', "the session has ended (Ctrl+R reconnects)")
         self._show_status()
 
     async def _learn_the_server(self) -> None:
@@ -564,6 +585,9 @@ class QMPTUI(App[int]):
             return
         if command is None:
             return  # more to come: inside transaction( ... )
+        if self.qmp.runstate is not Runstate.RUNNING:
+            self.add('error', self._not_connected())
+            return
         self.add('command', line.strip() if self.hmp
                  else json.dumps(command))
         self._log_json({'command': command})
@@ -573,6 +597,10 @@ class QMPTUI(App[int]):
             self._log_json({'reply': dict(err.received)})
             self.add('error', f"{err.error_class}: {err}")
             return
+        except StateError:
+            # The session ended between the check above and the send.
+            self.add('error', self._not_connected())
+            return
         except (QMPError, ValueError) as err:
             self.add('error', exception_summary(err))
             return
@@ -581,6 +609,13 @@ class QMPTUI(App[int]):
             self.add('reply', value.rstrip('\n') or '(nothing)')
         else:
             self.add('reply', json.dumps(value, indent=2))
+
+    def _not_connected(self) -> str:
+        """Why a command was not sent, and what to do about it."""
+        if self._in_session:
+            return ("not connected: the command was not sent; qmp-tui is "
+                    "still trying to (re)connect")
+        return "not connected: the command was not sent; Ctrl+R reconnects"
 
     def completions(self, before: str) -> List[str]:
         """
@@ -644,6 +679,17 @@ class QMPTUI(App[int]):
         self.copy_to_clipboard(self.transcript())
         self.hint("transcript copied (where the terminal allows it)")
 
+    def action_reconnect(self) -> None:
+        """Ctrl+R: connect again (or listen again, with ``--listen``)
+        once the session has ended or connecting gave up."""
+        if self._in_session:
+            self.hint("already connected" if self.qmp.runstate
+                      is Runstate.RUNNING else "already (re)connecting")
+            return
+        self.hint('')
+        self.add('info', f"connecting to {_describe(self.address)} again")
+        self.run_worker(self._session())
+
     async def action_quit(self) -> None:
         """Ctrl+Q: leave, with exit status 0."""
         self.exit(0)
@@ -692,9 +738,19 @@ def _describe(address: SocketAddrT) -> str:
         f"{address[0]}:{address[1]}"
 
 
+# The history holds whatever was typed, secrets included (``object-add
+# qom-type=secret ... data=...``): it is its owner's only, as GNU
+# readline makes qmp-shell's.
+_HISTORY_MODE = 0o600
+
+
 def _load_history() -> List[str]:
+    path = history_path()
     try:
-        with open(history_path(), encoding='utf-8') as lines:
+        # A history an older qmp-tui wrote under umask 022 is readable to
+        # all: make it private now, not only at the next line typed.
+        os.chmod(path, _HISTORY_MODE)
+        with open(path, encoding='utf-8') as lines:
             return [line.rstrip('\n') for line in lines][-_HISTORY_KEPT:]
     except OSError:
         return []
@@ -704,7 +760,12 @@ def _save_history(history: List[str]) -> None:
     path = history_path()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, 'w', encoding='utf-8') as out:
+        # Created private, and made private before anything is written
+        # when it already existed with another mode.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     _HISTORY_MODE)
+        with open(fd, 'w', encoding='utf-8') as out:
+            os.fchmod(fd, _HISTORY_MODE)
             out.writelines(line + '\n' for line in history)
     except OSError:
         pass  # the history is a convenience
@@ -721,7 +782,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     from . import _shell_cli  # pylint: disable=import-outside-toplevel
     return _shell_cli.qmp_tui(argv)
-
-
-if __name__ == '__main__':
-    sys.exit(main())

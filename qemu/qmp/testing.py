@@ -34,6 +34,9 @@ exception, logged on ``qemu.qmp.testing``, and the server goes on.  A
 function may return `NO_REPLY` to leave the command unanswered.
 In-band commands are answered in order, one at a time, like QEMU does;
 ``exec-oob`` commands are answered as soon as their handler finishes.
+Input QEMU cannot take (nested too deeply, not UTF-8, not JSON, not an
+object, a line over 64 MiB) gets QEMU's error without an id, and the
+session goes on.
 
 ``QMPTestServer(greeting=None)`` behaves like the guest agent: no greeting
 and no negotiation.
@@ -82,6 +85,7 @@ from typing import (
     Mapping,
     Optional,
     Set,
+    Tuple,
     TypeVar,
     Union,
 )
@@ -148,6 +152,10 @@ Handler = Union[object, Callable[[Dict[str, Any]], Any]]
 
 _encode = json.JSONEncoder(separators=(',', ':')).encode
 
+#: QEMU's limit on one message (its JSON parser's token size limit):
+#: a longer line is refused with an error and dropped, as QEMU does.
+_MAX_INPUT = 64 << 20
+
 
 def _line(msg: Mapping[str, Any]) -> bytes:
     """``msg`` as one wire line, CRLF-terminated like QEMU's."""
@@ -172,7 +180,8 @@ class QMPTestServer:
         self.handlers: Dict[str, Handler] = {}
         #: Every JSON object received, in order, across connections.
         self.received: List[Dict[str, Any]] = []
-        #: Lines received that were not JSON objects.
+        #: Lines received that were not JSON objects (a line over the
+        #: 64 MiB limit is dropped, not kept).
         self.garbage: List[bytes] = []
         #: How many 0xFF bytes arrived (the guest agent's resynchronisation
         #: byte: like the agent, the server drops what came before one).
@@ -225,11 +234,11 @@ class QMPTestServer:
             address = os.path.join(self._tempdir, 'qmp.sock')
         if isinstance(address, str):
             self._server = await asyncio.start_unix_server(
-                self._serve, address, ssl=ssl, limit=1 << 26)
+                self._serve, address, ssl=ssl, limit=_MAX_INPUT)
         else:
             self._server = await asyncio.start_server(
                 self._serve, address[0], address[1], ssl=ssl,
-                limit=1 << 26)
+                limit=_MAX_INPUT)
             sockname = self._server.sockets[0].getsockname()
             address = (sockname[0], sockname[1])
         self.address = address
@@ -247,10 +256,10 @@ class QMPTestServer:
         """
         if isinstance(address, str):
             reader, writer = await asyncio.open_unix_connection(
-                address, limit=1 << 26)
+                address, limit=_MAX_INPUT)
         else:
             reader, writer = await asyncio.open_connection(
-                address[0], address[1], ssl=ssl, limit=1 << 26)
+                address[0], address[1], ssl=ssl, limit=_MAX_INPUT)
         self._spawn(self._serve(reader, writer))
 
     async def socketpair(self) -> socket.socket:
@@ -261,7 +270,7 @@ class QMPTestServer:
         """
         ours, theirs = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=ours,
-                                                       limit=1 << 26)
+                                                       limit=_MAX_INPUT)
         self._spawn(self._serve(reader, writer))
         return theirs
 
@@ -467,11 +476,15 @@ class QMPTestServer:
             if self.greeting is not None:
                 writer.write(_line(self.greeting))
             while True:
-                line = await reader.readline()
+                line = await _read_line(reader)
+                if line is None:
+                    self._send(writer, _error(
+                        'GenericError', 'JSON token size limit exceeded'))
+                    continue
                 if not line:
                     break
                 await self._on_line(line, writer)
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+        except ConnectionError:
             pass
         finally:
             worker.cancel()
@@ -487,15 +500,10 @@ class QMPTestServer:
             line = line[line.rfind(b'\xff') + 1:]
         if not line.strip(b' \t\r\n'):
             return
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            msg = None
-        if not isinstance(msg, dict):
+        msg, problem = _parse(line)
+        if problem is not None:
             self.garbage.append(line)
-            self._send(writer, {'error': {
-                'class': 'GenericError',
-                'desc': 'QMP input must be a JSON object'}})
+            self._send(writer, _error('GenericError', problem))
             await self._notify()
             return
         self.received.append(msg)
@@ -531,6 +539,9 @@ class QMPTestServer:
         if not isinstance(name, str):
             return _error('GenericError',
                           "QMP input member 'execute' must be a string")
+        if not isinstance(msg.get('arguments', {}), dict):
+            return _error('GenericError',
+                          "QMP input member 'arguments' must be an object")
         if not self.negotiated and name != 'qmp_capabilities':
             return _error('CommandNotFound', "Expecting capabilities "
                           "negotiation with 'qmp_capabilities'")
@@ -590,6 +601,55 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 def _error(class_: str, desc: str) -> Dict[str, Any]:
     return {'error': {'class': class_, 'desc': desc}}
+
+
+async def _read_line(reader: asyncio.StreamReader) -> Optional[bytes]:
+    """
+    The next line from the client: ``b''`` at the end of the input, `None`
+    for a line over `_MAX_INPUT`, which is read to its end and dropped.
+    """
+    try:
+        return await reader.readuntil(b'\n')
+    except asyncio.IncompleteReadError as err:
+        return err.partial      # the last line, unterminated; or b''
+    except asyncio.LimitOverrunError as err:
+        overrun = err
+    # Drop what came so far, then read on to the line's end: the rest of
+    # an over-long line must not come back as lines of its own.
+    while True:
+        await reader.readexactly(overrun.consumed)
+        try:
+            await reader.readuntil(b'\n')
+            return None
+        except asyncio.IncompleteReadError:
+            return b''
+        except asyncio.LimitOverrunError as err:
+            overrun = err
+
+
+def _parse(line: bytes) -> Tuple[Dict[str, Any], Optional[str]]:
+    """
+    One line of input as a JSON object, or what QEMU says about it.
+
+    :return: The object and `None`, or ``{}`` and the error description
+        QEMU 7.2 sends for such input.
+    """
+    try:
+        msg = json.loads(line)
+    except RecursionError:
+        # QEMU refuses nesting deeper than 1024; Python's parser gives up
+        # a little earlier (near its recursion limit): the test server
+        # refuses those few levels more, with QEMU's words.
+        return {}, 'JSON nesting depth limit exceeded'
+    except UnicodeDecodeError:
+        return {}, 'JSON parse error, invalid UTF-8 sequence'
+    except json.JSONDecodeError as err:
+        return {}, f'JSON parse error, {err.msg[:1].lower()}{err.msg[1:]}'
+    except ValueError as err:   # e.g. an integer of 5,000 digits
+        return {}, f'JSON parse error, {err}'
+    if not isinstance(msg, dict):
+        return {}, 'QMP input must be a JSON object'
+    return msg, None
 
 
 class ServerThread:

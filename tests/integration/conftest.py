@@ -16,7 +16,7 @@ import socket
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, List
+from typing import AsyncIterator, List, Optional
 
 import pytest
 
@@ -46,12 +46,13 @@ class Daemon:
 
 
 @asynccontextmanager
-async def running(argv: List[str], address, pidfile: Path
-                  ) -> AsyncIterator[Daemon]:
-    """Run ``argv`` and wait until it has daemonized; kill it on exit."""
+async def running(argv: List[str], address, pidfile: Path,
+                  cwd: Optional[Path] = None) -> AsyncIterator[Daemon]:
+    """Run ``argv`` (in ``cwd``) and wait until it has daemonized; kill it
+    on exit."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        stderr=asyncio.subprocess.PIPE, cwd=cwd)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     if proc.returncode:
         raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): "

@@ -7,6 +7,10 @@ fresh directory holding what the docs say is there: ``qmp.sock`` (QEMU),
 (made with qemu-img), and for TLS, a QMP server on ``localhost:4444`` with
 the certificates in ``tls/``.  A block that defines ``test_`` functions
 runs under pytest.  Each must exit with status 0 within the timeout.
+
+The first pages a newcomer reads are also followed in reading order, in
+one directory, against one QEMU: an example must leave the VM as the next
+one expects it (`test_the_first_pages_in_reading_order`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ import subprocess
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
 from qemu.qmp.testing import ServerThread, demo_server
-from tests.docs_blocks import ROOT, Block, all_blocks
+from tests.docs_blocks import ROOT, Block, all_blocks, blocks, console_commands
 from tests.helpers import require_binary
-from tests.integration.conftest import QEMU_BASE, running, socket_activated
+from tests.integration.conftest import (
+    QEMU_BASE,
+    Daemon,
+    running,
+    socket_activated,
+)
 
 
 TLS_PORT = 4444
@@ -125,3 +134,82 @@ async def test_block_runs(block: Block, tmp_path):
     assert result.returncode == 0, (
         f"{block.where} exited with {result.returncode}\n"
         f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}")
+
+
+#: The pages a newcomer reads first, in the order they are read.
+FIRST_PAGES = ('README.rst', 'docs/quickstart.rst', 'docs/blocking.rst',
+               'docs/guest-agent.rst', 'docs/tui.rst')
+
+
+@pytest.mark.timeout(300)
+async def test_the_first_pages_in_reading_order(tmp_path):
+    """A newcomer follows the first pages literally, in one directory:
+    QEMU is started as their console blocks say, and kept while it runs
+    (started again only where a page says so after it quit); every Python
+    example runs against it, in order, and exits 0 within 30 s; the
+    qmp-shell sessions print what the page shows.  An example that leaves
+    the VM paused, or quits QEMU, breaks the next one here.  qemu-ga is
+    started on the socket and state directory its page names (socket
+    activated: see `socket_activated`).  pip, mkdir and qmp-tui
+    (interactive) are not run, nor are command lines with ``...`` in
+    them: sketches."""
+    qemu: Optional[Daemon] = None
+    started = 0
+    agent: Optional[Daemon] = None
+    async with AsyncExitStack() as stack:
+        for page in FIRST_PAGES:
+            for block in blocks(ROOT / page):
+                if block.language == 'python':
+                    _run_in_order(block, [sys.executable, 'example.py'],
+                                  tmp_path, code=block.code)
+                if block.language != 'console':
+                    continue
+                for command in console_commands(block):
+                    program = command.argv[0]
+                    if '...' in command.argv:
+                        continue  # a sketch, to be completed by the reader
+                    if program == 'qemu-system-x86_64' \
+                            and (qemu is None or not qemu.alive()):
+                        started += 1
+                        pidfile = tmp_path / f'qemu-{started}.pid'
+                        qemu = await stack.enter_async_context(running(
+                            [require_binary(program), *command.argv[1:],
+                             '-daemonize', '-pidfile', str(pidfile)],
+                            str(tmp_path / 'qmp.sock'), pidfile,
+                            cwd=tmp_path))
+                    elif program == 'qemu-ga' and agent is None:
+                        words = command.argv
+                        agent = await stack.enter_async_context(
+                            socket_activated(
+                                tmp_path / words[words.index('-p') + 1],
+                                tmp_path / words[words.index('-t') + 1]))
+                    elif program == 'qmp-shell':
+                        output = _run_in_order(
+                            block, [sys.executable, '-m',
+                                    'qemu.qmp.qmp_shell',
+                                    *command.argv[1:]],
+                            tmp_path, stdin=''.join(
+                                line + '\n' for line in command.typed))
+                        assert output.splitlines() == command.output, \
+                            f"{block.where}: qmp-shell printed {output!r}"
+    assert started >= 2  # README's QEMU, and qmp-tui's after blocking's quit
+    assert agent is not None
+
+
+def _run_in_order(block: Block, argv: List[str], cwd: Path,
+                  code: str = '', stdin: str = '') -> str:
+    """Run one step of the reading-order test; return what it printed."""
+    if code:
+        (cwd / 'example.py').write_text(code)
+    try:
+        result = subprocess.run(
+            argv, cwd=cwd, env=_environment(), input=stdin,
+            capture_output=True, text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{block.where} (in reading order) did not end within "
+                    f"{err.timeout} s")
+    assert result.returncode == 0, (
+        f"{block.where} (in reading order) exited with "
+        f"{result.returncode}\n--- stdout\n{result.stdout}"
+        f"--- stderr\n{result.stderr}")
+    return result.stdout

@@ -7,6 +7,7 @@ QEMU is not installed.
 """
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -96,3 +97,59 @@ def test_docs_build_fails_without_a_public_name(tmp_path):
             'qemu.qmp.testing.Handler'} <= missing
     assert not {name for name in missing
                 if name.startswith('qemu.qmp.message.')}
+
+
+def test_console_commands_read_as_typed():
+    """A console block's commands: continuation lines joined, ``&`` noted,
+    a session's typed lines told from the output."""
+    from tests.docs_blocks import Block, console_commands
+
+    block = Block(ROOT / 'README.rst', 1, 'console', (
+        "$ qemu-system-x86_64 -M none \\\n"
+        "      -qmp unix:qmp.sock,server=on,wait=off &\n"
+        "$ qmp-shell 'qmp.sock'\n"
+        "(QEMU) query-status\n"
+        '{"status": "running"}\n'))
+    first, second = console_commands(block)
+    assert first.argv == ['qemu-system-x86_64', '-M', 'none', '-qmp',
+                          'unix:qmp.sock,server=on,wait=off']
+    assert first.background and not first.typed and not first.output
+    assert second.argv == ['qmp-shell', 'qmp.sock']
+    assert not second.background
+    assert second.typed == ['query-status']
+    assert second.output == ['{"status": "running"}']
+
+
+# The blocking page's first example: a command, then an event awaited for
+# a few seconds, with a message when none comes.
+_WAITS_FOR_AN_EVENT = 'pull_event(wait=5.0)'
+
+
+@pytest.mark.timeout(60)
+def test_the_blocking_example_says_when_no_event_comes(tmp_path):
+    """The fallback of docs/blocking.rst's first example is reachable:
+    against a monitor whose ``stop`` sends no event (QEMU's, when the VM
+    is already paused), it prints its message and exits 0, instead of a
+    traceback."""
+    from qemu.qmp.testing import QMPTestServer, ServerThread
+
+    [block] = [block for block in blocks(ROOT / 'docs' / 'blocking.rst')
+               if _WAITS_FOR_AN_EVENT in block.code]
+    server = QMPTestServer()
+    server.on('query-status', {'status': 'paused', 'running': False})
+    server.on('stop', {})
+    server.on('cont', {})
+    script = tmp_path / 'example.py'
+    script.write_text(block.code)
+    thread = ServerThread(server)
+    try:
+        thread.start(str(tmp_path / 'qmp.sock'))
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=50, check=False)
+    finally:
+        thread.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == 'no event within 5 s'

@@ -110,3 +110,105 @@ async def test_demo_server():
         names = {c['name'] for c in await qmp.execute('query-commands')}
         assert {'query-status', 'stop', 'cont', 'quit'} <= names
         await qmp.disconnect()
+
+
+# -- input QEMU answers with an error and goes on with -----------------------
+
+async def _raw_session(server):
+    """A negotiated raw connection to ``server``: (reader, writer)."""
+    import asyncio
+    import json
+
+    reader, writer = await asyncio.open_unix_connection(
+        await server.start(), limit=1 << 20)
+    assert 'QMP' in json.loads(await reader.readline())
+    writer.write(b'{"execute": "qmp_capabilities"}\n')
+    assert json.loads(await reader.readline()) == {'return': {}}
+    return reader, writer
+
+
+def _nested(depth: int) -> bytes:
+    """A command whose arguments nest ``depth`` levels in all."""
+    inner = depth - 2   # the command object and its arguments object
+    return (b'{"execute": "x", "arguments": {"a": ' + b'[' * inner
+            + b']' * inner + b'}}\n')
+
+
+@pytest.mark.parametrize('line, desc', [
+    # As QEMU 7.2 answers (checked against qemu-system-x86_64).
+    (_nested(5000), 'JSON nesting depth limit exceeded'),
+    (_nested(1025), 'JSON nesting depth limit exceeded'),
+    (b'\xc3\x28\n', 'JSON parse error'),
+    (b'{"execute": "query-status", "id": "\xc3\x28"}\n', 'JSON parse error'),
+    (b'{bad json}\n', 'JSON parse error'),
+    (b'[1, 2]\n', 'QMP input must be a JSON object'),
+    (b'null\n', 'QMP input must be a JSON object'),
+])
+async def test_bad_input_is_answered_and_the_session_goes_on(line, desc):
+    """Input QEMU cannot take (too deeply nested, not UTF-8, not JSON, not
+    an object) gets an id-less GenericError, as QEMU answers it, and the
+    connection goes on serving."""
+    import asyncio
+    import json
+
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        reader, writer = await _raw_session(server)
+        writer.write(line)
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert reply['error']['class'] == 'GenericError'
+        assert reply['error']['desc'].startswith(desc)
+        assert 'id' not in reply
+        writer.write(b'{"execute": "query-status", "id": 1}\n')
+        assert json.loads(await asyncio.wait_for(reader.readline(), 5)) \
+            == {'return': {'status': 'running'}, 'id': 1}
+        assert server.garbage[-1] == line
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_line_over_the_size_limit_is_answered(monkeypatch):
+    """A message longer than QEMU's 64 MiB limit gets QEMU's id-less
+    "JSON token size limit exceeded" error, the rest of the line is
+    dropped, and the session goes on."""
+    import asyncio
+    import json
+
+    from qemu.qmp import testing
+
+    # The limit, made small so the test moves kilobytes, not 64 MiB.
+    monkeypatch.setattr(testing, '_MAX_INPUT', 4096)
+    async with QMPTestServer() as server:
+        server.on('query-status', {'status': 'running'})
+        reader, writer = await _raw_session(server)
+        for size in (5000, 100_000):     # in one read, and in many
+            writer.write(b'{"execute": "x", "arguments": {"s": "'
+                         + b'a' * size + b'"}}\n'
+                         + b'{"execute": "query-status", "id": 1}\n')
+            reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+            assert reply == {'error': {
+                'class': 'GenericError',
+                'desc': 'JSON token size limit exceeded'}}
+            assert json.loads(await asyncio.wait_for(reader.readline(), 5)) \
+                == {'return': {'status': 'running'}, 'id': 1}
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_arguments_that_are_not_an_object_are_refused():
+    """Like QEMU, a command whose arguments are not an object is refused
+    (with its id) before any handler sees it."""
+    import asyncio
+    import json
+
+    seen = []
+    async with QMPTestServer() as server:
+        server.on('x', lambda args: seen.append(args) or {})
+        reader, writer = await _raw_session(server)
+        writer.write(b'{"execute": "x", "arguments": [1], "id": 7}\n')
+        assert json.loads(await asyncio.wait_for(reader.readline(), 5)) \
+            == {'error': {'class': 'GenericError', 'desc': "QMP input "
+                          "member 'arguments' must be an object"}, 'id': 7}
+        assert not seen
+        writer.close()
+        await writer.wait_closed()

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -109,6 +110,34 @@ async def test_history_is_kept_between_sessions(qemu):
         assert field.value == 'query-status'
         await pilot.press('down', 'down', 'down')
         assert field.value == ''
+
+
+async def test_history_is_the_owners_only(qemu):
+    """The history holds what was typed, secrets too (``object-add
+    qom-type=secret ... data=...``): it is mode 0600 under umask 022, as
+    qmp-shell's is, and a history an older qmp-tui left readable to all is
+    made private as soon as the app starts."""
+    def mode():
+        return stat.S_IMODE(os.stat(history_path()).st_mode)
+
+    umask = os.umask(0o022)
+    try:
+        app = QMPTUI(qemu.address)
+        async with app.run_test() as pilot:
+            await connected(app)
+            await type_line(pilot, 'query-status')
+            await until(app, said(app, 'reply'))
+        assert mode() == 0o600
+        os.chmod(history_path(), 0o644)
+        app = QMPTUI(qemu.address)
+        async with app.run_test() as pilot:
+            await connected(app)
+            assert mode() == 0o600
+            os.chmod(history_path(), 0o644)
+            await type_line(pilot, 'query-status')
+            await until(app, lambda: mode() == 0o600)
+    finally:
+        os.umask(umask)
 
 
 async def test_event_filter(qemu):
@@ -296,6 +325,38 @@ def test_without_textual_one_line_says_what_to_install():
                              "textual\n")
 
 
+def test_python_dash_m_without_textual(tmp_path):
+    """``python3 -m qemu.qmp.qmp_tui`` without Textual: the one line and
+    status 2 the docs promise, no traceback; --help still works."""
+    shim = tmp_path / 'shim' / 'textual'
+    shim.mkdir(parents=True)
+    (shim / '__init__.py').write_text(
+        "raise ImportError('No module named textual (blocked by a test)')\n")
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(shim.parent), ROOT]))
+    command = [sys.executable, '-m', 'qemu.qmp.qmp_tui']
+    result = subprocess.run(command + ['qmp.sock'], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == ("qmp-tui needs Textual (the tui extra), "
+                             "which is not installed: pip install "
+                             "textual\n")
+    result = subprocess.run(command + ['--help'], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('usage: qmp-tui ')
+
+
+def test_the_two_log_options_say_which_is_which(capsys):
+    """-l/--logfile (the transcript) and --log-file (the library's log)
+    differ by a hyphen: --help tells them apart in its first words."""
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert '-l FILE, --logfile FILE the transcript:' in text
+    assert "--log-file FILE the library's debug log" in text
+
+
 def test_python_dash_m():
     result = subprocess.run(
         [sys.executable, '-m', 'qemu.qmp.qmp_tui', '--version'],
@@ -348,6 +409,40 @@ async def test_gives_up_when_told(tmp_path):
     async with app.run_test() as pilot:
         await until(app, said(app, 'error', 'could not connect'))
         assert app.connection_state == 'disconnected'
+        await pilot.press('ctrl+q')
+
+
+async def test_not_connected_says_so_and_ctrl_r_reconnects(tmp_path):
+    """After connecting gave up (or a session ended for good), a command
+    is not sent and the transcript says "not connected" and how to
+    reconnect, not StateError; Ctrl+R connects again, and while the app
+    is connected or connecting it only says so."""
+    address = str(tmp_path / 'later.sock')
+    app = QMPTUI(address, retry=0.2)
+    async with app.run_test() as pilot:
+        await until(app, said(app, 'error', 'could not connect'))
+        await type_line(pilot, 'query-status')
+        await until(app, said(app, 'error', 'not connected'))
+        assert said(app, 'error', 'Ctrl+R')()
+        assert not said(app, 'command')()
+        assert not any('StateError' in e.text for e in app.entries)
+        async with QMPTestServer() as server:
+            server.on('query-status', {'status': 'running'})
+            await server.start(address)
+            await pilot.press('ctrl+r')
+            await until(app, lambda: app.connection_state == 'connected')
+            await type_line(pilot, 'query-status')
+            await until(app, said(app, 'reply', 'running'))
+            await pilot.press('ctrl+r')
+            assert 'already connected' in str(
+                app.query_one('#hint').render())
+        # The server is gone, and re-connecting gives up again.
+        await until(app, said(app, 'info', 'the session has ended'))
+        entries = len(app.entries)
+        await type_line(pilot, 'query-status')
+        await until(app, lambda: len(app.entries) > entries)
+        assert app.entries[-1].kind == 'error'
+        assert 'not connected' in app.entries[-1].text
         await pilot.press('ctrl+q')
 
 
@@ -429,7 +524,7 @@ def test_the_apps_keys_come_before_the_inputs():
     keys = [binding for binding in QMPTUI.BINDINGS
             if binding.key.startswith('ctrl+')]
     assert {b.key for b in keys} == {'ctrl+q', 'ctrl+c', 'ctrl+s', 'ctrl+y',
-                                     'ctrl+f'}
+                                     'ctrl+f', 'ctrl+r'}
     assert all(binding.priority for binding in keys)
 
 
