@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -224,11 +225,17 @@ def _await_qemu(shell: QMPShell, proc: 'subprocess.Popen[bytes]',
                 name: str) -> None:
     """Accept QEMU's connection; die at once if QEMU exits first."""
     deadline = time.monotonic() + WRAP_CONNECT_TIMEOUT
+    listener = shell._listener  # pylint: disable=protected-access
+    assert listener is not None
     while True:
         try:
-            # Short waits, to notice a QEMU that exits instead.
-            shell.accept(0.1)
-            return
+            # Short waits for the connection, to notice a QEMU that exits
+            # instead; the handshake gets the time that is left (a busy
+            # QEMU may greet late, and a connection dropped for that
+            # would never come back).
+            if select.select([listener], [], [], 0.1)[0]:
+                shell.accept(max(deadline - time.monotonic(), 1.0))
+                return
         except asyncio.TimeoutError:
             pass
         except QMPError as err:

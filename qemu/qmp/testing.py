@@ -249,7 +249,9 @@ class QMPTestServer:
         """
         Connect to a listening client and serve it (QEMU's client mode).
 
-        Returns once connected; serving goes on in the background.
+        Returns once the connection is served (after any client served
+        before it has gone); serving goes on in the background, and
+        `wait_disconnected` waits for its end.
 
         :param address: The client's listening address.
         :param ssl: A client-side SSL context, for TLS.
@@ -260,7 +262,9 @@ class QMPTestServer:
         else:
             reader, writer = await asyncio.open_connection(
                 address[0], address[1], ssl=ssl, limit=_MAX_INPUT)
-        self._spawn(self._serve(reader, writer))
+        serving = self._spawn(self._serve(reader, writer))
+        await self.wait_until(
+            lambda: self._writer is writer or serving.done())
 
     async def socketpair(self) -> socket.socket:
         """

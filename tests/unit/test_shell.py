@@ -5,12 +5,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
-from qemu.qmp import StateError
+from qemu.qmp import StateError, _shell_cli
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.qmp_shell import (
     CommandParser,
@@ -529,7 +532,6 @@ def test_guest_agent_socket_without_n_says_so(monkeypatch, capsys):
     """Pointed at a socket that never greets (the guest agent's) without
     -N, the shell gives up after a while and says to use -N, instead of
     waiting forever."""
-    from qemu.qmp import _shell_cli
     monkeypatch.setattr(_shell_cli, 'GREETING_TIMEOUT', 0.05)
     agent = ThreadedServer(greeting=None)
     try:
@@ -805,3 +807,35 @@ def test_nearest_names_put_the_likeliest_first(typed, first):
              'query-tpm', 'query-cpus-fast', 'query-cpu-definitions',
              'qmp_capabilities', 'query-kvm', 'stop', 'cont']
     assert nearest_names(typed, known)[0] == first
+
+
+def test_wrap_waits_for_a_slow_greeting(tmp_path, monkeypatch):
+    """QEMU connects at once but greets late (a loaded machine): the
+    short waits that watch for QEMU exiting must not cut the handshake
+    short.  They did: the connection was dropped, and QEMU never came
+    back ('did not connect', or its stand-in 'exited with status 0')."""
+    monkeypatch.setattr(_shell_cli, 'WRAP_CONNECT_TIMEOUT', 5.0)
+    path = str(tmp_path / 'qmp.sock')
+    shell = QMPShell(path, server=True)
+
+    def slow_qemu(sock):
+        with sock:
+            sock.connect(path)
+            time.sleep(0.5)  # stands for QEMU busy before greeting
+            sock.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+            sock.makefile('rb').readline()  # qmp_capabilities
+            sock.sendall(b'{"return": {}}\n')
+            sock.recv(1)  # until the shell hangs up
+
+    class Running:
+        def poll(self):
+            return None
+
+    qemu = threading.Thread(target=slow_qemu, args=(socket.socket(
+        socket.AF_UNIX),))
+    qemu.start()
+    try:
+        _shell_cli._await_qemu(shell, Running(), 'qemu')
+    finally:
+        shell.close()
+        qemu.join(10)

@@ -1,5 +1,6 @@
 """The public test server's own promises: ServerThread."""
 
+import asyncio
 import threading
 
 import pytest
@@ -212,3 +213,28 @@ async def test_arguments_that_are_not_an_object_are_refused():
         assert not seen
         writer.close()
         await writer.wait_closed()
+
+
+async def test_connect_to_returns_once_serving(tmp_path):
+    """connect_to() (QEMU's client mode) returns once the connection is
+    served: a wait_disconnected() right after it waits for that client,
+    instead of returning at once because serving had not started yet
+    (qmp-shell-wrap's stand-in QEMU exited at once, under load)."""
+    path = str(tmp_path / 'listen.sock')
+    accepted = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader, writer):
+        accepted.set_result(writer)
+
+    listener = await asyncio.start_unix_server(on_connect, path)
+    async with QMPTestServer() as server:
+        await server.connect_to(path)
+        assert server.connections == 1
+        ending = asyncio.ensure_future(server.wait_disconnected())
+        await asyncio.sleep(0)
+        assert not ending.done()
+        client = await accepted
+        client.close()
+        await asyncio.wait_for(ending, 10)
+    listener.close()
+    await listener.wait_closed()
