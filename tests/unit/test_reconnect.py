@@ -132,14 +132,30 @@ class _HeldAtStart(QMPClient):
             await wait_for_state(self, Runstate.DISCONNECTING)
 
 
-async def test_a_session_lost_before_connect_returns_comes_back(server):
-    server.on('qmp_capabilities', QUIT)  # each session ends at once
-    qmp = _HeldAtStart('resilient')
-    qmp.auto_reconnect = 10.0
+async def sessions_dropped_at_once(server, qmp, seconds=10.0, count=3):
+    """Connect ``qmp`` to a server that drops every session at once, and
+    disconnect once ``count`` more sessions were made."""
+    server.on('qmp_capabilities', QUIT)
+    qmp.auto_reconnect = seconds
+    before = server.connections
     await qmp.connect(server.address)
-    await asyncio.wait_for(
-        server.wait_until(lambda: server.connections >= 3), 10)
-    await _stop(qmp)
+    await asyncio.wait_for(server.wait_until(
+        lambda: server.connections >= before + count), 10)
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the last session was already lost, or not
+
+
+def _pauses(caplog):
+    """The pauses before reconnecting, from the WARNING for each loss."""
+    return [record.args[-1] for record in caplog.records
+            if record.msg.startswith('The session was lost')]
+
+
+async def test_a_session_lost_before_connect_returns_comes_back(server):
+    qmp = _HeldAtStart('resilient')
+    await sessions_dropped_at_once(server, qmp)
     assert qmp.runstate is Runstate.IDLE
     assert_no_tasks_left()
 
@@ -148,63 +164,27 @@ async def test_sessions_that_die_young_are_paced(server, caplog):
     """A server that accepts each session and drops it at once does not
     get a new session as fast as the client can make them: the pause
     before each reconnection doubles, as between failed attempts."""
-    server.on('qmp_capabilities', QUIT)
-    qmp = QMPClient('resilient')
-    qmp.auto_reconnect = 10.0
-    await qmp.connect(server.address)
-    await asyncio.wait_for(
-        server.wait_until(lambda: server.connections >= 5), 10)
-    await _stop(qmp)
-    pauses = [record.args[-1] for record in caplog.records
-              if record.msg.startswith('The session was lost')]
-    assert pauses[:4] == [0.05, 0.1, 0.2, 0.4]
+    await sessions_dropped_at_once(server, QMPClient('resilient'), count=5)
+    assert _pauses(caplog)[:4] == [0.05, 0.1, 0.2, 0.4]
     assert ' in 0.4 s' in caplog.text
 
 
 async def test_a_short_auto_reconnect_still_paces(server, caplog):
     """The pause is not taken out of auto_reconnect: a short one must not
     turn the pacing off."""
-    server.on('qmp_capabilities', QUIT)
-    qmp = QMPClient('resilient')
-    qmp.auto_reconnect = 0.01
-    await qmp.connect(server.address)
-    await asyncio.wait_for(
-        server.wait_until(lambda: server.connections >= 4), 10)
-    await _stop(qmp)
+    await sessions_dropped_at_once(server, QMPClient('resilient'),
+                                   seconds=0.01, count=4)
     assert _pauses(caplog)[:3] == [0.05, 0.1, 0.2]
-
-
-def _pauses(caplog):
-    return [record.args[-1] for record in caplog.records
-            if record.msg.startswith('The session was lost')]
 
 
 async def test_disconnect_resets_the_pacing(server, caplog):
     """A session the caller opens afresh after disconnect() owes nothing
     to the sessions before it."""
-    server.on('qmp_capabilities', QUIT)
     qmp = QMPClient('resilient')
-    qmp.auto_reconnect = 10.0
-    await qmp.connect(server.address)
-    await asyncio.wait_for(
-        server.wait_until(lambda: server.connections >= 3), 10)
-    await _stop(qmp)
+    await sessions_dropped_at_once(server, qmp)
     caplog.clear()
-    before = server.connections
-    await qmp.connect(server.address)
-    await asyncio.wait_for(
-        server.wait_until(lambda: server.connections >= before + 2), 10)
-    await _stop(qmp)
+    await sessions_dropped_at_once(server, qmp, count=2)
     assert _pauses(caplog)[0] == 0.05
-
-
-async def _stop(qmp):
-    """disconnect(), from a server that drops every session: the last one
-    may have been lost already (EOFError), or not."""
-    try:
-        await qmp.disconnect()
-    except EOFError:
-        pass
 
 
 async def test_a_failed_connect_leaves_the_target_alone(server):
