@@ -499,6 +499,7 @@ class QMPTUI(App[int]):
                 'query-status', "the VM's state is unknown",
                 lambda reply: str(reply['status']))
             self.vm_state = status or '?'
+            self._show_status()  # now, not after the schema
         else:
             commands = await self._ask(
                 'guest-info', "commands will not complete",
