@@ -51,9 +51,10 @@ from .qmp_client import (
     QMPClient,
     session,
 )
+from .util import LIBRARY_HANDLER
 
 
-logging.getLogger('qemu.qmp').addHandler(logging.NullHandler())
+logging.getLogger('qemu.qmp').addHandler(LIBRARY_HANDLER)
 
 __version__ = '0.1.0'
 

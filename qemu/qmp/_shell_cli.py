@@ -128,8 +128,21 @@ def _run_commands(shell: QMPShell, lines: List[str]) -> int:
     return 0 if ok else 1
 
 
+_SHELL_LOG = logging.NullHandler()
+
+
+def _shell_speaks_for_the_library() -> None:
+    """
+    The shell tells the user what matters in its own terms (``-N``, not
+    ``negotiate=False``): the library's warnings, which it would show when
+    nobody set up logging, stay quiet.
+    """
+    logging.getLogger('qemu.qmp').addHandler(_SHELL_LOG)  # (once)
+
+
 def qmp_shell(argv: Optional[List[str]] = None) -> int:
     """The ``qmp-shell`` program; returns its exit status."""
+    _shell_speaks_for_the_library()
     parser = common_parser()
     parser.prog = 'qmp-shell'
     parser.description = 'An interactive QMP shell.'
@@ -163,6 +176,7 @@ def qmp_shell(argv: Optional[List[str]] = None) -> int:
 
 def qmp_shell_wrap(argv: Optional[List[str]] = None) -> int:
     """The ``qmp-shell-wrap`` program; returns its exit status."""
+    _shell_speaks_for_the_library()
     parser = common_parser()
     parser.prog = 'qmp-shell-wrap'
     parser.description = ('Start QEMU with a private QMP socket and attach '

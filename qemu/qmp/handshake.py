@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from typing import Any, Dict, Mapping, Optional
 
 from .error import ProtocolError
 from .models import Greeting
+from .util import logging_configured
 
 
 __all__ = ['GreetingError', 'NegotiationError', 'read_greeting',
@@ -104,9 +106,13 @@ def warn_greeting_overdue(logger: logging.Logger, seconds: float,
     :param fix: What to do about it, in the client's own terms, such as
         ``"pass negotiate=False to connect()"``.
     """
-    logger.warning("No greeting after %s seconds, still waiting; if this "
-                   "is the guest agent's socket, which never greets, %s",
-                   seconds, fix)
+    message = (f"No greeting after {seconds} seconds, still waiting; if "
+               f"this is the guest agent's socket, which never greets, "
+               f"{fix}")
+    logger.warning("%s", message)
+    if not logging_configured(logger):
+        # Nobody reads the log: a silent wait looks like a hang.
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def greeting_timeout(seconds: Optional[float], cause: Exception,

@@ -167,6 +167,9 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
         # The last session's greeting, kept after it ended.
         self._greeting: Optional[Greeting] = None
+        # What fixes a wait for a greeting that never comes, in the
+        # caller's terms (session() has a setting of its own).
+        self._no_greeting_hint = _NO_GREETING
 
     @property
     def _core(self) -> SessionCore['asyncio.Future[Message]']:
@@ -274,11 +277,12 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         if patience is not None:
             overdue = asyncio.get_running_loop().call_later(
                 patience, warn_greeting_overdue, self.logger, patience,
-                _NO_GREETING)
+                self._no_greeting_hint)
         try:
             await asyncio.wait_for(self._handshake_step(Greeting), timeout)
         except asyncio.TimeoutError as err:
-            raise greeting_timeout(timeout, err, _NO_GREETING) from err
+            raise greeting_timeout(timeout, err,
+                                   self._no_greeting_hint) from err
         finally:
             if overdue is not None:
                 overdue.cancel()
@@ -799,6 +803,7 @@ async def session(address: Union[SocketAddrT, socket.socket], *,
     """
     qmp = QMPClient(name)
     qmp.await_greeting = qmp.negotiate = negotiate
+    qmp._no_greeting_hint = "pass negotiate=False to session()"
     qmp.session_timeout = session_timeout
     await qmp.connect(address, ssl, retry=retry)
     async with qmp:

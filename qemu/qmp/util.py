@@ -13,6 +13,7 @@ needed them on Python 3.6.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import traceback
 import warnings
@@ -117,6 +118,31 @@ class Backoff:
         pause = self._next
         self._next = min(pause * 2, self.longest)
         return pause
+
+
+#: The handler the package puts on its ``qemu.qmp`` logger, so that it is
+#: silent until the application sets up logging (Python's advice for
+#: libraries).
+LIBRARY_HANDLER = logging.NullHandler()
+
+
+def logging_configured(logger: logging.Logger) -> bool:
+    """
+    Whether ``logger``'s records reach a handler the application set up:
+    any but the package's own `LIBRARY_HANDLER` (a `logging.NullHandler`
+    of the application's counts: it chose silence).
+
+    :param logger: A logger of the package.
+    """
+    current: Optional[logging.Logger] = logger
+    while current is not None:
+        if any(handler is not LIBRARY_HANDLER
+               for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def qemu_option_value(value: str) -> str:

@@ -839,3 +839,19 @@ async def test_each_session_is_one_object_dropped_whole(server):
     del first, core
     gc.collect()
     assert released() is None
+
+
+async def test_a_late_greeting_is_shown_without_logging_set_up(
+        monkeypatch):
+    """A script that never set up logging (the library's own handler
+    drops everything) still hears of the wait: a RuntimeWarning, which
+    Python shows by default.  Where logging is set up, the log has it."""
+    monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
+    monkeypatch.setattr(logging.getLogger('qemu.qmp'), 'propagate', False)
+    async with QMPTestServer(greeting=None) as server:
+        qmp = QMPClient('unlogged')
+        qmp.session_timeout = 0.5
+        with pytest.warns(RuntimeWarning, match='No greeting after 0.05 '
+                          'seconds.*await_greeting and negotiate'):
+            with pytest.raises(ConnectError):
+                await qmp.connect(await server.start())

@@ -195,3 +195,13 @@ async def test_a_missing_socket_path_gets_no_tcp_hint(tmp_path, name):
     with pytest.raises(ConnectError) as err:
         await qmp.connect(name)
     assert 'TCP' not in str(err.value)
+
+
+async def test_session_names_its_own_setting_for_the_guest_agent():
+    """session() has one setting for the guest agent: its hint names it,
+    not the client's two attributes."""
+    async with QMPTestServer(greeting=None) as server:
+        with pytest.raises(ConnectError,
+                           match=r'pass negotiate=False to session\(\)'):
+            async with session(await server.start(), session_timeout=0.05):
+                pass
