@@ -101,7 +101,11 @@ class NotQMPServerError(DeserializationError):
     def __str__(self) -> str:
         sent = self.raw.rstrip(b'\r\n')
         shown = sent if len(sent) <= 60 else sent[:57] + b'...'
-        return f"{self.error_message}: it sent {shown!r}"
+        text = f"{self.error_message}: it sent {shown!r}"
+        if sent.startswith(b'QEMU ') and b' monitor' in sent:
+            text += ("; it is QEMU's human monitor (HMP): connect to a QMP "
+                     "socket (-qmp, or -mon mode=control)")
+        return text
 
 
 def not_qmp(err: DeserializationError) -> DeserializationError:

@@ -242,6 +242,16 @@ def test_a_peer_that_is_not_qmp_is_told_as_such(await_greeting):
         "Not a QMP server: it sent b'HTTP/1.1 400 Bad Request'"
 
 
+def test_qemus_human_monitor_is_named():
+    """QEMU's human monitor is the likeliest wrong socket: the error says
+    what it is, and where QMP is."""
+    core = SessionCore(LOGGER)
+    ended, = feed(core, b"QEMU 7.2.22 monitor - type 'help' for more "
+                        b"information\r\n(qemu) ")
+    assert "it is QEMU's human monitor (HMP): connect to a QMP socket " \
+        "(-qmp, or -mon mode=control)" in str(ended.reason)
+
+
 def test_broken_json_is_no_stranger():
     """A line that starts as JSON and breaks is a DeserializationError."""
     core = running()
