@@ -181,13 +181,16 @@ def qmp_shell_wrap(argv: Optional[List[str]] = None) -> int:
     parser.prog = 'qmp-shell-wrap'
     parser.description = ('Start QEMU with a private QMP socket and attach '
                           'a shell to it: qmp-shell-wrap [options] -- '
-                          'QEMU ARGS... (qemu-system-x86_64 by default)')
+                          'QEMU ARGS... (qemu-system-x86_64 -display none '
+                          'by default)')
     _shell_options(parser)
     parser.add_argument('qemu', nargs=argparse.REMAINDER,
                         help='the QEMU command line, after --')
     args = parser.parse_args(argv)
     qemu = args.qemu[1:] if args.qemu[:1] == ['--'] else args.qemu
-    return wrap(qemu or ['qemu-system-x86_64'], args)
+    # Alone, a machine without a window (nor a VNC server, nor messages
+    # about display modules that are not installed).
+    return wrap(qemu or ['qemu-system-x86_64', '-display', 'none'], args)
 
 
 #: Seconds ``qmp-shell-wrap`` waits for its QEMU to connect.

@@ -839,3 +839,15 @@ def test_wrap_waits_for_a_slow_greeting(tmp_path, monkeypatch):
     finally:
         shell.close()
         qemu.join(10)
+
+
+def test_wrap_default_qemu_has_no_window(monkeypatch):
+    """qmp-shell-wrap alone starts a QEMU without a display: no window,
+    no VNC server, no messages about missing display modules."""
+    started = []
+    monkeypatch.setattr(_shell_cli, 'wrap',
+                        lambda qemu, args: started.append(qemu) or 0)
+    assert _shell_cli.qmp_shell_wrap([]) == 0
+    assert started == [['qemu-system-x86_64', '-display', 'none']]
+    assert _shell_cli.qmp_shell_wrap(['--', 'qemu-x', '-M', 'q35']) == 0
+    assert started[-1] == ['qemu-x', '-M', 'q35']
