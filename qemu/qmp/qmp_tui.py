@@ -54,6 +54,7 @@ except ImportError as err:  # pragma: no cover (the tui extra is missing)
     raise ImportError("qmp-tui needs Textual (the tui extra), which is "
                       "not installed: pip install textual") from err
 
+from . import handshake
 from .error import QMPError
 from .message import Message
 from .protocol import Runstate, SocketAddrT, StateError
@@ -467,7 +468,12 @@ class QMPTUI(App[int]):
                 self._show_status()
                 await self.qmp.accept()
             else:
-                await self.qmp.connect(self.address, retry=self.retry)
+                hint = asyncio.get_running_loop().call_later(
+                    handshake.GREETING_PATIENCE, self._still_connecting)
+                try:
+                    await self.qmp.connect(self.address, retry=self.retry)
+                finally:
+                    hint.cancel()
         except QMPError as err:
             self.add('error', f"could not connect: {err} "
                               f"(Ctrl+R tries again)")
@@ -478,6 +484,22 @@ class QMPTUI(App[int]):
         self._lost = False
         self.add('info', "the session has ended (Ctrl+R reconnects)")
         self._show_status()
+
+    def _still_connecting(self) -> None:
+        """A connection that takes long: say what may be wrong."""
+        if self.qmp.runstate is not Runstate.CONNECTING:
+            return
+        if isinstance(self.address, str) \
+                and not os.path.exists(self.address):
+            why = ("no socket there yet: waiting for QEMU to create it "
+                   "(is the path right?)")
+        elif self.qmp.await_greeting:
+            why = ("no greeting yet: for the guest agent's socket, which "
+                   "never greets, start qmp-tui with -N")
+        else:
+            why = "no answer yet"
+        self.add('info', f"still connecting to {_describe(self.address)}: "
+                         f"{why}")
 
     async def _learn_the_server(self) -> None:
         """Greeting, command names, argument names, run state."""

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from qemu.qmp import handshake
 from qemu.qmp.qmp_client import RECONNECTED
 from qemu.qmp.qmp_tui import QMPTUI, Entry, EventFilter, history_path, main
 from qemu.qmp.testing import CommandError, QMPTestServer, demo_server
@@ -535,3 +536,22 @@ def test_history_path(monkeypatch, tmp_path):
     monkeypatch.delenv('XDG_STATE_HOME')
     monkeypatch.setenv('HOME', str(tmp_path))
     assert history_path() == str(tmp_path / '.qmp-tui_history')
+
+
+@pytest.mark.parametrize('where', ['missing', 'agent'])
+async def test_a_long_connect_says_what_may_be_wrong(where, tmp_path,
+                                                     monkeypatch):
+    """Still connecting after a few seconds, the app says why it may be:
+    no socket at that path yet (a typo, or QEMU not started), or a socket
+    that does not greet (the guest agent's: -N)."""
+    monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
+    async with QMPTestServer(greeting=None) as agent:
+        address = str(tmp_path / 'nosuch.sock') if where == 'missing' \
+            else await agent.start()
+        app = QMPTUI(address)
+        async with app.run_test() as pilot:
+            expected = 'no socket there yet' if where == 'missing' \
+                else 'no greeting yet'
+            await until(app, said(app, 'info', expected))
+            assert app.connection_state == 'connecting'
+            await pilot.press('ctrl+q')
