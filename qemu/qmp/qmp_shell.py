@@ -36,12 +36,14 @@ then run `QMPShell.repl` (or `QMPShell.run_line` for a single line).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ast
 import difflib
 import json
 import os
 import re
 import sys
+import time
 from typing import (
     IO,
     Any,
@@ -77,6 +79,11 @@ MAX_DEPTH = 256
 
 _TOO_DEEP = f"nested too deeply (at most {MAX_DEPTH} levels of objects " \
     "and lists)"
+
+
+#: Seconds the shell waits, after an answered ``quit``, for QEMU to close
+#: the connection before it shows a prompt again.
+QUIT_GRACE = 5.0
 
 
 class QMPShellError(QMPError):
@@ -699,6 +706,25 @@ class QMPShell(QEMUMonitorProtocol):
             self._print("QEMU closed the connection" +
                         (" (after quit)." if self.quit_answered else "."))
 
+    def _await_the_end(self) -> None:
+        """
+        After an answered ``quit``: print events until QEMU closes the
+        connection, for up to `QUIT_GRACE` seconds, rather than show a
+        prompt it will not answer.
+        """
+        deadline = time.monotonic() + QUIT_GRACE
+        while self.runstate is Runstate.RUNNING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                event = self.pull_event(wait=remaining)
+            except (asyncio.TimeoutError, EOFError):
+                return
+            if event is not None:
+                self._log('event', event)
+                self._print(self._format(event))
+
     def read_exec_command(self) -> bool:
         """
         Print pending events, then read one line and run it.
@@ -710,6 +736,8 @@ class QMPShell(QEMUMonitorProtocol):
             connection; `True` otherwise.
         """
         self.print_events()
+        if self.quit_answered:
+            self._await_the_end()
         if self.runstate is not Runstate.RUNNING:
             self._connection_gone()
             return False

@@ -1,5 +1,6 @@
 """qmp-shell: the input syntax, the options, pipes, a pty, one-shot mode."""
 
+import asyncio
 import io
 import json
 import os
@@ -851,3 +852,26 @@ def test_wrap_default_qemu_has_no_window(monkeypatch):
     assert started == [['qemu-system-x86_64', '-display', 'none']]
     assert _shell_cli.qmp_shell_wrap(['--', 'qemu-x', '-M', 'q35']) == 0
     assert started[-1] == ['qemu-x', '-M', 'q35']
+
+
+def test_quit_on_a_terminal_ends_the_shell(address, fake, tmp_path):
+    """After quit, the shell says QEMU closed the connection and ends by
+    itself, as the docs say: not only at the next Enter.  Like QEMU, the
+    server takes a moment to go after answering."""
+    server = fake.server
+    shutting_down = []
+
+    def quit_(args):
+        async def shut_down():
+            await asyncio.sleep(0.3)  # stands for QEMU tearing down
+            await server.emit_event('SHUTDOWN', {'guest': False})
+            await server.hang_up()
+        shutting_down.append(asyncio.ensure_future(shut_down()))
+        return {}
+
+    server.on('quit', quit_)
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path), TERM='dumb')
+    output, code = pty_session([address], [b'quit\r'], env)
+    assert 'SHUTDOWN' in output
+    assert 'QEMU closed the connection (after quit).' in output
+    assert code == 0
