@@ -81,6 +81,9 @@ _TOO_DEEP = f"nested too deeply (at most {MAX_DEPTH} levels of objects " \
     "and lists)"
 
 
+# What newcomers type to a shell, which QMP does not know.
+_SHELL_WORDS = frozenset({'help', '?', 'exit', 'bye', 'logout'})
+
 #: Seconds the shell waits, after an answered ``quit``, for QEMU to close
 #: the connection before it shows a prompt again.
 QUIT_GRACE = 5.0
@@ -656,6 +659,8 @@ class QMPShell(QEMUMonitorProtocol):
         if error.get('class') != 'CommandNotFound' \
                 or not isinstance(name, str):
             return ''
+        if name in _SHELL_WORDS:
+            return "; Tab lists the commands, Ctrl-D leaves"
         names = self.suggest(name)
         if not names:
             return ''

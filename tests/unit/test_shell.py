@@ -875,3 +875,13 @@ def test_quit_on_a_terminal_ends_the_shell(address, fake, tmp_path):
     assert 'SHUTDOWN' in output
     assert 'QEMU closed the connection (after quit).' in output
     assert code == 0
+
+
+def test_help_and_exit_say_how(shells):
+    """What a newcomer types first gets the shell's own way to do it."""
+    shell = shells()
+    for line in ('help', 'exit', '?'):
+        assert not shell.run_line(line)
+    lines = shells.out.getvalue().splitlines()[-3:]
+    assert all(line.endswith('; Tab lists the commands, Ctrl-D leaves')
+               for line in lines), lines
