@@ -33,6 +33,7 @@ from qemu.qmp.qmp_client import (
 )
 from qemu.qmp.error import QMPError
 from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
+from qemu.qmp.util import LIBRARY_HANDLER
 from tests.helpers import (
     assert_no_tasks_left,
     client_tasks,
@@ -847,7 +848,11 @@ async def test_a_late_greeting_is_shown_without_logging_set_up(
     drops everything) still hears of the wait: a RuntimeWarning, which
     Python shows by default.  Where logging is set up, the log has it."""
     monkeypatch.setattr(handshake, 'GREETING_PATIENCE', 0.05)
-    monkeypatch.setattr(logging.getLogger('qemu.qmp'), 'propagate', False)
+    package = logging.getLogger('qemu.qmp')
+    # As in a fresh process: only the package's own handler, and nothing
+    # above it (other tests' shells and TUIs add theirs).
+    monkeypatch.setattr(package, 'handlers', [LIBRARY_HANDLER])
+    monkeypatch.setattr(package, 'propagate', False)
     async with QMPTestServer(greeting=None) as server:
         qmp = QMPClient('unlogged')
         qmp.session_timeout = 0.5
