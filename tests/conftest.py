@@ -15,6 +15,7 @@ import os
 from typing import AsyncIterator, Iterator, List
 
 import pytest
+import pytest_asyncio.plugin
 
 from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.testing import QMPTestServer
@@ -48,14 +49,26 @@ def asyncio_hygiene(request) -> Iterator[None]:
     assert not messages, f"asyncio logged errors: {messages}"
 
 
-def pytest_asyncio_loop_factories(config, item):
-    """The stock event loop, or uvloop's with QMP_TEST_LOOP=uvloop: the
-    library must work on both, and ``make check`` runs the unit tests on
-    each."""
-    if os.environ.get('QMP_TEST_LOOP') == 'uvloop':
-        import uvloop
-        return {'uvloop': uvloop.new_event_loop}
-    return {'asyncio': asyncio.new_event_loop}
+# The stock event loop, or uvloop's with QMP_TEST_LOOP=uvloop: the library
+# must work on both, and ``make check`` runs the unit tests on each.
+_UVLOOP = os.environ.get('QMP_TEST_LOOP') == 'uvloop'
+
+if hasattr(pytest_asyncio.plugin, 'PytestAsyncioSpecs'):  # 1.4 and later
+    def pytest_asyncio_loop_factories(config, item):
+        """The loop each test runs in."""
+        if _UVLOOP:
+            import uvloop
+            return {'uvloop': uvloop.new_event_loop}
+        return {'asyncio': asyncio.new_event_loop}
+else:
+    # Earlier (the newest there is for Python 3.9) choose by policy.
+    @pytest.fixture(scope='session')
+    def event_loop_policy():
+        """The policy whose loops the tests run in."""
+        if _UVLOOP:
+            import uvloop
+            return uvloop.EventLoopPolicy()
+        return asyncio.DefaultEventLoopPolicy()
 
 
 @pytest.fixture
