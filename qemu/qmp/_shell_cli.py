@@ -40,6 +40,10 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--json', action='store_true', dest='json_output',
                         help='machine-readable output: one JSON line per '
                              'reply or event')
+    parser.add_argument('--timeout', metavar='SECONDS', type=float,
+                        help='wait that long for each reply, then go on '
+                             '(default: as long as it takes; a guest '
+                             'agent that is not running never answers)')
     parser.add_argument('-c', '--command', metavar='LINE', action='append',
                         help='run LINE, print the reply and exit (status 1 '
                              'on an error reply); repeat -c to run several '
@@ -73,8 +77,10 @@ GREETING_TIMEOUT = 10.0
 def _make_shell(address: SocketAddrT, args: argparse.Namespace,
                 server: bool = False) -> QMPShell:
     shell_class: Type[QMPShell] = HMPShell if args.hmp else QMPShell
-    return shell_class(address, args.pretty, args.verbose, server,
-                       logfile=args.logfile, json_output=args.json_output)
+    shell = shell_class(address, args.pretty, args.verbose, server,
+                        logfile=args.logfile, json_output=args.json_output)
+    shell.settimeout(args.timeout)
+    return shell
 
 
 def _run(shell: QMPShell, args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ Usage:
 
 .. code-block:: text
 
-    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [-c LINE]... ADDRESS
+    qmp-shell [-H] [-N] [-v] [-p] [-l LOG] [--json] [--timeout S]
+              [-c LINE]... ADDRESS
     qmp-shell-wrap [shell options] [--] [qemu-system-x86_64 [QEMU options]]
     qmp-shell --demo
 
@@ -60,7 +61,7 @@ from typing import (
 from .error import QMPError
 from .legacy import QEMUMonitorProtocol, QMPMessage
 from .protocol import Runstate, SocketAddrT, StateError
-from .replies import ExecInterruptedError
+from .replies import ExecInterruptedError, ExecuteTimeoutError
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
@@ -633,6 +634,9 @@ class QMPShell(QEMUMonitorProtocol):
                 self._connection_gone()
             else:
                 self._print(f"Error: {type(err).__name__}: {err}")
+            return False
+        except ExecuteTimeoutError as err:
+            self._print(f"Error: {err}")
             return False
         except (QMPError, ValueError) as err:
             self._print(f"Error: {type(err).__name__}: {err}")

@@ -885,3 +885,17 @@ def test_help_and_exit_say_how(shells):
     lines = shells.out.getvalue().splitlines()[-3:]
     assert all(line.endswith('; Tab lists the commands, Ctrl-D leaves')
                for line in lines), lines
+
+
+def test_timeout_bounds_each_command(address, fake):
+    """--timeout: a command without a reply in time is a failed line (a
+    guest agent that is not running never answers), and the shell goes on
+    with the next; the late reply is dropped."""
+    fake.server.on('hang', lambda args: NO_REPLY)
+    result = run_shell([address, '--timeout', '0.2'],
+                       'hang\nquery-status\n')
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        "Error: no reply to 'hang' within 0.2 seconds")
+    assert json.loads(lines[1])['status'] == 'running'
+    assert result.returncode == 1
