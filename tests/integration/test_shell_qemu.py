@@ -1,5 +1,6 @@
 """qmp-shell and qmp-shell-wrap against real QEMU and qemu-ga."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from tests.helpers import (
     require_binary,
     run_shell,
 )
-from tests.integration.conftest import QEMU_BASE
+from tests.integration.conftest import QEMU_BASE, running
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +268,23 @@ def test_comma_in_tmpdir(tmp_path, program):
     assert result.returncode == 0, result.stderr
     assert 'running' in result.stdout
     assert list(tmpdir.iterdir()) == []  # and cleaned up after
+
+
+async def test_timeout_with_no_agent_in_the_guest(tmp_path):
+    """A guest with the agent's port but no agent running (here: no guest
+    at all): qmp-shell -N --timeout says so instead of waiting for ever."""
+    binary = require_binary('qemu-system-x86_64')
+    path, pidfile = tmp_path / 'qga.sock', tmp_path / 'qemu.pid'
+    async with running([
+            binary, '-M', 'pc', '-nodefaults', '-display', 'none',
+            '-daemonize', '-pidfile', str(pidfile),
+            '-device', 'virtio-serial',
+            '-chardev', f'socket,path={path},server=on,wait=off,id=qga0',
+            '-device', 'virtserialport,chardev=qga0,'
+                       'name=org.qemu.guest_agent.0'], str(path), pidfile):
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run_shell(
+                ['-N', '--timeout', '1', '-c', 'guest-ping', str(path)]))
+    assert result.stdout.startswith(
+        "Error: no reply to 'guest-ping' within 1.0 seconds")
+    assert result.returncode == 1
