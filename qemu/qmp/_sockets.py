@@ -304,7 +304,13 @@ async def close_writer(writer: asyncio.StreamWriter, grace: float) -> None:
     :raise OSError: The connection had failed; callers usually ignore it.
     """
     transport = writer.transport
-    if transport.get_write_buffer_size():
+    try:
+        unsent = transport.get_write_buffer_size()
+    except AttributeError:
+        # Python 3.9's TLS transport, once its connection is lost: there
+        # is nothing left to send.
+        unsent = 0
+    if unsent:
         transport.abort()
     else:
         writer.close()

@@ -29,8 +29,10 @@ class _Seen(logging.Handler):
 
 
 @pytest.fixture
-def retried():
-    """An event set once a client has failed an attempt and will retry."""
+async def retried():
+    """An event set once a client has failed an attempt and will retry.
+    (Made in the test's loop: Python 3.9 binds an Event to a loop when it
+    is made.)"""
     seen = _Seen('trying again')
     logger = logging.getLogger('qemu.qmp')
     level = logger.level
