@@ -62,6 +62,7 @@ from .error import QMPError
 from .legacy import QEMUMonitorProtocol, QMPMessage
 from .protocol import Runstate, SocketAddrT, StateError
 from .replies import ExecInterruptedError, ExecuteTimeoutError
+from .util import nests_deeper_than
 
 
 __all__ = ['QMPShellError', 'QMPCompleter', 'FuzzyJSON', 'CommandParser',
@@ -390,18 +391,8 @@ def _check_depth(value: object) -> None:
 
     :raise QMPShellError: Too deep.
     """
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > MAX_DEPTH:
-            raise QMPShellError(f"the command is {_TOO_DEEP}")
-        pending.extend((child, depth + 1) for child in children)
+    if nests_deeper_than(value, MAX_DEPTH):
+        raise QMPShellError(f"the command is {_TOO_DEEP}")
 
 
 class QMPShell(QEMUMonitorProtocol):

@@ -92,7 +92,7 @@ from typing import (
 
 from ._sockets import SocketAddrT, close_writer
 from .protocol import CLOSE_GRACE
-from .util import exception_summary
+from .util import exception_summary, nests_deeper_than
 
 
 __all__ = ['QMPTestServer', 'ServerThread', 'CommandError', 'NO_REPLY',
@@ -635,22 +635,6 @@ async def _read_line(reader: asyncio.StreamReader) -> Optional[bytes]:
 _QEMU_MAX_DEPTH = 1024
 
 
-def _depth(value: object) -> int:
-    """How deeply ``value`` nests objects and lists (iteratively)."""
-    deepest = 0
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict):
-            pending.extend((child, depth + 1) for child in item.values())
-        elif isinstance(item, list):
-            pending.extend((child, depth + 1) for child in item)
-        else:
-            continue
-        deepest = max(deepest, depth)
-    return deepest
-
-
 def _parse(line: bytes) -> Tuple[Dict[str, Any], Optional[str]]:
     """
     One line of input as a JSON object, or what QEMU says about it.
@@ -674,7 +658,7 @@ def _parse(line: bytes) -> Tuple[Dict[str, Any], Optional[str]]:
         return {}, 'QMP input must be a JSON object'
     # Counting brackets is C-fast and rarely finds enough to look closer.
     if line.count(b'[') + line.count(b'{') > _QEMU_MAX_DEPTH \
-            and _depth(msg) > _QEMU_MAX_DEPTH:
+            and nests_deeper_than(msg, _QEMU_MAX_DEPTH):
         return {}, 'JSON nesting depth limit exceeded'
     return msg, None
 

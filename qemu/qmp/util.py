@@ -17,7 +17,7 @@ import logging
 import math
 import traceback
 import warnings
-from typing import Any, Coroutine, Optional, TypeVar
+from typing import Any, Coroutine, Iterable, Optional, TypeVar
 
 
 T = TypeVar('T')
@@ -142,6 +142,32 @@ def logging_configured(logger: logging.Logger) -> bool:
         if not current.propagate:
             return False
         current = current.parent
+    return False
+
+
+def nests_deeper_than(value: object, limit: int) -> bool:
+    """
+    Whether ``value`` nests objects and lists more than ``limit`` levels
+    deep (the outermost one is level 1).
+
+    Iterative, so any depth is safe to ask about: a value built in code
+    can be deeper than any JSON parser would have let through.
+
+    >>> nests_deeper_than({'a': [[1]]}, 3), nests_deeper_than([[[]]], 2)
+    (False, True)
+    """
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
     return False
 
 

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from tests.docs_blocks import ROOT
+from tests.helpers import require_binary
 
 
 # The targets that run the project's Python; each must set it up first.
@@ -17,9 +18,7 @@ NEEDS_THE_VENV = ['lint', 'typecheck', 'docs', 'test', 'bench',
 def _dry_run(tmp_path, *goals):
     """What ``make -n GOALS`` would run in a fresh clone: no .venv, no
     virtual environment active."""
-    make = shutil.which('make')
-    if make is None:
-        pytest.skip('make is not installed')
+    make = require_binary('make')
     for name in ('Makefile', 'setup.cfg', 'pyproject.toml'):
         shutil.copy(ROOT / name, tmp_path / name)
     env = {key: value for key, value in os.environ.items()
