@@ -70,6 +70,15 @@ else:
             return uvloop.EventLoopPolicy()
         return asyncio.DefaultEventLoopPolicy()
 
+    @pytest.fixture(scope='session', autouse=True)
+    def no_implicit_event_loop() -> None:
+        """Python 3.9 makes the main thread a loop the first time
+        ``asyncio.get_event_loop()`` asks, and this pytest-asyncio asks
+        (to restore it after each test); the next test's ``asyncio.run()``
+        then drops that loop unclosed, a ResourceWarning.  Say the thread
+        has none, so none is made."""
+        asyncio.set_event_loop(None)
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[QMPTestServer]:

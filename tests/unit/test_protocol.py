@@ -1,6 +1,7 @@
 """AsyncProtocol on its own, through a tiny line-based protocol."""
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -38,7 +39,12 @@ class LineProtocol(AsyncProtocol[bytes]):
 
     def __init__(self, name=None, readbuflen=1024):
         super().__init__(name, readbuflen)
-        self.inbox: asyncio.Queue = asyncio.Queue()
+
+    @functools.cached_property
+    def inbox(self) -> asyncio.Queue:
+        """Made at first use, in a running loop: on Python 3.9, a queue
+        takes the thread's loop when made, and the tests set none."""
+        return asyncio.Queue()
 
     async def _do_recv(self):
         return await self._readline()

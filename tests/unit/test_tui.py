@@ -1,6 +1,7 @@
 """qmp-tui, headless: Textual's run_test() and Pilot, against the test
 server."""
 
+import asyncio
 import json
 import re
 import logging
@@ -386,7 +387,21 @@ def restored_loggers():
         logger.propagate = propagate
 
 
-def test_the_reference_command_line(monkeypatch, tmp_path, restored_loggers):
+@pytest.fixture
+def thread_loop():
+    """A current event loop for this thread, closed afterwards.  main()
+    builds the app outside any loop, as the qmp-tui program does; there,
+    on Python 3.9, Textual's widgets take the thread's loop, which the
+    program's first ``get_event_loop()`` makes, but the tests unset."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def test_the_reference_command_line(monkeypatch, tmp_path, restored_loggers,
+                                    thread_loop):
     """The reference qmp-tui's options work: --num-retries/--retry-delay
     bound (re)connecting, --log-file/--log-level take the library's log,
     --asyncio-debug."""
