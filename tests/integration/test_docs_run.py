@@ -58,8 +58,12 @@ def make_tls_dir(path: Path) -> None:
         subprocess.run([openssl, *args], cwd=path, check=True,
                        capture_output=True, timeout=60)
 
+    # Python 3.13 verifies strictly (VERIFY_X509_STRICT): a CA must say
+    # what its key may sign.
     run('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
         '-subj', '/CN=qemu.qmp docs CA', '-keyout', 'ca-key.pem',
+        '-addext', 'basicConstraints=critical,CA:TRUE',
+        '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
         '-out', 'ca-cert.pem')
     run('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost',
         '-keyout', 'server-key.pem', '-out', 'server.csr')
