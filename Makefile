@@ -10,8 +10,8 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.qemu-qmp-devel
 DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
-.PHONY: help develop system-deps check check-only lint typecheck docs test demo \
-	bench clean reference-api tui-screenshot
+.PHONY: help develop system-deps check check-only lint typecheck docs test \
+	pythons demo bench clean reference-api tui-screenshot
 
 help:
 	@echo "qemu.qmp developer targets:"
@@ -21,7 +21,13 @@ help:
 	@echo "  make system-deps  install QEMU, qemu-storage-daemon and qemu-ga"
 	@echo "                    (Debian, as root) for the integration tests"
 	@echo "  make check        set everything up, then flake8, mypy --strict,"
-	@echo "                    the documentation build and pytest"
+	@echo "                    the documentation build, then make pythons"
+	@echo "  make test         pytest on the venv's Python (all the tests,"
+	@echo "                    then the unit tests on uvloop)"
+	@echo "  make pythons      the tests on every Python that setup.cfg"
+	@echo "                    claims (found on PATH or under pyenv;"
+	@echo "                    venvs and logs in build/pythons), two"
+	@echo "                    runs at a time"
 	@echo "  make check-only   the same checks, without the set-up"
 	@echo "  make docs         the documentation site, into build/docs"
 	@echo "  make demo         a live qmp-shell session: real QEMU when"
@@ -86,7 +92,13 @@ test: $(SETUP)
 	PYTHONASYNCIODEBUG=1 PYTHONDEVMODE=1 $(PYTHON) -m pytest
 	QMP_TEST_LOOP=uvloop PYTHONDEVMODE=1 $(PYTHON) -m pytest -q tests/unit
 
-check-only: lint typecheck docs test
+# pytest on every claimed Python found here: the unit tests on each, all
+# the tests (and mypy) on the oldest and the newest, the unit tests on
+# uvloop on the venv's Python (tests/pythons.py).
+pythons: $(SETUP)
+	$(PYTHON) -m tests.pythons
+
+check-only: lint typecheck docs pythons
 
 # The library needs only the standard library: run it from the checkout.
 demo:

@@ -11,7 +11,7 @@ from tests.helpers import require_binary
 
 
 # The targets that run the project's Python; each must set it up first.
-NEEDS_THE_VENV = ['lint', 'typecheck', 'docs', 'test', 'bench',
+NEEDS_THE_VENV = ['lint', 'typecheck', 'docs', 'test', 'pythons', 'bench',
                   'tui-screenshot']
 
 
@@ -49,6 +49,7 @@ def test_check_only_sets_up_nothing(tmp_path):
     """``make check-only`` runs the checks as things are: no venv, no pip
     (``make check`` is the one that sets up)."""
     output = _dry_run(tmp_path, 'check-only')
-    assert 'flake8' in output and 'pytest' in output
+    assert 'flake8' in output and 'sphinx' in output
+    assert '-m tests.pythons' in output  # pytest, on every claimed Python
     assert 'python3 -m venv' not in output
     assert 'pip install' not in output

@@ -1,0 +1,295 @@
+"""
+The tests on every Python that setup.cfg claims.
+
+``python -m tests.pythons`` (``make pythons``, the last step of ``make
+check``) finds each claimed ``3.X`` interpreter, on ``PATH`` or under
+pyenv, and runs there:
+
+- the unit tests, on every version;
+- all the tests (the integration tests with real QEMU too) on the oldest
+  and the newest version found, and ``mypy -p qemu`` there too, so that an
+  API or syntax newer than the oldest claimed Python fails here, not for a
+  user (the running Python's mypy is ``make typecheck``);
+- the unit tests on uvloop, on the running Python.
+
+Every version but the running one gets a virtual environment in
+``build/pythons/3.X``, remade when setup.cfg or pyproject.toml changes.  A
+claimed version that cannot be found is a failure when ``CI`` is
+``true``, a note otherwise.  Two test runs go at a time (``--jobs``),
+each into its own log in ``build/pythons``; the end of a failed run's log
+is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import configparser
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Dict, List, NamedTuple, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / 'build' / 'pythons'
+EXTRAS = 'devel,docs,tui'
+# As ``make test`` runs them: asyncio's debug mode, warnings shown (and
+# made errors by pyproject.toml).
+TEST_ENV = {'PYTHONASYNCIODEBUG': '1', 'PYTHONDEVMODE': '1'}
+
+Version = Tuple[int, int]
+
+
+def claimed_versions() -> List[Version]:
+    """The ``Programming Language :: Python :: 3.X`` classifiers."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / 'setup.cfg')
+    found = re.findall(r'Python :: (\d+)\.(\d+)\s*$',
+                       config['metadata']['classifiers'], re.MULTILINE)
+    return sorted((int(major), int(minor)) for major, minor in found)
+
+
+def name(version: Version) -> str:
+    return '%d.%d' % version
+
+
+def version_of(python: str) -> Optional[Version]:
+    """What ``python`` runs as, or None if it does not run (a pyenv shim
+    for a version not selected, say)."""
+    try:
+        result = subprocess.run(
+            [python, '-c', 'import sys; print(*sys.version_info[:2])'],
+            capture_output=True, text=True, timeout=30, check=True)
+        major, minor = result.stdout.split()
+        return int(major), int(minor)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def find_python(version: Version) -> Optional[str]:
+    """An interpreter of ``version``: ``python3.X`` on PATH, else the
+    newest pyenv build of it."""
+    candidates = []
+    on_path = shutil.which('python' + name(version))
+    if on_path:
+        candidates.append(on_path)
+    pyenv_root = os.environ.get('PYENV_ROOT',
+                                os.path.expanduser('~/.pyenv'))
+    builds = glob.glob(os.path.join(pyenv_root, 'versions',
+                                    name(version) + '.*', 'bin',
+                                    'python' + name(version)))
+    builds.sort(key=lambda path: [int(part) for part in re.findall(
+        r'\d+', Path(path).parent.parent.name)], reverse=True)
+    candidates += builds
+    for candidate in candidates:
+        if version_of(candidate) == version:
+            return candidate
+    return None
+
+
+class Job(NamedTuple):
+    """One test run."""
+
+    version: Version
+    python: str  # the interpreter found for the version
+    tests: str  # 'all' (with mypy unless running), 'unit' or 'uvloop'
+    running: bool = False  # the interpreter running this: no venv to make
+
+    @property
+    def label(self) -> str:
+        return name(self.version) + ('-uvloop' if self.tests == 'uvloop'
+                                     else '')
+
+    @property
+    def venv(self) -> Path:
+        return WORK / name(self.version)
+
+    @property
+    def log(self) -> Path:
+        return WORK / (self.label + '.log')
+
+    @property
+    def interpreter(self) -> str:
+        """The Python the tests run on."""
+        if self.running:
+            return self.python
+        return str(self.venv / 'bin' / 'python')
+
+
+def plan(claimed: List[Version], found: Dict[Version, str],
+         running: Version, running_python: str) -> List[Job]:
+    """The test runs: all the tests on the oldest and the newest Python
+    here, the unit tests on the others, and the unit tests on uvloop on the
+    running one.  The longest come first, so that two at a time end
+    together, the running Python's first of all, as they need no virtual
+    environment made."""
+    here = sorted(set(found) | ({running} & set(claimed)))
+    ends = (here[0], here[-1]) if here else ()
+    jobs = []
+    if running in here:
+        jobs += [Job(running, running_python,
+                     'all' if running in ends else 'unit', running=True),
+                 Job(running, running_python, 'uvloop', running=True)]
+    others = [version for version in here if version != running]
+    others.sort(key=lambda version: version not in ends)
+    jobs += [Job(version, found[version],
+                 'all' if version in ends else 'unit')
+             for version in others]
+    return jobs
+
+
+class StepFailed(Exception):
+    """A command of a job exited with an error."""
+
+
+def run_logged(command: List[str], log: IO[str],
+               env: Optional[Dict[str, str]] = None) -> None:
+    """Run ``command`` in the checkout, its output into ``log``.
+
+    :raise StepFailed: When it exits with an error.
+    """
+    log.write('$ %s\n' % ' '.join(command))
+    log.flush()
+    status = subprocess.call(command, cwd=ROOT, stdout=log,
+                             stderr=subprocess.STDOUT,
+                             env=dict(os.environ, **(env or {})))
+    if status != 0:
+        raise StepFailed('%s exited with status %d'
+                         % (' '.join(command[1:4]), status))
+
+
+def install_fingerprint(python: str) -> str:
+    """What a virtual environment is made from: when it changes, the
+    environment is made again."""
+    digest = hashlib.sha256(python.encode())
+    for file in ('setup.cfg', 'pyproject.toml'):
+        digest.update((ROOT / file).read_bytes())
+    return digest.hexdigest()
+
+
+def prepare(job: Job) -> None:
+    """Make the job's virtual environment, unless it is up to date.  Its
+    output goes to ``build/pythons/3.X-venv.log``.
+
+    :raise StepFailed: When a step fails.
+    """
+    stamp = job.venv / '.qemu-qmp-devel'
+    fingerprint = install_fingerprint(job.python)
+    if stamp.exists() and stamp.read_text() == fingerprint:
+        return
+    shutil.rmtree(job.venv, ignore_errors=True)
+    log_path = WORK / (name(job.version) + '-venv.log')
+    with log_path.open('w') as log:
+        try:
+            for command in (
+                    [job.python, '-m', 'venv', str(job.venv)],
+                    # An old pip can search for minutes for what an old
+                    # Python cannot have; a new one knows at once.
+                    [job.interpreter, '-m', 'pip', 'install', '-q',
+                     '--upgrade', 'pip'],
+                    [job.interpreter, '-m', 'pip', 'install', '-q', '-e',
+                     '.[%s]' % EXTRAS]):
+                run_logged(command, log)
+        except StepFailed as failure:
+            raise StepFailed('making its virtual environment: %s (see %s)'
+                             % (failure, os.path.relpath(log_path)))
+    stamp.write_text(fingerprint)
+
+
+def run_job(job: Job, ready: 'concurrent.futures.Future[None]') \
+        -> Tuple[Job, Optional[str], float]:
+    """Wait for the job's environment, then run its tests.
+
+    :return: The job, what failed (None if nothing) and the seconds taken.
+    """
+    started = time.monotonic()
+    with job.log.open('w') as log:
+        try:
+            ready.result()
+            if job.tests == 'all' and not job.running:
+                run_logged([job.interpreter, '-m', 'mypy', '-p', 'qemu'],
+                           log)
+            env = dict(TEST_ENV)
+            if job.tests == 'uvloop':
+                env['QMP_TEST_LOOP'] = 'uvloop'
+            run_logged([job.interpreter, '-m', 'pytest', '-q',
+                        '-p', 'no:cacheprovider',
+                        '--basetemp', str(WORK / 'tmp' / job.label),
+                        *([] if job.tests == 'all' else ['tests/unit'])],
+                       log, env=env)
+        except StepFailed as failure:
+            return job, str(failure), time.monotonic() - started
+    return job, None, time.monotonic() - started
+
+
+def summary(job: Job) -> str:
+    """pytest's last line, from the job's log."""
+    for line in reversed(job.log.read_text(errors='replace').splitlines()):
+        if ' in ' in line and ('passed' in line or 'failed' in line):
+            return line.strip('= ')
+    return 'no test summary'
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m tests.pythons', description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--jobs', type=int, default=2, metavar='N',
+                        help="test runs at a time (default 2)")
+    args = parser.parse_args(argv)
+
+    in_ci = os.environ.get('CI') == 'true'
+    claimed = claimed_versions()
+    running = sys.version_info[:2]
+    found = {version: python for version in claimed if version != running
+             for python in [find_python(version)] if python}
+    jobs = plan(claimed, found, running, sys.executable)
+
+    failed = False
+    for version in claimed:
+        if version != running and version not in found:
+            print("%s: Python %s (claimed in setup.cfg) not found, on PATH "
+                  "or under pyenv; its tests did not run"
+                  % ('error' if in_ci else 'note', name(version)))
+            failed = failed or in_ci
+    (WORK / 'tmp').mkdir(parents=True, exist_ok=True)  # for --basetemp
+    for job in jobs:
+        print("Python %s (%s): %s, log in %s" % (
+            job.label, job.python,
+            {'all': 'all the tests' + ('' if job.running else ' and mypy'),
+             'unit': 'the unit tests',
+             'uvloop': 'the unit tests on uvloop'}[job.tests],
+            os.path.relpath(job.log)), flush=True)
+
+    # Virtual environments are made one at a time (each editable install
+    # writes the checkout's egg-info), while the tests run.
+    with concurrent.futures.ThreadPoolExecutor(1) as installer, \
+            concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        runs = []
+        for job in jobs:
+            if job.running:
+                ready: concurrent.futures.Future[None] = \
+                    concurrent.futures.Future()
+                ready.set_result(None)
+            else:
+                ready = installer.submit(prepare, job)
+            runs.append(pool.submit(run_job, job, ready))
+        for run in concurrent.futures.as_completed(runs):
+            job, failure, seconds = run.result()
+            print("Python %s: %s (%.0f s)" % (
+                job.label, failure or summary(job), seconds), flush=True)
+            if failure:
+                failed = True
+                print("The end of %s:" % os.path.relpath(job.log))
+                sys.stdout.write(job.log.read_text(errors='replace')[-20000:])
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""tests/pythons.py: which Pythons ``make check`` tests, and what it says
+when one is missing."""
+
+import sys
+import configparser
+
+import pytest
+
+from tests import pythons
+
+
+def test_the_claimed_versions_are_setup_cfgs():
+    """From the oldest that python_requires admits to the newest
+    classifier, none left out."""
+    claimed = pythons.claimed_versions()
+    config = configparser.ConfigParser()
+    config.read(pythons.ROOT / 'setup.cfg')
+    oldest = config['options']['python_requires'].replace('>=', '').strip()
+    assert pythons.name(claimed[0]) == oldest
+    assert claimed == [(3, minor) for minor in
+                       range(claimed[0][1], claimed[-1][1] + 1)]
+    assert claimed[-1] >= (3, 13)
+
+
+def fake_pyenv(root, build, target):
+    """``root/versions/BUILD/bin/python3.X`` running ``target``."""
+    bindir = root / 'versions' / build / 'bin'
+    bindir.mkdir(parents=True)
+    python = bindir / ('python' + build.rsplit('.', 1)[0])
+    python.write_text('#!/bin/sh\nexec %s "$@"\n' % target)
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_a_pyenv_build_is_found_only_if_it_runs_as_named(
+        tmp_path, monkeypatch):
+    """The newest pyenv build of a version that runs as that version;
+    one that does not run (a shim for an unselected version) is passed
+    over."""
+    this = sys.version_info[:2]
+    monkeypatch.setenv('PYENV_ROOT', str(tmp_path))
+    monkeypatch.setenv('PATH', str(tmp_path / 'empty'))
+    minor = '%d.%d' % this
+    fake_pyenv(tmp_path, minor + '.2', sys.executable)
+    newest = fake_pyenv(tmp_path, minor + '.10', '/nonexistent/python')
+    assert pythons.find_python(this) != newest
+    assert pythons.find_python(this) == str(
+        tmp_path / 'versions' / (minor + '.2') / 'bin' / ('python' + minor))
+    assert pythons.find_python((3, 1)) is None
+
+
+@pytest.mark.parametrize('ci, status, said', [
+    ('true', 1, 'error: Python 3.1 (claimed in setup.cfg) not found'),
+    ('', 0, 'note: Python 3.1 (claimed in setup.cfg) not found'),
+])
+def test_a_claimed_python_missing(monkeypatch, capsys, tmp_path, ci, status,
+                                  said):
+    """Missing in CI, a claimed version fails the run; here, a note."""
+    monkeypatch.setenv('CI', ci)
+    monkeypatch.setattr(pythons, 'WORK', tmp_path)
+    monkeypatch.setattr(pythons, 'claimed_versions', lambda: [(3, 1)])
+    monkeypatch.setattr(pythons, 'find_python', lambda version: None)
+    assert pythons.main([]) == status
+    assert said in capsys.readouterr().out
+
+
+def test_each_version_gets_its_tests():
+    """The oldest and the newest found: mypy and all the tests; those
+    between: the unit tests; the running one: the unit tests on uvloop
+    too.  The longest runs come first, the running Python's before all."""
+    claimed = [(3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6)]
+    found = {(3, 2): '/py3.2', (3, 4): '/py3.4', (3, 5): '/py3.5'}
+    venv = str(pythons.WORK / '%s' / 'bin' / 'python')
+    jobs = pythons.plan(claimed, found, (3, 3), '/venv/python')
+    assert [(job.label, job.tests, job.interpreter) for job in jobs] == [
+        ('3.3', 'unit', '/venv/python'),
+        ('3.3-uvloop', 'uvloop', '/venv/python'),
+        ('3.2', 'all', venv % '3.2'),
+        ('3.5', 'all', venv % '3.5'),
+        ('3.4', 'unit', venv % '3.4'),
+    ]
+
+
+def test_alone_the_running_python_gets_all_the_tests():
+    """No other Python found: the running one is the oldest and the
+    newest, and runs what ``make test`` runs."""
+    jobs = pythons.plan([(3, 1), (3, 2)], {}, (3, 2), '/venv/python')
+    assert [(job.label, job.tests) for job in jobs] == [
+        ('3.2', 'all'), ('3.2-uvloop', 'uvloop')]
+
+
+def test_a_failed_run_fails_and_shows_its_log(
+        monkeypatch, capsys, tmp_path):
+    """Every run's last pytest line is shown; a failed run's log too, and
+    the whole fails."""
+    monkeypatch.setattr(pythons, 'WORK', tmp_path)
+    monkeypatch.setattr(pythons, 'claimed_versions',
+                        lambda: [(3, 1), sys.version_info[:2]])
+    monkeypatch.setattr(pythons, 'find_python',
+                        lambda version: '/py/%d.%d' % version)
+    monkeypatch.setattr(pythons, 'prepare', lambda job: None)
+
+    def run_job(job, ready):
+        ready.result()
+        failing = job.version == (3, 1)
+        job.log.write_text('FAILED tests/unit/test_x.py::test_y\n'
+                           '1 failed, 2 passed in 1.00s\n' if failing else
+                           '3 passed in 1.00s\n')
+        return job, 'pytest exited with status 1' if failing else None, 1.0
+    monkeypatch.setattr(pythons, 'run_job', run_job)
+    assert pythons.main(['--jobs', '1']) == 1
+    out = capsys.readouterr().out
+    assert 'Python 3.1: pytest exited with status 1 (1 s)' in out
+    assert 'FAILED tests/unit/test_x.py::test_y' in out
+    assert 'Python %d.%d: 3 passed in 1.00s (1 s)' % sys.version_info[:2] \
+        in out
