@@ -13,7 +13,8 @@ pyenv, and runs there:
 - the unit tests on uvloop, on the running Python.
 
 Every version but the running one gets a virtual environment in
-``build/pythons/3.X``, remade when setup.cfg or pyproject.toml changes.  A
+``build/pythons/3.X``, made by uv and remade when setup.cfg or
+pyproject.toml changes.  A
 claimed version that cannot be found is a failure when ``CI`` is
 ``true``, a note otherwise.  Two test runs go at a time (``--jobs``),
 each into its own log in ``build/pythons``; the end of a failed run's log
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import configparser
+import fcntl
 import glob
 import hashlib
 import os
@@ -32,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Dict, List, NamedTuple, Optional, Tuple
@@ -73,20 +76,23 @@ def version_of(python: str) -> Optional[Version]:
 
 
 def find_python(version: Version) -> Optional[str]:
-    """An interpreter of ``version``: ``python3.X`` on PATH, else the
-    newest pyenv build of it."""
+    """A usable interpreter of ``version``: ``python3.X`` on PATH, else
+    the newest pyenv release build of it (no release candidates, no
+    free-threaded builds)."""
     candidates = []
     on_path = shutil.which('python' + name(version))
     if on_path:
         candidates.append(on_path)
     pyenv_root = os.environ.get('PYENV_ROOT',
                                 os.path.expanduser('~/.pyenv'))
-    builds = glob.glob(os.path.join(pyenv_root, 'versions',
-                                    name(version) + '.*', 'bin',
-                                    'python' + name(version)))
-    builds.sort(key=lambda path: [int(part) for part in re.findall(
-        r'\d+', Path(path).parent.parent.name)], reverse=True)
-    candidates += builds
+    release = re.compile(re.escape(name(version)) + r'\.(\d+)$')
+    builds = []
+    for build in glob.glob(os.path.join(pyenv_root, 'versions', '*')):
+        match = release.match(os.path.basename(build))
+        if match:
+            builds.append((int(match.group(1)), os.path.join(
+                build, 'bin', 'python' + name(version))))
+    candidates += [path for _, path in sorted(builds, reverse=True)]
     for candidate in candidates:
         if version_of(candidate) == version:
             return candidate
@@ -122,20 +128,18 @@ class Job(NamedTuple):
         return str(self.venv / 'bin' / 'python')
 
 
-def plan(claimed: List[Version], found: Dict[Version, str],
-         running: Version, running_python: str) -> List[Job]:
+def plan(found: Dict[Version, str], running: Version,
+         running_python: str) -> List[Job]:
     """The test runs: all the tests on the oldest and the newest Python
     here, the unit tests on the others, and the unit tests on uvloop on the
-    running one.  The longest come first, so that two at a time end
-    together, the running Python's first of all, as they need no virtual
-    environment made."""
-    here = sorted(set(found) | ({running} & set(claimed)))
-    ends = (here[0], here[-1]) if here else ()
-    jobs = []
-    if running in here:
-        jobs += [Job(running, running_python,
-                     'all' if running in ends else 'unit', running=True),
-                 Job(running, running_python, 'uvloop', running=True)]
+    running one (tested even if setup.cfg does not claim it).  The longest
+    come first, so that two at a time end together, the running Python's
+    first of all, as they need no virtual environment made."""
+    here = sorted(set(found) | {running})
+    ends = (here[0], here[-1])
+    jobs = [Job(running, running_python,
+                'all' if running in ends else 'unit', running=True),
+            Job(running, running_python, 'uvloop', running=True)]
     others = [version for version in here if version != running]
     others.sort(key=lambda version: version not in ends)
     jobs += [Job(version, found[version],
@@ -145,23 +149,36 @@ def plan(claimed: List[Version], found: Dict[Version, str],
 
 
 class StepFailed(Exception):
-    """A command of a job exited with an error."""
+    """A step of a job failed; ``log`` has its output."""
+
+    def __init__(self, message: str, log: Path) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+# Set on Ctrl-C: no command starts after it.
+stopping = threading.Event()
 
 
 def run_logged(command: List[str], log: IO[str],
                env: Optional[Dict[str, str]] = None) -> None:
     """Run ``command`` in the checkout, its output into ``log``.
 
-    :raise StepFailed: When it exits with an error.
+    :raise StepFailed: When it exits with an error, or cannot start.
     """
     log.write('$ %s\n' % ' '.join(command))
     log.flush()
-    status = subprocess.call(command, cwd=ROOT, stdout=log,
-                             stderr=subprocess.STDOUT,
-                             env=dict(os.environ, **(env or {})))
+    if stopping.is_set():
+        raise StepFailed('interrupted', Path(log.name))
+    try:
+        status = subprocess.call(command, cwd=ROOT, stdout=log,
+                                 stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, **(env or {})))
+    except OSError as err:
+        raise StepFailed('%s: %s' % (command[0], err), Path(log.name))
     if status != 0:
         raise StepFailed('%s exited with status %d'
-                         % (' '.join(command[1:4]), status))
+                         % (' '.join(command[1:4]), status), Path(log.name))
 
 
 def install_fingerprint(python: str) -> str:
@@ -171,6 +188,12 @@ def install_fingerprint(python: str) -> str:
     for file in ('setup.cfg', 'pyproject.toml'):
         digest.update((ROOT / file).read_bytes())
     return digest.hexdigest()
+
+
+def uv_binary() -> str:
+    """The uv program that the devel extra installs."""
+    import uv  # here: only making environments needs it
+    return uv.find_uv_bin()
 
 
 def prepare(job: Job) -> None:
@@ -184,56 +207,71 @@ def prepare(job: Job) -> None:
     if stamp.exists() and stamp.read_text() == fingerprint:
         return
     shutil.rmtree(job.venv, ignore_errors=True)
-    log_path = WORK / (name(job.version) + '-venv.log')
-    with log_path.open('w') as log:
-        try:
-            for command in (
-                    [job.python, '-m', 'venv', str(job.venv)],
-                    # An old pip can search for minutes for what an old
-                    # Python cannot have; a new one knows at once.
-                    [job.interpreter, '-m', 'pip', 'install', '-q',
-                     '--upgrade', 'pip'],
-                    [job.interpreter, '-m', 'pip', 'install', '-q', '-e',
-                     '.[%s]' % EXTRAS]):
-                run_logged(command, log)
-        except StepFailed as failure:
-            raise StepFailed('making its virtual environment: %s (see %s)'
-                             % (failure, os.path.relpath(log_path)))
+    # uv (a devel extra) makes one in seconds; pip took a minute.
+    uv = uv_binary()
+    with (WORK / (name(job.version) + '-venv.log')).open('w') as log:
+        for command in (
+                [uv, 'venv', '-q', '--python', job.python, str(job.venv)],
+                [uv, 'pip', 'install', '-q', '--python', job.interpreter,
+                 '-e', '.[%s]' % EXTRAS]):
+            run_logged(command, log)
     stamp.write_text(fingerprint)
 
 
-def run_job(job: Job, ready: 'concurrent.futures.Future[None]') \
-        -> Tuple[Job, Optional[str], float]:
-    """Wait for the job's environment, then run its tests.
+class Outcome(NamedTuple):
+    job: Job
+    failures: List[StepFailed]
+    seconds: float  # testing, not waiting for the environment
 
-    :return: The job, what failed (None if nothing) and the seconds taken.
-    """
+
+def run_job(job: Job, ready: 'concurrent.futures.Future[None]') -> Outcome:
+    """Wait for the job's environment, then run its checks: mypy, if any,
+    and the tests, each whatever the other did."""
+    try:
+        ready.result()
+    except StepFailed as failure:
+        return Outcome(job, [failure], 0.0)
     started = time.monotonic()
+    failures = []
     with job.log.open('w') as log:
-        try:
-            ready.result()
-            if job.tests == 'all' and not job.running:
-                run_logged([job.interpreter, '-m', 'mypy', '-p', 'qemu'],
-                           log)
-            env = dict(TEST_ENV)
-            if job.tests == 'uvloop':
-                env['QMP_TEST_LOOP'] = 'uvloop'
-            run_logged([job.interpreter, '-m', 'pytest', '-q',
-                        '-p', 'no:cacheprovider',
-                        '--basetemp', str(WORK / 'tmp' / job.label),
-                        *([] if job.tests == 'all' else ['tests/unit'])],
-                       log, env=env)
-        except StepFailed as failure:
-            return job, str(failure), time.monotonic() - started
-    return job, None, time.monotonic() - started
+        commands: List[Tuple[List[str], Dict[str, str]]] = []
+        if job.tests == 'all' and not job.running:
+            commands.append(([job.interpreter, '-m', 'mypy', '-p', 'qemu'],
+                             {}))
+        env = dict(TEST_ENV)
+        if job.tests == 'uvloop':
+            env['QMP_TEST_LOOP'] = 'uvloop'
+        commands.append(([job.interpreter, '-m', 'pytest', '-q',
+                          '-p', 'no:cacheprovider',
+                          *([] if job.tests == 'all' else ['tests/unit'])],
+                         env))
+        for command, env in commands:
+            try:
+                run_logged(command, log, env)
+            except StepFailed as failure:
+                failures.append(failure)
+    return Outcome(job, failures, time.monotonic() - started)
 
 
 def summary(job: Job) -> str:
     """pytest's last line, from the job's log."""
     for line in reversed(job.log.read_text(errors='replace').splitlines()):
-        if ' in ' in line and ('passed' in line or 'failed' in line):
+        if re.search(r'\b(passed|failed|errors?) in ', line):
             return line.strip('= ')
     return 'no test summary'
+
+
+def show(outcome: Outcome) -> None:
+    """What a finished job did; for a failure, the end of its log."""
+    job = outcome.job
+    said = [str(failure) for failure in outcome.failures]
+    if job.log.exists():
+        said.append(summary(job))
+    print("Python %s: %s (%.0f s)" % (job.label, '; '.join(said),
+                                      outcome.seconds), flush=True)
+    for log in dict.fromkeys(failure.log for failure in outcome.failures):
+        print("The end of %s:" % os.path.relpath(log))
+        sys.stdout.write(log.read_text(errors='replace')[-20000:])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -244,21 +282,42 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="test runs at a time (default 2)")
     args = parser.parse_args(argv)
 
+    (WORK).mkdir(parents=True, exist_ok=True)
+    with (WORK / '.lock').open('w') as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("error: another run of tests.pythons is using %s"
+                  % os.path.relpath(WORK))
+            return 1
+        try:
+            return run_all(max(args.jobs, 1))
+        except KeyboardInterrupt:
+            return 130
+
+
+def run_all(jobs_at_a_time: int) -> int:
+    """Find the Pythons, run their jobs and say how they went.
+
+    :return: The exit status: 1 if anything failed.
+    """
     in_ci = os.environ.get('CI') == 'true'
     claimed = claimed_versions()
     running = sys.version_info[:2]
     found = {version: python for version in claimed if version != running
              for python in [find_python(version)] if python}
-    jobs = plan(claimed, found, running, sys.executable)
+    jobs = plan(found, running, sys.executable)
 
     failed = False
+    if running not in claimed:
+        print("note: Python %s, running this, is not claimed in setup.cfg"
+              % name(running))
     for version in claimed:
         if version != running and version not in found:
             print("%s: Python %s (claimed in setup.cfg) not found, on PATH "
                   "or under pyenv; its tests did not run"
                   % ('error' if in_ci else 'note', name(version)))
             failed = failed or in_ci
-    (WORK / 'tmp').mkdir(parents=True, exist_ok=True)  # for --basetemp
     for job in jobs:
         print("Python %s (%s): %s, log in %s" % (
             job.label, job.python,
@@ -269,8 +328,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # Virtual environments are made one at a time (each editable install
     # writes the checkout's egg-info), while the tests run.
-    with concurrent.futures.ThreadPoolExecutor(1) as installer, \
-            concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+    installer = concurrent.futures.ThreadPoolExecutor(1)
+    pool = concurrent.futures.ThreadPoolExecutor(jobs_at_a_time)
+    try:
         runs = []
         for job in jobs:
             if job.running:
@@ -281,13 +341,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ready = installer.submit(prepare, job)
             runs.append(pool.submit(run_job, job, ready))
         for run in concurrent.futures.as_completed(runs):
-            job, failure, seconds = run.result()
-            print("Python %s: %s (%.0f s)" % (
-                job.label, failure or summary(job), seconds), flush=True)
-            if failure:
-                failed = True
-                print("The end of %s:" % os.path.relpath(job.log))
-                sys.stdout.write(job.log.read_text(errors='replace')[-20000:])
+            outcome = run.result()
+            show(outcome)
+            failed = failed or bool(outcome.failures)
+    except BaseException:
+        # Ctrl-C: start nothing more (the commands running got the
+        # terminal's SIGINT too).
+        for executor in (installer, pool):
+            executor.shutdown(wait=False, cancel_futures=True)
+        stopping.set()
+        raise
+    finally:
+        for executor in (installer, pool):
+            executor.shutdown(wait=True)
     return 1 if failed else 0
 
 

@@ -2,6 +2,7 @@
 when one is missing."""
 
 import sys
+import threading
 import configparser
 
 import pytest
@@ -43,6 +44,9 @@ def test_a_pyenv_build_is_found_only_if_it_runs_as_named(
     minor = '%d.%d' % this
     fake_pyenv(tmp_path, minor + '.2', sys.executable)
     newest = fake_pyenv(tmp_path, minor + '.10', '/nonexistent/python')
+    # Runnable, but not releases: a candidate and a free-threaded build.
+    fake_pyenv(tmp_path, minor + '.11rc1', sys.executable)
+    fake_pyenv(tmp_path, minor + '.11t', sys.executable)
     assert pythons.find_python(this) != newest
     assert pythons.find_python(this) == str(
         tmp_path / 'versions' / (minor + '.2') / 'bin' / ('python' + minor))
@@ -60,18 +64,21 @@ def test_a_claimed_python_missing(monkeypatch, capsys, tmp_path, ci, status,
     monkeypatch.setattr(pythons, 'WORK', tmp_path)
     monkeypatch.setattr(pythons, 'claimed_versions', lambda: [(3, 1)])
     monkeypatch.setattr(pythons, 'find_python', lambda version: None)
+    monkeypatch.setattr(pythons, 'plan', lambda *args: [])
     assert pythons.main([]) == status
-    assert said in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert said in out
+    assert 'note: Python %d.%d, running this, is not claimed' \
+        % sys.version_info[:2] in out
 
 
 def test_each_version_gets_its_tests():
     """The oldest and the newest found: mypy and all the tests; those
     between: the unit tests; the running one: the unit tests on uvloop
     too.  The longest runs come first, the running Python's before all."""
-    claimed = [(3, 1), (3, 2), (3, 3), (3, 4), (3, 5), (3, 6)]
     found = {(3, 2): '/py3.2', (3, 4): '/py3.4', (3, 5): '/py3.5'}
     venv = str(pythons.WORK / '%s' / 'bin' / 'python')
-    jobs = pythons.plan(claimed, found, (3, 3), '/venv/python')
+    jobs = pythons.plan(found, (3, 3), '/venv/python')
     assert [(job.label, job.tests, job.interpreter) for job in jobs] == [
         ('3.3', 'unit', '/venv/python'),
         ('3.3-uvloop', 'uvloop', '/venv/python'),
@@ -82,35 +89,95 @@ def test_each_version_gets_its_tests():
 
 
 def test_alone_the_running_python_gets_all_the_tests():
-    """No other Python found: the running one is the oldest and the
-    newest, and runs what ``make test`` runs."""
-    jobs = pythons.plan([(3, 1), (3, 2)], {}, (3, 2), '/venv/python')
+    """No other Python found (or one setup.cfg does not claim, running
+    this): the running one is the oldest and the newest, and runs what
+    ``make test`` runs."""
+    jobs = pythons.plan({}, (3, 2), '/venv/python')
     assert [(job.label, job.tests) for job in jobs] == [
         ('3.2', 'all'), ('3.2-uvloop', 'uvloop')]
 
 
-def test_a_failed_run_fails_and_shows_its_log(
-        monkeypatch, capsys, tmp_path):
-    """Every run's last pytest line is shown; a failed run's log too, and
-    the whole fails."""
+@pytest.fixture
+def fake_runs(monkeypatch, tmp_path):
+    """main() with Pythons 3.1 and the running one, and no real runs."""
     monkeypatch.setattr(pythons, 'WORK', tmp_path)
+    monkeypatch.setattr(pythons, 'stopping', threading.Event())
     monkeypatch.setattr(pythons, 'claimed_versions',
                         lambda: [(3, 1), sys.version_info[:2]])
     monkeypatch.setattr(pythons, 'find_python',
                         lambda version: '/py/%d.%d' % version)
     monkeypatch.setattr(pythons, 'prepare', lambda job: None)
+    return tmp_path
 
+
+def test_a_failed_run_fails_and_shows_its_log(monkeypatch, capsys,
+                                              fake_runs):
+    """Every run's last pytest line is shown; a failed run's log too, and
+    the whole fails."""
     def run_job(job, ready):
         ready.result()
-        failing = job.version == (3, 1)
         job.log.write_text('FAILED tests/unit/test_x.py::test_y\n'
-                           '1 failed, 2 passed in 1.00s\n' if failing else
+                           '1 failed, 2 passed in 1.00s\n'
+                           if job.version == (3, 1) else
                            '3 passed in 1.00s\n')
-        return job, 'pytest exited with status 1' if failing else None, 1.0
+        failures = [pythons.StepFailed('pytest exited with status 1',
+                                       job.log)] \
+            if job.version == (3, 1) else []
+        return pythons.Outcome(job, failures, 1.0)
     monkeypatch.setattr(pythons, 'run_job', run_job)
     assert pythons.main(['--jobs', '1']) == 1
     out = capsys.readouterr().out
-    assert 'Python 3.1: pytest exited with status 1 (1 s)' in out
+    assert 'Python 3.1: pytest exited with status 1; 1 failed, 2 passed ' \
+        'in 1.00s (1 s)' in out
     assert 'FAILED tests/unit/test_x.py::test_y' in out
     assert 'Python %d.%d: 3 passed in 1.00s (1 s)' % sys.version_info[:2] \
         in out
+
+
+def test_a_failed_install_shows_pips_output(monkeypatch, capsys, fake_runs):
+    """A virtual environment that cannot be made fails its run, with the
+    end of what pip said."""
+    def prepare(job):
+        log = fake_runs / 'venv.log'
+        log.write_text('ERROR: No matching distribution found for frob\n')
+        raise pythons.StepFailed('pip install exited with status 1', log)
+    monkeypatch.setattr(pythons, 'prepare', prepare)
+    monkeypatch.setattr(pythons, 'plan', lambda found, running, python: [
+        pythons.Job((3, 1), '/py/3.1', 'unit')])
+    assert pythons.main([]) == 1
+    out = capsys.readouterr().out
+    assert 'Python 3.1: pip install exited with status 1 (0 s)' in out
+    assert 'No matching distribution found for frob' in out
+
+
+def test_ctrl_c_starts_nothing_more(monkeypatch, fake_runs):
+    """After Ctrl-C, the runs waiting never start, no command starts, and
+    the status is 130.  (One run may have been taken by the worker freed
+    by the interrupted one, before the interrupt was seen.)"""
+    started = []
+
+    def run_job(job, ready):
+        started.append(job.label)
+        if len(started) == 1:
+            raise KeyboardInterrupt
+        assert pythons.stopping.wait(10)
+        return pythons.Outcome(job, [], 0.0)
+    monkeypatch.setattr(pythons, 'run_job', run_job)
+    monkeypatch.setattr(pythons, 'plan', lambda found, running, python: [
+        pythons.Job((3, n), '/py', 'unit') for n in range(4)])
+    assert pythons.main(['--jobs', '1']) == 130
+    assert started in (['3.0'], ['3.0', '3.1'])
+    with (fake_runs / 'x.log').open('w') as log:
+        with pytest.raises(pythons.StepFailed, match='interrupted'):
+            pythons.run_logged(['touch', str(fake_runs / 'ran')], log)
+    assert not (fake_runs / 'ran').exists()
+
+
+def test_one_run_at_a_time_in_a_checkout(monkeypatch, capsys, fake_runs):
+    """A second run while one goes on says so, instead of deleting the
+    first one's environments."""
+    import fcntl
+    with (fake_runs / '.lock').open('w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert pythons.main([]) == 1
+    assert 'another run of tests.pythons' in capsys.readouterr().out
