@@ -42,6 +42,9 @@ from typing import IO, Dict, List, NamedTuple, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / 'build' / 'pythons'
 EXTRAS = 'devel,docs,tui'
+# How prepare() makes an environment: change it when that changes, and
+# environments made the old way are made again.
+RECIPE = 'uv venv --seed; uv pip install -e .[%s]' % EXTRAS
 # As ``make test`` runs them: asyncio's debug mode, warnings shown (and
 # made errors by pyproject.toml).
 TEST_ENV = {'PYTHONASYNCIODEBUG': '1', 'PYTHONDEVMODE': '1'}
@@ -184,7 +187,7 @@ def run_logged(command: List[str], log: IO[str],
 def install_fingerprint(python: str) -> str:
     """What a virtual environment is made from: when it changes, the
     environment is made again."""
-    digest = hashlib.sha256(python.encode())
+    digest = hashlib.sha256((python + RECIPE).encode())
     for file in ('setup.cfg', 'pyproject.toml'):
         digest.update((ROOT / file).read_bytes())
     return digest.hexdigest()
@@ -211,7 +214,9 @@ def prepare(job: Job) -> None:
     uv = uv_binary()
     with (WORK / (name(job.version) + '-venv.log')).open('w') as log:
         for command in (
-                [uv, 'venv', '-q', '--python', job.python, str(job.venv)],
+                # --seed: pip too, as in any venv (a test runs it).
+                [uv, 'venv', '-q', '--seed', '--python', job.python,
+                 str(job.venv)],
                 [uv, 'pip', 'install', '-q', '--python', job.interpreter,
                  '-e', '.[%s]' % EXTRAS]):
             run_logged(command, log)
