@@ -50,6 +50,11 @@ UVLOOP_SCENARIOS = [
     ('events', 'uvloop: events through a listener'),
     ('cycles', 'uvloop: connect + negotiate + disconnect'),
 ]
+# fleet.py: many idle sessions in one process (fleet_server.py).
+FLEET_SIZES = [1000, 10000]
+FLEET_KEYS = ['rss_per_session', 'connect', 'cmd_cpu_us', 'cmds_per_s',
+              'event_cpu_us', 'events_per_s']
+FLEET_REPS = 3
 QEMU_SCENARIOS = [
     ('qemu-sequential', 'real QEMU: sequential query-status'),
     ('qemu-concurrent', 'real QEMU: 64 concurrent query-status'),
@@ -126,8 +131,8 @@ def run_script(python, env, script, scenario, address):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def start_server(path):
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, 'server.py'),
+def start_server(path, script='server.py'):
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, script),
                              path], stdout=subprocess.PIPE, text=True,
                             preexec_fn=pin(SERVER_CORES))
     assert proc.stdout is not None
@@ -176,6 +181,17 @@ def summarize(name, label, runs):
     return row
 
 
+def interleaved(libs, reps, run):
+    """``run(python, env)`` ``reps`` times per library, alternating
+    libraries, each rep in environments of its own size: the results per
+    library."""
+    runs = {lib: [] for lib, _, _ in libs}
+    for rep in range(reps):
+        for lib, python, env in libs:
+            runs[lib].append(run(python, padded(env, rep, reps)))
+    return runs
+
+
 def measure(reps):
     rows = []
     libs = interpreters()
@@ -184,12 +200,8 @@ def measure(reps):
         server = start_server(path)
         try:
             for name, label in SCENARIOS:
-                runs = {lib: [] for lib, _, _ in libs}
-                for rep in range(reps):
-                    for lib, python, env in libs:
-                        runs[lib].append(
-                            run_script(python, padded(env, rep, reps),
-                                       'workload.py', name, path))
+                runs = interleaved(libs, reps, lambda python, env: run_script(
+                    python, env, 'workload.py', name, path))
                 rows.append(summarize(name, label, runs))
                 print(format_row(rows[-1]), flush=True)
             for name, label in UVLOOP_SCENARIOS:
@@ -231,6 +243,41 @@ def measure(reps):
     imports = {lib: import_time(python, env, max(reps, 5))
                for lib, python, env in libs}
     return rows, floor, imports
+
+
+def measure_fleet(reps):
+    """fleet.py's figures at each of FLEET_SIZES, medians per library."""
+    rows = []
+    libs = interpreters()
+    with tempfile.TemporaryDirectory(prefix='qmp-bench-') as tmp:
+        path = os.path.join(tmp, 'fleet.sock')
+        server = start_server(path, 'fleet_server.py')
+        try:
+            for size in FLEET_SIZES:
+                runs = interleaved(libs, reps, lambda python, env: run_script(
+                    python, env, 'fleet.py', str(size), path))
+                row = {'sessions': size}
+                for lib, results in runs.items():
+                    row[lib] = {key: median(results, key)
+                                for key in FLEET_KEYS}
+                rows.append(row)
+                print(format_fleet_row(row), flush=True)
+        finally:
+            server.kill()
+            server.wait()
+    return rows
+
+
+def format_fleet_row(row):
+    ref, ours = row['reference'], row['checkout']
+    return (f"{row['sessions']:,} sessions: RSS/session "
+            f"{ref['rss_per_session'] / 1024:.1f} "
+            f"{ours['rss_per_session'] / 1024:.1f} KB, "
+            f"connect {ref['connect']:.1f} {ours['connect']:.1f} s, "
+            f"command {ref['cmd_cpu_us']:.0f} {ours['cmd_cpu_us']:.0f} us "
+            f"({ours['cmds_per_s'] / ref['cmds_per_s']:.2f}x/s), "
+            f"event {ref['event_cpu_us']:.0f} {ours['event_cpu_us']:.0f} us "
+            f"({ours['events_per_s'] / ref['events_per_s']:.2f}x/s)")
 
 
 def format_row(row):
@@ -307,6 +354,35 @@ def report(rows, floor, imports, reps):
     return '\n'.join(lines)
 
 
+def fleet_report(rows):
+    lines = [
+        'Many sessions in one process', '----------------------------', '',
+        'One process holds N idle sessions (``bench/fleet.py``) against '
+        '``bench/fleet_server.py``; then one ``query-status`` on every '
+        'session at once, and one event to every session, five rounds '
+        'each.  Reference / checkout; CPU is the client\'s per command or '
+        'event.', '',
+        '.. list-table::', '   :header-rows: 1', '',
+        '   * - sessions', '     - RSS per idle session',
+        '     - time to connect all', '     - CPU per command',
+        '     - commands/s ratio', '     - CPU per event',
+        '     - events/s ratio',
+    ]
+    for row in rows:
+        ref, ours = row['reference'], row['checkout']
+        lines += [
+            f"   * - {row['sessions']:,}",
+            f"     - {ref['rss_per_session'] / 1024:.1f} / "
+            f"{ours['rss_per_session'] / 1024:.1f} KB",
+            f"     - {ref['connect']:.1f} / {ours['connect']:.1f} s",
+            f"     - {ref['cmd_cpu_us']:.0f} / {ours['cmd_cpu_us']:.0f} us",
+            f"     - {ours['cmds_per_s'] / ref['cmds_per_s']:.2f}x",
+            f"     - {ref['event_cpu_us']:.0f} / "
+            f"{ours['event_cpu_us']:.0f} us",
+            f"     - {ours['events_per_s'] / ref['events_per_s']:.2f}x"]
+    return '\n'.join(lines + [''])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--reps', type=int, default=5)
@@ -320,12 +396,14 @@ def main():
                     os.path.join(ROOT, 'qemu')], check=True)
     print(f"{'scenario':<44} {'reference':>9} {'checkout':>9}")
     rows, floor, imports = measure(args.reps)
+    fleet = measure_fleet(min(args.reps, FLEET_REPS))
     print(f"import qemu.qmp: reference {imports['reference'] * 1000:.1f} ms,"
           f" checkout {imports['checkout'] * 1000:.1f} ms")
     print(f"floor: pipelined {floor['pipelined']:.1f} us/op, events "
           f"{floor['events']:.1f} us/event")
     with open(args.output, 'w') as out:
-        out.write(report(rows, floor, imports, args.reps))
+        out.write(report(rows, floor, imports, args.reps)
+                  + fleet_report(fleet))
     print(f"written to {args.output}")
 
 

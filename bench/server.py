@@ -47,6 +47,22 @@ def answer(msg):
     return b'{"return": {}, "id": %s}\r\n' % exec_id
 
 
+def split_messages(buf):
+    """The whole JSON messages at the start of ``buf``, and the rest."""
+    pos, end, messages = 0, len(buf), []
+    while True:
+        while pos < end and buf[pos] in ' \t\r\n':
+            pos += 1
+        if pos == end:
+            break
+        try:
+            msg, pos = _decode(buf, pos)
+        except ValueError:
+            break
+        messages.append(msg)
+    return messages, buf[pos:]
+
+
 def serve(conn):
     with conn:
         conn.sendall(GREETING)
@@ -55,19 +71,8 @@ def serve(conn):
             data = conn.recv(262144)
             if not data:
                 return
-            buf += data.decode()
-            pos, end, out = 0, len(buf), []
-            while True:
-                while pos < end and buf[pos] in ' \t\r\n':
-                    pos += 1
-                if pos == end:
-                    break
-                try:
-                    msg, pos = _decode(buf, pos)
-                except ValueError:
-                    break
-                out.append(answer(msg))
-            buf = buf[pos:]
+            messages, buf = split_messages(buf + data.decode())
+            out = [answer(msg) for msg in messages]
             if out:
                 try:
                     conn.sendall(b''.join(out))
@@ -75,12 +80,18 @@ def serve(conn):
                     return
 
 
-def main(path):
+def listen(path, backlog):
+    """A UNIX socket listening at ``path`` (made anew)."""
     if os.path.exists(path):
         os.unlink(path)
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(path)
-    listener.listen(16)
+    listener.listen(backlog)
+    return listener
+
+
+def main(path):
+    listener = listen(path, 16)
     print('ready', flush=True)
     while True:
         conn, _ = listener.accept()
