@@ -195,8 +195,9 @@ class LineBuffer:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._lines: Deque[Optional[bytes]] = deque()
-        # What is known of each over-long line, in the order of the Nones.
-        self._too_long: Deque[_TooLong] = deque()
+        # What is known of each over-long line, in the order of the Nones
+        # (a list: rare, and a session holds thousands of bytes less).
+        self._too_long: List[_TooLong] = []
         self._tail: List[bytes] = []
         self._tail_len = 0
         # Inside an over-long line: drop bytes up to its newline, counting
@@ -285,7 +286,7 @@ class LineBuffer:
 
     def too_long(self) -> MessageTooLongError:
         """The error for the over-long line whose `None` was just taken."""
-        info = self._too_long.popleft()
+        info = self._too_long.pop(0)
         return MessageTooLongError(self.limit, info.size, info.tail)
 
     def next_line(self) -> Optional[bytes]:

@@ -26,7 +26,6 @@ from asyncio import get_running_loop
 import inspect
 import logging
 import socket
-from collections import deque
 from contextlib import asynccontextmanager
 from enum import Enum
 from functools import wraps
@@ -36,7 +35,6 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Deque,
     Dict,
     FrozenSet,
     Generic,
@@ -339,10 +337,11 @@ class AsyncProtocol(Generic[T]):
         # Every change, numbered, for runstate_changed(): the newest
         # ones, each task's position in them, and who waits for the next.
         self._runstate_count = 0
-        self._runstate_history: Deque[Tuple[int, Runstate]] = deque(
-            maxlen=_RUNSTATE_HISTORY)
-        self._runstate_seen: WeakKeyDictionary[
-            'asyncio.Task[Any]', int] = WeakKeyDictionary()
+        # (A list and a dictionary made when first needed: thousands of
+        # sessions in one process each hold about a kilobyte less.)
+        self._runstate_history: List[Tuple[int, Runstate]] = []
+        self._runstate_seen: Optional[WeakKeyDictionary[
+            'asyncio.Task[Any]', int]] = None
         self._runstate_waiters: List[asyncio.Future[None]] = []
 
         # Everything of the current session, made anew by each
@@ -473,7 +472,10 @@ class AsyncProtocol(Generic[T]):
         """
         _check_loop(self)
         task = asyncio.current_task()
-        seen = self._runstate_seen.get(task, self._runstate_count) \
+        seen_by_task = self._runstate_seen
+        if seen_by_task is None:
+            seen_by_task = self._runstate_seen = WeakKeyDictionary()
+        seen = seen_by_task.get(task, self._runstate_count) \
             if task is not None else self._runstate_count
         while seen >= self._runstate_count:
             waiter = asyncio.get_running_loop().create_future()
@@ -484,7 +486,7 @@ class AsyncProtocol(Generic[T]):
         # `seen`, or the oldest kept.
         number, state = history[max(0, seen + 1 - history[0][0])]
         if task is not None:
-            self._runstate_seen[task] = number
+            seen_by_task[task] = number
         return state
 
     @upper_half
@@ -678,7 +680,10 @@ class AsyncProtocol(Generic[T]):
         self.logger.debug("= runstate %s", state.name)
         self._runstate = state
         self._runstate_count += 1
-        self._runstate_history.append((self._runstate_count, state))
+        history = self._runstate_history
+        history.append((self._runstate_count, state))
+        if len(history) > _RUNSTATE_HISTORY:
+            del history[0]
         waiters, self._runstate_waiters = self._runstate_waiters, []
         for waiter in waiters:
             if not waiter.done():  # a waiter may have been cancelled
