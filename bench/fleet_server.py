@@ -3,19 +3,15 @@ A stand-in QMP server for thousands of sessions at once:
 ``python fleet_server.py SOCKET``.
 
 One thread and epoll (server.py's thread per client would cost the
-machine more than the client under test).  It greets, negotiates and
-answers ``query-status``; ``broadcast`` sends one event to every
-connection, then replies.  Prints ``ready`` once listening.
+machine more than the client under test).  It greets, and answers as
+server.py's ``answer`` does; ``broadcast`` first sends one event to every
+connection.  Prints ``ready`` once listening.
 """
 
-import json
 import selectors
 import sys
 
-from server import EVENT, GREETING, STATUS, listen, split_messages
-
-EMPTY = b'{"return": {}, "id": %s}\r\n'
-_encode = json.JSONEncoder(separators=(',', ':')).encode
+from server import EVENT, GREETING, answer, listen, split_messages
 
 
 def main(path):
@@ -65,17 +61,12 @@ def main(path):
                                                      + data.decode())
             out = []
             for msg in messages:
-                exec_id = _encode(msg.get('id')).encode()
-                name = msg.get('execute')
-                if name == 'query-status':
-                    out.append(STATUS % exec_id)
-                elif name == 'broadcast':
+                if msg.get('execute') == 'broadcast':
                     for other in list(buffers):
                         if other is not conn:
                             send(other, EVENT)
-                    out.append(EVENT + EMPTY % exec_id)
-                else:
-                    out.append(EMPTY % exec_id)
+                    out.append(EVENT)
+                out.append(answer(msg))  # broadcast's is an empty return
             if out:
                 send(conn, b''.join(out))
 
