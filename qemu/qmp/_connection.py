@@ -15,13 +15,66 @@ from __future__ import annotations
 import asyncio
 import socket
 from ssl import SSLContext
-from typing import Any, Generic, List, Optional, TypeVar
+from typing import Any, Callable, Generic, List, Optional, TypeVar
 
 from ._sockets import Streams
 from .codec import LineBuffer
 
 
 T = TypeVar('T')
+
+
+class Outbox(Generic[T]):
+    """
+    Messages waiting to be written, in order, and the flush that writes
+    them.
+
+    The first message put in an empty outbox schedules ``flush(outbox)``
+    for the next event loop iteration; everything put meanwhile goes out
+    in the same write.  An idle session so costs a list, not a queue and a
+    writer task waiting on it (thousands of sessions in one process).
+
+    It answers the part of `asyncio.Queue` that the reference library's
+    subclasses use on ``_outgoing``: `put`, `put_nowait`, `empty`,
+    `qsize`.
+
+    :param flush: Called with this outbox, soon after a message arrives.
+    """
+
+    __slots__ = ('_messages', '_flush', 'flush_scheduled', 'paused')
+
+    def __init__(self, flush: Callable[['Outbox[T]'], None]) -> None:
+        self._messages: List[T] = []
+        self._flush = flush
+        #: A flush is due in the event loop.
+        self.flush_scheduled = False
+        #: The transport takes no more for now; a task waits until it
+        #: does, then flushes (`AsyncProtocol._bh_send_message`).
+        self.paused = False
+
+    def put_nowait(self, msg: T) -> None:
+        """Queue ``msg``; it is written in the next loop iteration."""
+        self._messages.append(msg)
+        if not (self.flush_scheduled or self.paused):
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, self)
+
+    async def put(self, msg: T) -> None:
+        """Queue ``msg`` (an outbox is never full)."""
+        self.put_nowait(msg)
+
+    def empty(self) -> bool:
+        """Whether nothing waits to be written."""
+        return not self._messages
+
+    def qsize(self) -> int:
+        """How many messages wait to be written."""
+        return len(self._messages)
+
+    def take(self) -> List[T]:
+        """Everything waiting, oldest first; the outbox is then empty."""
+        messages, self._messages = self._messages, []
+        return messages
 
 
 class Connection(Generic[T]):
@@ -31,8 +84,7 @@ class Connection(Generic[T]):
     :param address: Where it connects or listens (`None` for the blank
         one of an idle object).
     :param readbuflen: The longest line accepted.
-    :param outgoing: The writer task's queue; a blank connection has
-        none (it is made in the event loop that runs the session).
+    :param flush: What writes the outbox (see `Outbox`).
     """
 
     __slots__ = ('address', 'connect_note', 'outgoing', 'lines', 'reader',
@@ -42,14 +94,13 @@ class Connection(Generic[T]):
                  'errors', 'protocol_state', '__weakref__')
 
     def __init__(self, address: object, readbuflen: int,
-                 outgoing: Optional[asyncio.Queue[T]] = None) -> None:
+                 flush: Callable[[Outbox[T]], None]) -> None:
         #: Where the session connects or listens, for error messages.
         self.address = address
         #: How the connection was tried, for the error when it failed.
         self.connect_note = ''
-        if outgoing is not None:
-            #: Messages waiting for the writer task.
-            self.outgoing: asyncio.Queue[T] = outgoing
+        #: Messages waiting to be written.
+        self.outgoing: Outbox[T] = Outbox(flush)
         #: The stream's one line buffer: every reader of it goes through
         #: it, so no byte is read twice or lost.
         self.lines = LineBuffer(readbuflen)
@@ -64,8 +115,9 @@ class Connection(Generic[T]):
         #: _do_accept's wait for the peer, while it waits.
         self.accept_task: Optional[asyncio.Future[Streams]] = None
         self.reader_task: Optional[asyncio.Task[None]] = None
+        #: Only while the transport takes no more: the wait until it does.
         self.writer_task: Optional[asyncio.Task[None]] = None
-        #: While the writer task sends a batch, _write() collects here.
+        #: While a flush sends a batch, _write() collects here.
         self.write_batch: Optional[List[bytes]] = None
         #: The teardown, in a task of its own so that one started by the
         #: reader or writer can wait for both to exit.

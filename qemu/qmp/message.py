@@ -256,7 +256,7 @@ class Message(MutableMapping[str, Any]):
         Make a message from ``obj`` and encode it now, once.
 
         Used for messages the library sends: encoding errors reach the
-        caller, and the writer task only copies bytes.
+        caller, and the flush only copies bytes.
 
         :raise SerializationError: ``obj`` cannot be encoded.
         """

@@ -3,9 +3,11 @@ Generic asynchronous message protocol: the runstate machine and the tasks.
 
 `AsyncProtocol` runs one session at a time over a byte stream.  Its caller
 facing half (the *upper half*) connects, listens and disconnects; its *bottom
-half* is two tasks, a reader and a writer, plus a disconnect task that tears
-a session down.  A subclass says what a message is by implementing
-`_do_recv` and `_do_send`, and reacts to messages in `_on_message`.
+half* is a reader task, a flush of the outgoing messages that the event
+loop calls (with a task only while the peer is slow to read), and a
+disconnect task that tears a session down.  A subclass says what a message
+is by implementing `_do_recv` and `_do_send`, and reacts to messages in
+`_on_message`.
 
 Every session walks the same states:
 
@@ -50,7 +52,7 @@ from weakref import WeakKeyDictionary
 from . import _sockets
 from ._sockets import SocketAddrT as _SocketAddrT
 from .error import QMPError
-from ._connection import Connection
+from ._connection import Connection, Outbox
 from .util import Backoff, bottom_half, exception_summary, upper_half
 
 
@@ -346,7 +348,7 @@ class AsyncProtocol(Generic[T]):
 
         # Everything of the current session, made anew by each
         # connection attempt (see _connection.Connection).
-        self._conn: Connection[T] = Connection(None, readbuflen)
+        self._conn: Connection[T] = self._blank_connection()
         # The event loop the session runs in, from the first connection
         # attempt until it is over for good (past any reconnection): its
         # tasks and futures are that loop's, and die with it.
@@ -376,7 +378,7 @@ class AsyncProtocol(Generic[T]):
         self._conn.writer = writer
 
     @property
-    def _outgoing(self) -> 'asyncio.Queue[T]':
+    def _outgoing(self) -> Outbox[T]:
         return self._conn.outgoing
 
     @property
@@ -616,10 +618,14 @@ class AsyncProtocol(Generic[T]):
     # Upper half: session set-up and tear-down
     # ------------------------------------------------------------------
 
+    def _blank_connection(self) -> Connection[T]:
+        """What stands for the connection while there is none."""
+        return Connection(None, self.readbuflen, self._bh_flush)
+
     def _begin_session(self, address: object) -> None:
         """Make the connection's state anew and enter `CONNECTING`."""
         loop = self._session_loop = asyncio.get_running_loop()
-        self._conn = Connection(address, self.readbuflen, asyncio.Queue())
+        self._conn = Connection(address, self.readbuflen, self._bh_flush)
         self._set_state(Runstate.CONNECTING)
         over = self._session_over
         if over is None or over.done() or over.get_loop() is not loop:
@@ -735,7 +741,7 @@ class AsyncProtocol(Generic[T]):
         if self._conn is not conn:
             return  # another caller finished this disconnect first
         # The connection is dropped whole; a blank one stands in.
-        self._conn = Connection(None, self.readbuflen)
+        self._conn = self._blank_connection()
         if not self._will_reconnect():
             self._session_loop = None
         self._set_state(Runstate.IDLE)
@@ -776,7 +782,7 @@ class AsyncProtocol(Generic[T]):
         if over is not None and over.get_loop() is ended:
             self._session_over = None
         self._set_state(Runstate.DISCONNECTING)
-        self._conn = Connection(None, self.readbuflen)
+        self._conn = self._blank_connection()
         self._set_state(Runstate.IDLE)
 
     # ------------------------------------------------------------------
@@ -887,7 +893,7 @@ class AsyncProtocol(Generic[T]):
     @upper_half
     async def _establish_session(self) -> None:
         """
-        Start the reader and writer tasks; the session is then `RUNNING`.
+        Start the reader task; the session is then `RUNNING`.
 
         Subclasses do their own handshakes first, then call this.
 
@@ -899,10 +905,8 @@ class AsyncProtocol(Generic[T]):
         conn = self._conn
         conn.reader_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_recv_message, 'Reader'))
-        conn.writer_task = asyncio.create_task(
-            self._bh_loop_forever(self._bh_send_message, 'Writer'))
         self._set_state(Runstate.RUNNING)
-        # Let both tasks start: once connect() returns, the reader is
+        # Let the task start: once connect() returns, the reader is
         # already waiting for input.
         await asyncio.sleep(0)
 
@@ -932,16 +936,22 @@ class AsyncProtocol(Generic[T]):
                 # may start now, but the connection can still be closed.
                 conn.writer.close()
         except Exception as err:  # pylint: disable=broad-except
-            if self._bh_logged_already(err):
-                pass
-            elif isinstance(err, EOFError):
-                self.logger.info("Task.%s: the peer closed the connection.",
-                                 name)
-            else:
-                self.logger.error("Task.%s: %s", name,
-                                  exception_summary(err))
-            self._conn.errors.append(err)
-            self._schedule_disconnect()
+            self._bh_failed(err, name)
+
+    def _bh_failed(self, err: Exception, name: str) -> None:
+        """
+        Record ``err``, which ended the bottom half's ``name`` part, for
+        `disconnect()` to raise, and start the disconnect.
+        """
+        if self._bh_logged_already(err):
+            pass
+        elif isinstance(err, EOFError):
+            self.logger.info("Task.%s: the peer closed the connection.",
+                             name)
+        else:
+            self.logger.error("Task.%s: %s", name, exception_summary(err))
+        self._conn.errors.append(err)
+        self._schedule_disconnect()
 
     def _bh_logged_already(self, err: Exception) -> bool:
         """
@@ -959,36 +969,77 @@ class AsyncProtocol(Generic[T]):
         await self._on_message(msg)
 
     @bottom_half
-    async def _bh_send_message(self) -> None:
+    def _bh_flush(self, outbox: Outbox[T]) -> None:
         """
-        Wait for outgoing messages and send them in one write.
+        Write everything in ``outbox`` in one write (called by the event
+        loop, soon after the first message arrived in it).
 
-        Everything queued by the time the first message is taken goes out
-        in the same batch: one system call for many messages.
+        Everything queued meanwhile goes out in the same batch: one system
+        call for many messages, and no task while nothing is sent.  When
+        the transport's buffer is full afterwards (the peer reads slowly),
+        a task waits until it drains, and the outbox waits with it.
         """
+        outbox.flush_scheduled = False
         conn = self._conn
-        outgoing = conn.outgoing
-        msg = await outgoing.get()
+        if outbox is not conn.outgoing:
+            return  # the connection it was for is gone
+        try:
+            self._bh_write(outbox.take())
+        except Exception as err:  # pylint: disable=broad-except
+            self._bh_failed(err, 'Writer')
+            return
+        if conn.writer is not None and _transport_full(conn.writer):
+            outbox.paused = True
+            conn.writer_task = asyncio.create_task(self._bh_drain_task())
+
+    def _bh_write(self, messages: List[T]) -> None:
+        """Send ``messages`` in one write."""
+        conn = self._conn
         batch: List[bytes] = []
         conn.write_batch = batch
         # What _send() does, without a coroutine (or a drain) per message.
         cb_outbound, do_send = self._cb_outbound, self._do_send
         try:
-            do_send(cb_outbound(msg))
-            while not outgoing.empty():
-                do_send(cb_outbound(outgoing.get_nowait()))
+            for msg in messages:
+                do_send(cb_outbound(msg))
         finally:
             conn.write_batch = None
             if batch:
                 assert conn.writer is not None
                 conn.writer.write(b''.join(batch))
-        if conn.writer is not None:  # a subclass may fake the session
-            await conn.writer.drain()
+
+    @bottom_half
+    async def _bh_drain_task(self) -> None:
+        """`_bh_send_message`, with a failure ending the session."""
+        try:
+            await self._bh_send_message()
+        except Exception as err:  # pylint: disable=broad-except
+            self._bh_failed(err, 'Writer')
+
+    @bottom_half
+    async def _bh_send_message(self) -> None:
+        """
+        Wait until the transport takes more, then write what waits, until
+        its buffer is below its limit again.
+        """
+        conn = self._conn
+        writer, outbox = conn.writer, conn.outgoing
+        assert writer is not None
+        try:
+            while True:
+                await writer.drain()
+                self._bh_write(outbox.take())
+                if not _transport_full(writer):
+                    break
+        finally:
+            outbox.paused = False
+            conn.writer_task = None
 
     @bottom_half
     async def _bh_disconnect(self) -> None:
         """
-        Stop the reader and writer, close the stream and the listener.
+        Stop the reader (and a writer waiting for the transport), close
+        the stream and the listener.
 
         Runs in `_dc_task`, so it may wait on the other tasks.
         """
@@ -1052,7 +1103,7 @@ class AsyncProtocol(Generic[T]):
         """
         Write bytes to the stream (for `_do_send` implementations).
 
-        Inside the writer task the bytes join the current batch.
+        During a flush the bytes join the current batch.
         """
         conn = self._conn
         batch = conn.write_batch
@@ -1126,8 +1177,8 @@ class AsyncProtocol(Generic[T]):
         """
         Send a message during the session, in order.
 
-        It goes through the writer task, which sends everything queued in
-        one event loop iteration in one write.  A caller that knows no
+        It goes through the outbox, which sends everything queued in one
+        event loop iteration in one write.  A caller that knows no
         other message is on its way (``alone``) has it written at once
         instead, if nothing is queued ahead of it: one task switch less.
 
@@ -1137,7 +1188,7 @@ class AsyncProtocol(Generic[T]):
             when written at once).
         """
         outgoing = self._conn.outgoing
-        if alone and outgoing.empty():
+        if alone and outgoing.empty() and not outgoing.paused:
             self._do_send(self._cb_outbound(msg))
         else:
             outgoing.put_nowait(msg)
@@ -1151,3 +1202,15 @@ class AsyncProtocol(Generic[T]):
 
         :param msg: The incoming message, already logged/filtered.
         """
+
+
+def _transport_full(writer: asyncio.StreamWriter) -> bool:
+    """Whether ``writer``'s buffer is past its limit: writing more only
+    makes it grow, until the peer reads."""
+    transport = writer.transport
+    try:
+        size = transport.get_write_buffer_size()
+    except AttributeError:
+        # Python 3.9's TLS transport, once its connection is lost.
+        return False
+    return size > transport.get_write_buffer_limits()[1]

@@ -248,7 +248,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     @upper_half
     async def _establish_session(self) -> None:
         """
-        Await the greeting and negotiate, then start the reader and writer.
+        Await the greeting and negotiate, then start the reader.
 
         :raise GreetingError: The greeting did not arrive or was not valid.
         :raise NegotiationError: The server refused ``qmp_capabilities``.

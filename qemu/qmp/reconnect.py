@@ -240,7 +240,7 @@ class ReconnectingProtocol(AsyncProtocol[T]):
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:
         """
-        Hook: a lost session is back (reader and writer running).
+        Hook: a lost session is back (its reader running).
 
         :param reason: Why it was lost.
         :param attempts: How many connections it took.

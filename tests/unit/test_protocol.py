@@ -28,6 +28,7 @@ from qemu.qmp.util import Backoff
 from qemu.qmp.testing import ServerThread
 from tests.helpers import (
     assert_no_tasks_left,
+    client_tasks,
     free_port,
     started,
     wait_for_state,
@@ -661,3 +662,94 @@ def test_a_loop_closed_without_asyncio_run():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == 'IDLE\n'
+
+
+class FailingSend(LineProtocol):
+    """Sending b'boom\\n' fails, as an unencodable message would."""
+
+    def _do_send(self, msg):
+        if msg == b'boom\n':
+            raise ValueError("cannot send this")
+        super()._do_send(msg)
+
+
+async def test_idle_session_runs_no_writer_task(sock_path):
+    """An idle session has one task, its reader: nothing waits to write
+    until there is something to write (many sessions in one process)."""
+    server, client = await pair(sock_path)
+    tasks = client_tasks()
+    assert len(tasks) == 2, tasks  # one reader each
+    client.send(b'ping\n')
+    assert await server.inbox.get() == b'ping\n'
+    assert len(client_tasks()) == 2
+    await close_both(client, server)
+
+
+async def test_messages_sent_before_disconnect_go_out(sock_path):
+    """What was sent before disconnect() is written before the close."""
+    server, client = await pair(sock_path)
+    for i in range(3):
+        client.send(b'bye %d\n' % i)
+    await client.disconnect()
+    for i in range(3):
+        assert await server.inbox.get() == b'bye %d\n' % i
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+    assert_no_tasks_left()
+
+
+async def test_failed_send_ends_session(sock_path):
+    """A message that cannot be sent ends the session; disconnect()
+    raises why, and what was queued before it went out."""
+    server = LineProtocol('server')
+    client = FailingSend('client')
+    await server.start_server(sock_path)
+    accepting = asyncio.create_task(server.accept())
+    await client.connect(sock_path)
+    await accepting
+    client.send(b'first\n')
+    client.send(b'boom\n')
+    await wait_for_state(client, Runstate.DISCONNECTING)
+    with pytest.raises(ValueError, match="cannot send this"):
+        await client.disconnect()
+    assert await server.inbox.get() == b'first\n'
+    await wait_for_state(server, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await server.disconnect()
+    assert_no_tasks_left()
+
+
+async def test_peer_that_stops_reading_holds_messages_back(sock_path):
+    """When the peer stops reading, messages wait in the outbox, not in
+    an ever-growing transport buffer; once it reads again, everything
+    arrives, in order, and no task is left waiting."""
+    server, client = await pair(sock_path)
+    server.readbuflen = 4096
+    transport = client._writer.transport
+    transport.set_write_buffer_limits(high=4096)
+    server._writer.transport.pause_reading()
+    line = b'x' * 1000 + b'\n'
+    sent = 0
+    while not client._outgoing.paused:
+        client.send(b'%06d' % sent + line)
+        sent += 1
+        await asyncio.sleep(0)  # let the outbox flush
+        assert sent < 100_000, "the transport never filled up"
+    buffered = transport.get_write_buffer_size()
+    for _ in range(100):
+        client.send(b'%06d' % sent + line)
+        sent += 1
+    await asyncio.sleep(0)
+    assert client._outgoing.qsize() == 100
+    assert transport.get_write_buffer_size() == buffered
+
+    server._writer.transport.resume_reading()
+    for i in range(sent):
+        assert await server.inbox.get() == b'%06d' % i + line
+    draining = client._conn.writer_task
+    if draining is not None:
+        await draining
+    assert not client._outgoing.paused
+    assert len(client_tasks()) == 2
+    await close_both(client, server)
