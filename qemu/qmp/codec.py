@@ -34,8 +34,7 @@ b'{"execute":"query-status"}\\n'
 from __future__ import annotations
 
 import json
-from collections import deque
-from typing import Deque, List, Mapping, NamedTuple, Optional, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Tuple, cast
 
 from .error import ProtocolError
 from .message import Message
@@ -64,6 +63,10 @@ _TAIL_KEPT = 512
 # one is taken for an endless stream, and reported without waiting for
 # its end.
 _SKIP_FACTOR = 16
+
+# How many lines a reader that falls behind may have taken before they
+# are dropped from the front of the buffer.
+_COMPACT_AFTER = 1024
 
 
 class _TooLong(NamedTuple):
@@ -179,22 +182,25 @@ class LineBuffer:
     b'{"b": 2}'
 
     Strategy: each chunk is split in one pass with `bytes.split`; complete
-    lines wait in a deque, and an unfinished tail is kept as a list of
-    pieces, so a long line arriving in many chunks is joined once, not
-    re-copied on every chunk.  Lengths are only checked for chunks that
-    could break the limit.  A line over the limit is dropped as it arrives
-    (memory stays bounded: only its length and last bytes are kept) and
-    leaves `None` in its place in the deque once it ends, so that
-    `next_line` raises in stream order, then goes on with the next line.
-    A line that goes on past 16 times the limit is reported
-    without waiting for its end.
+    lines wait in the list the split made, read from an index (an idle
+    stream holds an empty list, not a deque); an unfinished tail is kept
+    as a list of pieces, so a long line arriving in many chunks is joined
+    once, not re-copied on every chunk.  Lengths are only checked for
+    chunks that could break the limit.  A line over the limit is dropped
+    as it arrives (memory stays bounded: only its length and last bytes
+    are kept) and leaves `None` in its place in the list once it ends, so
+    that `next_line` raises in stream order, then goes on with the next
+    line.  A line that goes on past 16 times the limit is reported without
+    waiting for its end.
 
     :param limit: The longest line accepted, newline included.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lines: Deque[Optional[bytes]] = deque()
+        # Complete lines; those before index _taken were returned.
+        self._lines: List[Optional[bytes]] = []
+        self._taken = 0
         # What is known of each over-long line, in the order of the Nones
         # (a list: rare, and a session holds thousands of bytes less).
         self._too_long: List[_TooLong] = []
@@ -244,8 +250,12 @@ class LineBuffer:
                     self._report(len(line) + 1, line[-_TAIL_KEPT:])
                 else:
                     self._lines.append(line)
-        else:
+        elif self._lines:
             self._lines.extend(lines)
+        else:
+            # All taken (the usual case): the split's own list becomes the
+            # buffer, with no copy.
+            self._lines = cast(List[Optional[bytes]], lines)
         self._tail_len = len(rest)
         if rest:
             self._tail.append(rest)
@@ -297,9 +307,22 @@ class LineBuffer:
         :raise MessageTooLongError: The next line was over the limit; it
             is gone, and the call after this one returns the line after.
         """
-        if not self._lines:
+        # Invariant: lines not all taken, or the list empty and _taken 0.
+        lines = self._lines
+        taken = self._taken
+        if taken == len(lines):
             return None
-        line = self._lines.popleft()
+        line = lines[taken]
+        taken += 1
+        if taken == len(lines):
+            lines.clear()
+            taken = 0
+        elif taken >= _COMPACT_AFTER:
+            # A reader that keeps falling behind: drop what it took, or
+            # the list would only grow.
+            del lines[:taken]
+            taken = 0
+        self._taken = taken
         if line is None:
             raise self.too_long()
         return line
@@ -354,8 +377,6 @@ class Codec:
     def __init__(self, limit: int = DEFAULT_LIMIT,
                  framing: Optional[LineBuffer] = None) -> None:
         self._framing = LineBuffer(limit) if framing is None else framing
-        # The same deque LineBuffer fills; read directly on the hot path.
-        self._lines = self._framing._lines
         self._at_eof = False
         self._tail_taken = False
 
@@ -386,11 +407,11 @@ class Codec:
         :raise TruncatedMessageError: The stream ended inside a message.
         :raise EOFError: The stream ended and every message was returned.
         """
-        lines = self._lines
-        while lines:
-            line = lines.popleft()
+        next_line = self._framing.next_line
+        while True:
+            line = next_line()
             if line is None:
-                raise self._framing.too_long()
+                break
             if line[:1] == SYNC_BYTE:
                 line = line.lstrip(SYNC_BYTE)
             try:

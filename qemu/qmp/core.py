@@ -54,6 +54,7 @@ from typing import (
     Generic,
     Hashable,
     List,
+    Mapping,
     Optional,
     Tuple,
     TypeVar,
@@ -223,7 +224,9 @@ class SessionCore(Generic[W]):
         # an empty deque costs a session 760 bytes).
         self._by_key: Dict[Hashable, W] = {}
         self._idless: List[Optional[W]] = []
-        self._abandoned: OrderedDict[Hashable, None] = OrderedDict()
+        # Ids of commands whose callers stopped waiting, newest last, made
+        # at the first one.
+        self._abandoned: Optional[OrderedDict[Hashable, None]] = None
 
     def __len__(self) -> int:
         """How many replies are due (abandoned id-less ones included)."""
@@ -262,6 +265,23 @@ class SessionCore(Generic[W]):
             raise ValueError("'exec-oob' requires an 'id'")
         return NO_ID, msg.wire_copy()
 
+    def prepare_execute(self, cmd: str,
+                        arguments: Optional[Mapping[str, object]],
+                        oob: bool) -> Tuple[object, Message]:
+        """
+        `prepare` for a command made from its parts, with an id of the
+        client's own: no intermediate message.
+
+        :return: The id, and the message to send.
+        :raise SerializationError: ``arguments`` cannot be encoded.
+        """
+        exec_id = self._make_id()
+        obj: Dict[str, object] = {'exec-oob' if oob else 'execute': cmd}
+        if arguments is not None:
+            obj['arguments'] = arguments
+        obj['id'] = exec_id
+        return exec_id, Message._for_wire(obj)
+
     def add_pending(self, exec_id: object, waiter: W) -> Hashable:
         """
         Record that ``waiter`` waits for the reply to ``exec_id``.
@@ -296,6 +316,8 @@ class SessionCore(Generic[W]):
         if self._by_key.get(key) is waiter:
             del self._by_key[key]
             abandoned = self._abandoned
+            if abandoned is None:
+                abandoned = self._abandoned = OrderedDict()
             abandoned[key] = None
             if len(abandoned) > ABANDONED_KEPT:
                 abandoned.popitem(last=False)
@@ -343,8 +365,26 @@ class SessionCore(Generic[W]):
         """
         self.greeting = greeting
         if self.phase is Phase.GREETING:
-            self.phase = Phase.NEGOTIATING if self._negotiate \
-                else Phase.ESTABLISHED
+            if self._negotiate:
+                self.phase = Phase.NEGOTIATING
+            else:
+                self._established()
+
+    def _established(self) -> None:
+        """
+        The handshake is over: keep only what the session needs.
+
+        The greeting is kept as the bytes it came in, decoded again only
+        if read: thousands of idle sessions in one process each hold a
+        few hundred bytes for it instead of 1.4 KB.
+        """
+        self.phase = Phase.ESTABLISHED
+        self._negotiation = None
+        greeting = self.greeting
+        if greeting is not None:
+            raw = greeting._raw  # pylint: disable=protected-access
+            if isinstance(raw, Message) and raw.decoded_from is not None:
+                self.greeting = Greeting._checked(raw.clone())
 
     # ------------------------------------------------------------------
     # Bytes in: bottom half
@@ -422,7 +462,7 @@ class SessionCore(Generic[W]):
             waiter = self._by_key.pop(key, _ABSENT)
             if waiter is not _ABSENT:
                 return Reply(waiter, msg)  # type: ignore[arg-type]
-            if self._abandoned.pop(key, False) is None:
+            if self._was_abandoned(key):
                 self.logger.debug("Dropping the late reply to id %r, whose "
                                   "caller stopped waiting", exec_id)
             else:
@@ -476,9 +516,14 @@ class SessionCore(Generic[W]):
                 reply_value(msg, sent)
             except (ProtocolError, ExecuteError) as err:
                 return self._end(NegotiationError("Negotiation failed", err))
-            self.phase = Phase.ESTABLISHED
+            self._established()
             return _NEGOTIATED
         return None  # ENDED: nothing counts any more
+
+    def _was_abandoned(self, key: Hashable) -> bool:
+        """Whether ``key``'s caller stopped waiting (forgets it)."""
+        abandoned = self._abandoned
+        return abandoned is not None and abandoned.pop(key, False) is None
 
     def _event(self, msg: Message) -> Optional[Message]:
         # An event, while negotiating or running: delivered if named.
@@ -496,7 +541,7 @@ class SessionCore(Generic[W]):
             self.logger.warning("A reply over the size limit failed its "
                                 "command (id %r): %s", err.reply_id, err)
             return ReplyFailed(waiter, err)  # type: ignore[arg-type]
-        if self._abandoned.pop(key, False) is None:
+        if self._was_abandoned(key):
             self.logger.debug("Dropping the over-long late reply to id "
                               "%r, whose caller stopped waiting",
                               err.reply_id)

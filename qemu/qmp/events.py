@@ -123,11 +123,16 @@ class EventListener:
         #: How many unread events were dropped because of `max_pending`.
         self.dropped: int = 0
 
-        self._pending: Deque[_Entry] = deque()
+        # Unread events, and the newest events accepted.  Both are made
+        # at the first event: an empty deque costs 760 bytes, and the
+        # listener of each of thousands of idle sessions may never see
+        # one.
+        self._pending: Optional[Deque[_Entry]] = None
+        self._history: Optional[Deque[_Entry]] = None
+        self._history_size = history_size
         # Tasks waiting in get(), woken one per event, in order (a list:
-        # rarely more than one, and an empty deque costs 760 bytes).
+        # rarely more than one).
         self._getters: List[asyncio.Future[object]] = []
-        self._history: Deque[_Entry] = deque(maxlen=history_size)
         self._history_trimmed = False
         # Iteration may skip get() when a subclass did not replace it.
         self._plain_get = type(self).get is EventListener.get
@@ -135,7 +140,7 @@ class EventListener:
     def __repr__(self) -> str:
         names = sorted(self.names) if self.names else 'ALL'
         return (f"<{type(self).__name__} names={names} "
-                f"pending={len(self._pending)}>")
+                f"pending={len(self._pending or ())}>")
 
     @property
     def max_pending(self) -> Optional[int]:
@@ -163,16 +168,18 @@ class EventListener:
         `history` decodes a fresh copy, so changes made to what `get()`
         returned do not show here.
         """
-        return tuple(_opened(entry) for entry in self._history)
+        return tuple(_opened(entry) for entry in self._history or ())
 
     @property
     def history_size(self) -> Optional[int]:
         """How many events `history` keeps (`None`: all of them)."""
-        return self._history.maxlen
+        return self._history_size
 
     @history_size.setter
     def history_size(self, size: Optional[int]) -> None:
-        self._history = deque(self._history, maxlen=size)
+        self._history_size = size
+        if self._history is not None:
+            self._history = deque(self._history, maxlen=size)
 
     def accept(self, event: Message) -> bool:
         """
@@ -205,6 +212,8 @@ class EventListener:
     def _deliver(self, event: _Entry) -> None:
         """Queue an accepted event and wake the oldest waiting reader."""
         history = self._history
+        if history is None:
+            history = self._history = deque(maxlen=self._history_size)
         if not self._history_trimmed and len(history) == history.maxlen:
             self._history_trimmed = True
             logger.info("%r: history is full; it keeps the newest %d events",
@@ -212,9 +221,11 @@ class EventListener:
         history.append(event)
 
         pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
         max_pending = self._max_pending
         if max_pending is not None and len(pending) >= max_pending:
-            self._drop_oldest()
+            self._drop_oldest(pending)
         pending.append(event)
 
         getters = self._getters
@@ -224,8 +235,8 @@ class EventListener:
                 getter.set_result(None)
                 break
 
-    def _drop_oldest(self) -> None:
-        self._pending.popleft()
+    def _drop_oldest(self, pending: Deque[_Entry]) -> None:
+        pending.popleft()
         self.dropped += 1
         # Say so on the first drop, then every max_pending drops: enough to
         # be noticed, not enough to flood the log.
@@ -244,8 +255,7 @@ class EventListener:
         :return: The oldest unread event.
         :raise ListenerError: The listener was removed while waiting.
         """
-        pending = self._pending
-        while not pending:
+        while not self._pending:
             getter = asyncio.get_running_loop().create_future()
             self._getters.append(getter)
             try:
@@ -255,7 +265,7 @@ class EventListener:
             except asyncio.CancelledError:
                 self._give_up(getter)
                 raise
-        return _opened(pending.popleft())
+        return _opened(self._pending.popleft())
 
     def empty(self) -> bool:
         """
@@ -274,8 +284,11 @@ class EventListener:
 
         :return: The cleared events, oldest first.
         """
-        cleared = [_opened(entry) for entry in self._pending]
-        self._pending.clear()
+        pending = self._pending
+        if not pending:
+            return []
+        cleared = [_opened(entry) for entry in pending]
+        pending.clear()
         return cleared
 
     def _removed(self) -> None:
@@ -290,8 +303,9 @@ class EventListener:
 
     async def __anext__(self) -> Message:
         """The next event; iteration ends when the listener is removed."""
-        if self._plain_get and self._pending:
-            return _opened(self._pending.popleft())
+        pending = self._pending
+        if self._plain_get and pending:
+            return _opened(pending.popleft())
         try:
             return await self.get()
         except ListenerError:
@@ -323,9 +337,10 @@ class EventListener:
         :return: An asynchronous iterator of events.
         """
         end = asyncio.ensure_future(done)
-        pending = self._pending
         try:
             while True:
+                # (Looked up each time: the first event makes the deque.)
+                pending = self._pending
                 while pending:
                     yield _opened(pending.popleft())
                 if end.done():

@@ -66,9 +66,29 @@ class Greeting(Model):
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
         super().__init__(raw)
-        #: 'QMP' member
-        self.QMP: QMPGreeting = QMPGreeting(
+        self._qmp: Optional[QMPGreeting] = QMPGreeting(
             self._member('QMP', (_AbcMapping,), 'an object'))
+
+    @classmethod
+    def _checked(cls, raw: Mapping[str, Any]) -> 'Greeting':
+        """
+        A greeting from ``raw``, which was checked already (it is a copy
+        of one that was): nothing of it is read until it is used, so a
+        ``raw`` that decodes itself when first read (an untouched clone of
+        a received `Message`) costs only its bytes until then.
+        """
+        greeting = cls.__new__(cls)
+        greeting._raw = raw
+        greeting._qmp = None
+        return greeting
+
+    @property
+    def QMP(self) -> QMPGreeting:  # pylint: disable=invalid-name
+        """'QMP' member"""
+        qmp = self._qmp
+        if qmp is None:
+            qmp = self._qmp = QMPGreeting(self._raw['QMP'])
+        return qmp
 
 
 class QMPGreeting(Model):

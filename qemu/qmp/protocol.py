@@ -244,6 +244,19 @@ def _check_state(proto: 'AsyncProtocol[Any]', required: Runstate) -> None:
         raise StateError(emsg, state, required)
 
 
+def _check_call(proto: 'AsyncProtocol[Any]', required_state: Runstate) -> None:
+    """
+    What `require` checks, for a method on a hot path that checks itself.
+
+    :raise StateError: ``proto`` is not in ``required_state``.
+    :raise EventLoopError: The session belongs to another event loop.
+    """
+    if proto._runstate is not required_state \
+            or proto._session_loop is not get_running_loop():
+        _check_loop(proto)
+        _check_state(proto, required_state)
+
+
 def require(required_state: Runstate) -> Callable[[F], F]:
     """
     Decorator: allow a method only in a certain `Runstate`.
@@ -262,10 +275,7 @@ def require(required_state: Runstate) -> Callable[[F], F]:
             @wraps(func)
             async def _async_wrapper(proto: 'AsyncProtocol[Any]',
                                      *args: Any, **kwargs: Any) -> Any:
-                if proto._runstate is not required_state \
-                        or proto._session_loop is not get_running_loop():
-                    _check_loop(proto)
-                    _check_state(proto, required_state)
+                _check_call(proto, required_state)
                 return await func(proto, *args, **kwargs)
             return cast(F, _async_wrapper)
 

@@ -37,10 +37,11 @@ def bottom_half(func: T) -> T:
     """
     Do-nothing decorator marking a method as "bottom half".
 
-    Bottom-half methods run in the reader, writer or disconnect tasks.  They
-    handle their own errors where they can (an unhandled one ends the
-    session), report to callers only through futures and task results, and
-    never call upper-half methods directly.
+    Bottom-half methods run in the reader or disconnect tasks, or in the
+    event loop's flush of outgoing messages.  They handle their own errors
+    where they can (an unhandled one ends the session), report to callers
+    only through futures and task results, and never call upper-half
+    methods directly.
     """
     return func
 

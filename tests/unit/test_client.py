@@ -65,6 +65,24 @@ async def test_greeting_and_oob_negotiation(client, server):
     assert client.runstate is Runstate.RUNNING
 
 
+async def test_greeting_kept_whole(client):
+    """The greeting is kept as it came (compactly, once the session
+    runs): every member reads back, and reads give the same objects."""
+    from qemu.qmp.testing import DEFAULT_GREETING
+    greeting = client.greeting
+    assert isinstance(greeting, Greeting)
+    assert greeting._asdict() == DEFAULT_GREETING
+    assert greeting.QMP.version == DEFAULT_GREETING['QMP']['version']
+    assert greeting.QMP is greeting.QMP
+    assert repr(greeting).startswith("Greeting({'QMP': ")
+    assert client.greeting is greeting is client._core.greeting
+
+
+async def test_negotiation_message_is_not_kept(client):
+    """Once negotiated, the session keeps no copy of qmp_capabilities."""
+    assert client._core._negotiation is None
+
+
 async def test_no_oob_when_not_offered():
     """Without 'oob' in the greeting, nothing is enabled."""
     greeting = {'QMP': {'version': {}, 'capabilities': []}}
@@ -311,6 +329,45 @@ async def test_execute_msg_does_not_change_the_message(client, server):
     assert 'id' not in msg
     ids = [m['id'] for m in server.received[-2:]]
     assert len(set(ids)) == 2
+
+
+class HookedClient(QMPClient):
+    """Overrides the reference library's command hooks, to see them."""
+
+    def __init__(self):
+        super().__init__('hooked')
+        self.seen = []
+
+    @classmethod
+    def make_execute_msg(cls, cmd, arguments=None, oob=False):
+        msg = super().make_execute_msg(cmd, arguments, oob)
+        msg['arguments'] = {'made-by': 'hook'}
+        return msg
+
+    async def execute_msg(self, msg, *, timeout=None):
+        self.seen.append(dict(msg))
+        return await super().execute_msg(msg, timeout=timeout)
+
+
+async def test_execute_goes_through_overridden_hooks(server):
+    """A subclass that replaces make_execute_msg() or execute_msg() sees
+    every execute() go through them, as with the reference library."""
+    qmp = HookedClient()
+    await qmp.connect(server.address)
+    assert await qmp.execute('query-status') == {'status': 'running',
+                                                 'running': True}
+    assert qmp.seen == [{'execute': 'query-status',
+                         'arguments': {'made-by': 'hook'}}]
+    assert server.received[-1]['arguments'] == {'made-by': 'hook'}
+    await qmp.disconnect()
+
+
+async def test_execute_in_wrong_state_or_loop():
+    """execute() checks the runstate when awaited, as execute_msg() does."""
+    qmp = QMPClient()
+    pending = qmp.execute('query-status')
+    with pytest.raises(StateError, match="disconnected and idle"):
+        await pending
 
 
 async def test_execute_msg_requires_execute(client):

@@ -21,11 +21,24 @@ from qemu.qmp.message import (
 )
 
 
-def drain_lines(buf):
+_RAISE = object()
+
+
+def drain_lines(buf, too_long=_RAISE):
+    """Every line available now; an over-long one raises, or is
+    ``too_long`` in the list when that is given."""
     lines = []
-    while (line := buf.next_line()) is not None:
+    while True:
+        try:
+            line = buf.next_line()
+        except MessageTooLongError:
+            if too_long is _RAISE:
+                raise
+            line = too_long
+        else:
+            if line is None:
+                return lines
         lines.append(line)
-    return lines
 
 
 def drain(codec):
@@ -189,6 +202,50 @@ def test_any_split_gives_the_same_lines(lines, cuts):
         buf.feed(chunk)
         out.extend(drain_lines(buf))
     assert out == lines
+
+
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=40),
+                          st.integers(min_value=0, max_value=40)),
+                max_size=30))
+def test_reader_at_its_own_pace_gets_every_line(steps):
+    """A reader that takes fewer (or more) lines than each chunk brings
+    gets every line once, in order, with and without over-long ones."""
+    buf = LineBuffer(8)
+    fed = 0
+    expected, out = [], []
+    for new, wanted in steps:
+        chunk = b''
+        for _ in range(new):
+            line = b'%d' % fed if fed % 7 else b'x' * 20  # over the limit
+            expected.append(line if fed % 7 else None)
+            chunk += line + b'\n'
+            fed += 1
+        buf.feed(chunk)
+        for _ in range(wanted):
+            try:
+                line = buf.next_line()
+            except MessageTooLongError:
+                line = None
+            else:
+                if line is None:
+                    break
+            out.append(line)
+    out.extend(drain_lines(buf, too_long=None))
+    assert out == expected
+
+
+def test_reader_far_behind_keeps_its_place():
+    """A reader thousands of lines behind, taking one line per chunk,
+    still gets them all in order (the buffer drops what it took)."""
+    buf = LineBuffer(100)
+    out = []
+    for i in range(5000):
+        buf.feed(b'%d\n%d\n' % (2 * i, 2 * i + 1))
+        out.append(buf.next_line())
+        # What it took does not pile up in front of what it has not.
+        assert len(buf._lines) <= (i + 1) + 1024
+    out.extend(drain_lines(buf))
+    assert out == [b'%d' % i for i in range(10000)]
 
 
 # ---------------------------------------------------------------------
