@@ -304,13 +304,7 @@ async def close_writer(writer: asyncio.StreamWriter, grace: float) -> None:
     :raise OSError: The connection had failed; callers usually ignore it.
     """
     transport = writer.transport
-    try:
-        unsent = transport.get_write_buffer_size()
-    except AttributeError:
-        # Python 3.9's TLS transport, once its connection is lost: there
-        # is nothing left to send.
-        unsent = 0
-    if unsent:
+    if unsent_bytes(writer):
         transport.abort()
     else:
         writer.close()
@@ -326,6 +320,16 @@ async def close_writer(writer: asyncio.StreamWriter, grace: float) -> None:
     if not done:
         transport.abort()
     await closing
+
+
+def unsent_bytes(writer: asyncio.StreamWriter) -> int:
+    """How many bytes ``writer``'s transport holds, not yet sent."""
+    try:
+        return writer.transport.get_write_buffer_size()
+    except AttributeError:
+        # Python 3.9's TLS transport, once its connection is lost: there
+        # is nothing left to send.
+        return 0
 
 
 def _retrieve(task: 'asyncio.Future[None]') -> None:

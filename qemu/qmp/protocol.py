@@ -1217,10 +1217,5 @@ class AsyncProtocol(Generic[T]):
 def _transport_full(writer: asyncio.StreamWriter) -> bool:
     """Whether ``writer``'s buffer is past its limit: writing more only
     makes it grow, until the peer reads."""
-    transport = writer.transport
-    try:
-        size = transport.get_write_buffer_size()
-    except AttributeError:
-        # Python 3.9's TLS transport, once its connection is lost.
-        return False
-    return size > transport.get_write_buffer_limits()[1]
+    return _sockets.unsent_bytes(writer) \
+        > writer.transport.get_write_buffer_limits()[1]

@@ -84,12 +84,18 @@ async def pair(address):
     return server, client
 
 
+async def sees_hang_up(proto):
+    """The peer of ``proto`` hung up: ``disconnect()`` reports it as
+    EOFError."""
+    await wait_for_state(proto, Runstate.DISCONNECTING)
+    with pytest.raises(EOFError):
+        await proto.disconnect()
+
+
 async def close_both(first, second):
     """``first`` hangs up; ``second`` reports that as EOFError."""
     await first.disconnect()
-    await wait_for_state(second, Runstate.DISCONNECTING)
-    with pytest.raises(EOFError):
-        await second.disconnect()
+    await sees_hang_up(second)
     assert first.runstate is second.runstate is Runstate.IDLE
 
 
@@ -693,9 +699,7 @@ async def test_messages_sent_before_disconnect_go_out(sock_path):
     await client.disconnect()
     for i in range(3):
         assert await server.inbox.get() == b'bye %d\n' % i
-    await wait_for_state(server, Runstate.DISCONNECTING)
-    with pytest.raises(EOFError):
-        await server.disconnect()
+    await sees_hang_up(server)
     assert_no_tasks_left()
 
 
@@ -714,9 +718,7 @@ async def test_failed_send_ends_session(sock_path):
     with pytest.raises(ValueError, match="cannot send this"):
         await client.disconnect()
     assert await server.inbox.get() == b'first\n'
-    await wait_for_state(server, Runstate.DISCONNECTING)
-    with pytest.raises(EOFError):
-        await server.disconnect()
+    await sees_hang_up(server)
     assert_no_tasks_left()
 
 
