@@ -41,7 +41,8 @@ class Outbox(Generic[T]):
     :param flush: Called with this outbox, soon after a message arrives.
     """
 
-    __slots__ = ('_messages', '_flush', 'flush_scheduled', 'paused')
+    __slots__ = ('_messages', '_flush', 'flush_scheduled', 'paused',
+                 'held')
 
     def __init__(self, flush: Callable[['Outbox[T]'], None]) -> None:
         self._messages: List[T] = []
@@ -51,13 +52,25 @@ class Outbox(Generic[T]):
         #: The transport takes no more for now; a task waits until it
         #: does, then flushes (`AsyncProtocol._bh_send_message`).
         self.paused = False
+        #: The session is not running yet: messages wait for `release`,
+        #: after the handshakes (which use ``_send``).
+        self.held = True
 
     def put_nowait(self, msg: T) -> None:
         """Queue ``msg``; it is written in the next loop iteration."""
         self._messages.append(msg)
-        if not (self.flush_scheduled or self.paused):
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, self)
+        if not (self.flush_scheduled or self.paused or self.held):
+            self._schedule()
+
+    def release(self) -> None:
+        """The session runs: write what waits, and from now on."""
+        self.held = False
+        if self._messages and not self.flush_scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self.flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush, self)
 
     async def put(self, msg: T) -> None:
         """Queue ``msg`` (an outbox is never full)."""

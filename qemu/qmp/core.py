@@ -211,6 +211,9 @@ class SessionCore(Generic[W]):
         self._negotiate = negotiate
         #: The server's greeting, once it came.
         self.greeting: Optional[Greeting] = None
+        #: Keep the greeting as its bytes once the handshake is over; a
+        #: client whose hooks may have changed it in place says no.
+        self.compact_greeting = True
         #: Why the session ended, once it did.
         self.end_reason: Optional[BaseException] = None
         #: How many guest-agent resynchronisations are under way; while
@@ -381,7 +384,7 @@ class SessionCore(Generic[W]):
         self.phase = Phase.ESTABLISHED
         self._negotiation = None
         greeting = self.greeting
-        if greeting is not None:
+        if type(greeting) is Greeting and self.compact_greeting:
             raw = greeting._raw  # pylint: disable=protected-access
             if isinstance(raw, Message) and raw.decoded_from is not None:
                 self.greeting = Greeting._checked(raw.clone())

@@ -129,7 +129,7 @@ class EventListener:
         # one.
         self._pending: Optional[Deque[_Entry]] = None
         self._history: Optional[Deque[_Entry]] = None
-        self._history_size = history_size
+        self._history_size = _checked_history_size(history_size)
         # Tasks waiting in get(), woken one per event, in order (a list:
         # rarely more than one).
         self._getters: List[asyncio.Future[object]] = []
@@ -177,7 +177,7 @@ class EventListener:
 
     @history_size.setter
     def history_size(self, size: Optional[int]) -> None:
-        self._history_size = size
+        self._history_size = _checked_history_size(size)
         if self._history is not None:
             self._history = deque(self._history, maxlen=size)
 
@@ -377,6 +377,13 @@ class EventListener:
 
 # What get()'s waiters are woken with when their listener is removed.
 _REMOVED = object()
+
+
+def _checked_history_size(size: Optional[int]) -> Optional[int]:
+    # A bad size raises now, as deque() does, not at the first event (in
+    # the reader task, which would end the session).
+    deque((), maxlen=size)
+    return size
 
 
 def _checked_max_pending(value: Optional[int]) -> Optional[int]:

@@ -90,6 +90,10 @@ class Greeting(Model):
             qmp = self._qmp = QMPGreeting(self._raw['QMP'])
         return qmp
 
+    @QMP.setter
+    def QMP(self, qmp: QMPGreeting) -> None:  # pylint: disable=invalid-name
+        self._qmp = qmp
+
 
 class QMPGreeting(Model):
     """

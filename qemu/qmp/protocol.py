@@ -915,6 +915,7 @@ class AsyncProtocol(Generic[T]):
         conn = self._conn
         conn.reader_task = asyncio.create_task(
             self._bh_loop_forever(self._bh_recv_message, 'Reader'))
+        conn.outgoing.release()
         self._set_state(Runstate.RUNNING)
         # Let the task start: once connect() returns, the reader is
         # already waiting for input.
@@ -998,7 +999,9 @@ class AsyncProtocol(Generic[T]):
         except Exception as err:  # pylint: disable=broad-except
             self._bh_failed(err, 'Writer')
             return
-        if conn.writer is not None and _transport_full(conn.writer):
+        # (No drain task once the session ends: nothing would stop it.)
+        if conn.writer is not None and conn.dc_task is None \
+                and _transport_full(conn.writer):
             outbox.paused = True
             conn.writer_task = asyncio.create_task(self._bh_drain_task())
 
@@ -1198,7 +1201,8 @@ class AsyncProtocol(Generic[T]):
             when written at once).
         """
         outgoing = self._conn.outgoing
-        if alone and outgoing.empty() and not outgoing.paused:
+        if alone and outgoing.empty() and not (outgoing.paused
+                                               or outgoing.held):
             self._do_send(self._cb_outbound(msg))
         else:
             outgoing.put_nowait(msg)

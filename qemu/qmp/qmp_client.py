@@ -186,10 +186,15 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         super()._begin_session(address)
         self._greeting = None
         conn = self._conn
-        conn.protocol_state = SessionCore(
+        core = conn.protocol_state = SessionCore(
             self.logger, limit=self.readbuflen,
             await_greeting=self.await_greeting, negotiate=self.negotiate,
             framing=conn.lines)
+        # A subclass that sees the greeting first may have changed it.
+        cls = type(self)
+        core.compact_greeting = (
+            cls._cb_inbound is QMPClient._cb_inbound
+            and cls._get_greeting is QMPClient._get_greeting)
 
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:
@@ -399,17 +404,20 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     # Upper half: executing commands
     # ------------------------------------------------------------------
 
-    # execute() goes through make_execute_msg() and execute_msg() only
-    # when a subclass replaced either (the reference library's hooks).
-    _execute_directly = True
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+    def _hooks_replaced(self) -> bool:
+        """
+        Whether make_execute_msg() or execute_msg() (the reference
+        library's hooks) were replaced: by a subclass, on the class, or on
+        this object (as ``mock.patch.object`` does); execute() then goes
+        through them.
+        """
+        cls = type(self)
         # (A classmethod: compare the functions, not the bound methods.)
-        make_msg = getattr(cls.make_execute_msg, '__func__', None)
-        cls._execute_directly = (
-            cls.execute_msg is QMPClient.execute_msg
-            and make_msg is getattr(QMPClient.make_execute_msg, '__func__'))
+        return (cls.execute_msg is not _EXECUTE_MSG
+                or getattr(cls.make_execute_msg, '__func__', None)
+                is not _MAKE_EXECUTE_MSG
+                or 'execute_msg' in self.__dict__
+                or 'make_execute_msg' in self.__dict__)
 
     @classmethod
     def make_execute_msg(cls, cmd: str,
@@ -460,7 +468,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise SerializationError: ``arguments`` cannot be encoded as JSON.
         :raise StateError: The client is not connected.
         """
-        if not self._execute_directly:
+        if self._hooks_replaced():
             msg = self.make_execute_msg(cmd, arguments, oob=oob)
             return await self.execute_msg(msg, timeout=timeout)
         # What those two do, in this one coroutine and with one message:
@@ -780,6 +788,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     future.set_exception(core.interrupted(
                         cause, "; disconnect() reports why"))
         await super()._bh_disconnect()
+
+
+_EXECUTE_MSG = QMPClient.execute_msg
+_MAKE_EXECUTE_MSG = getattr(QMPClient.make_execute_msg, '__func__')
 
 
 @asynccontextmanager

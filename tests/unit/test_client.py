@@ -78,6 +78,40 @@ async def test_greeting_kept_whole(client):
     assert client.greeting is greeting is client._core.greeting
 
 
+class MyGreeting(Greeting):
+    """A subclass's own greeting type, with a member of its own."""
+
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.seen_by = 'subclass'
+
+
+class OwnGreetingClient(QMPClient):
+    async def _get_greeting(self):
+        return MyGreeting((await super()._get_greeting())._raw)
+
+
+class PatchingClient(QMPClient):
+    def _cb_inbound(self, msg):
+        if 'QMP' in msg:
+            msg['QMP']['capabilities'].append('patched')
+        return super()._cb_inbound(msg)
+
+
+@pytest.mark.parametrize('client_type', [OwnGreetingClient, PatchingClient])
+async def test_greeting_from_subclass_hooks_is_kept_as_is(server,
+                                                          client_type):
+    """A greeting a subclass made or changed is kept as it made it."""
+    qmp = client_type()
+    await qmp.connect(server.address)
+    if client_type is OwnGreetingClient:
+        assert type(qmp.greeting) is MyGreeting
+        assert qmp.greeting.seen_by == 'subclass'
+    else:
+        assert qmp.greeting.QMP.capabilities == ['oob', 'patched']
+    await qmp.disconnect()
+
+
 async def test_negotiation_message_is_not_kept(client):
     """Once negotiated, the session keeps no copy of qmp_capabilities."""
     assert client._core._negotiation is None
@@ -360,6 +394,26 @@ async def test_execute_goes_through_overridden_hooks(server):
                          'arguments': {'made-by': 'hook'}}]
     assert server.received[-1]['arguments'] == {'made-by': 'hook'}
     await qmp.disconnect()
+
+
+async def test_execute_goes_through_patched_hooks(client):
+    """Hooks patched on the class or the object (mock.patch.object) see
+    execute() go through them too."""
+    from unittest import mock
+    with mock.patch.object(QMPClient, 'make_execute_msg',
+                           side_effect=ValueError("patched")):
+        with pytest.raises(ValueError, match="patched"):
+            await client.execute('query-status')
+    seen = []
+    original = client.execute_msg
+
+    async def spy(msg, **kwargs):
+        seen.append(msg['execute'])
+        return await original(msg, **kwargs)
+
+    with mock.patch.object(client, 'execute_msg', spy):
+        await client.execute('query-status')
+    assert seen == ['query-status']
 
 
 async def test_execute_in_wrong_state_or_loop():

@@ -364,3 +364,16 @@ async def test_copies_reach_listeners_that_override_put(client, server):
         assert isinstance(seen[0], Message) and seen[0] is not first
         assert (await recording.get())['data'] == {'n': 1}
         assert (await client.events.get())['data'] == {'n': 1}
+
+
+@pytest.mark.parametrize('size, error', [(-1, ValueError), ('x', TypeError),
+                                         (2.5, TypeError)])
+def test_bad_history_size_is_refused_at_once(size, error):
+    """A bad history_size raises where it is given, not at the first
+    event (in the reader task, which would end the session)."""
+    with pytest.raises(error):
+        EventListener(history_size=size)
+    listener = EventListener()
+    with pytest.raises(error):
+        listener.history_size = size
+    assert listener.history_size == DEFAULT_HISTORY_SIZE

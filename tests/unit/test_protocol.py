@@ -755,3 +755,27 @@ async def test_peer_that_stops_reading_holds_messages_back(sock_path):
     assert not client._outgoing.paused
     assert len(client_tasks()) == 2
     await close_both(client, server)
+
+
+class SendsDuringHandshake(LineProtocol):
+    """Queues a message, then handshakes: the handshake goes first."""
+
+    async def _establish_session(self):
+        self._outgoing.put_nowait(b'after-handshake\n')
+        await asyncio.sleep(0)  # a flush, if one were due, would run now
+        await self._send(b'handshake\n')
+        await super()._establish_session()
+
+
+async def test_messages_queued_during_handshake_wait_for_it(sock_path):
+    """What is queued before the session runs is written after the
+    handshakes, as with the reference library's writer task."""
+    server = LineProtocol('server')
+    client = SendsDuringHandshake('client')
+    await server.start_server(sock_path)
+    accepting = asyncio.create_task(server.accept())
+    await client.connect(sock_path)
+    await accepting
+    assert await server.inbox.get() == b'handshake\n'
+    assert await server.inbox.get() == b'after-handshake\n'
+    await close_both(client, server)
