@@ -70,6 +70,7 @@ from .message import Message
 from .models import Greeting
 from .protocol import Runstate, StateError
 from .replies import ExecInterruptedError
+from .transcript import CLIENT, SERVER, Recorder, record_wire
 from .util import exception_summary
 
 
@@ -128,6 +129,8 @@ class BlockingConnection:
     """
     One QMP session over a connected, blocking socket.
 
+    Its ``recorder``, if set, is given every message sent and received.
+
     :param sock: The connected socket; this object owns and closes it.
     :param limit: The longest message accepted, in bytes.
     :param logger: Where to log.
@@ -158,6 +161,8 @@ class BlockingConnection:
         # Threads inside a call, to refuse re-entry (see ReentrantCallError)
         # and a close() asked for by one, done when it leaves.
         self._inside: Set[int] = set()
+        #: A `~qemu.qmp.transcript.Recorder` for this session, or `None`.
+        self.recorder: Optional[Recorder] = None
         self._close_deferred = False
 
         self._send_lock = threading.Lock()
@@ -459,11 +464,14 @@ class BlockingConnection:
             return
         core.receive_data(received)
         debug = self._debug
+        recorder = self.recorder
         while True:
             item = core.next_message()
             if type(item) is Message:
                 if debug:
                     self._logger.debug("< %s", item)
+                if recorder is not None:
+                    recorder.record(SERVER, item)
                 event = core.route(item)
                 if event is item:
                     self._events.append(item)
@@ -493,6 +501,8 @@ class BlockingConnection:
         """
         if self._debug:
             self._logger.debug("> %s", data.rstrip(b'\n').decode())
+        if self.recorder is not None:
+            record_wire(self.recorder, CLIENT, data)
         try:
             if deadline is None:
                 with self._send_lock:

@@ -31,6 +31,7 @@ from .legacy import QEMUMonitorProtocol, QMPBadPortError
 from .protocol import ConnectError, SocketAddrT
 from .handshake import GreetingError
 from .qmp_shell import HMPShell, QMPShell, common_parser, die
+from .transcript import Recorder
 from .util import qemu_option_value
 
 
@@ -48,6 +49,12 @@ def _shell_options(parser: argparse.ArgumentParser) -> None:
                         help='run LINE, print the reply and exit (status 1 '
                              'on an error reply); repeat -c to run several '
                              'lines in order, as from a pipe')
+    parser.add_argument('--record', metavar='FILE',
+                        help='write the session to FILE as a transcript '
+                             '(secrets masked), to replay in tests')
+    parser.add_argument('--record-secrets', action='store_true',
+                        help='with --record: keep secrets (object-add '
+                             'secret data, passwords) as they are')
 
 
 def _address_argument(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +87,13 @@ def _make_shell(address: SocketAddrT, args: argparse.Namespace,
     shell = shell_class(address, args.pretty, args.verbose, server,
                         logfile=args.logfile, json_output=args.json_output)
     shell.settimeout(args.timeout)
+    if args.record:
+        try:
+            shell.recorder = Recorder(args.record,
+                                      secrets=args.record_secrets)
+        except OSError as err:
+            shell.close()
+            die(f"cannot record to {args.record}: {err.strerror}")
     return shell
 
 
@@ -112,6 +126,8 @@ def _run(shell: QMPShell, args: argparse.Namespace) -> int:
         return 1
     finally:
         shell.close()
+        if shell.recorder is not None:
+            shell.recorder.close()
 
 
 def _run_commands(shell: QMPShell, lines: List[str]) -> int:

@@ -29,7 +29,12 @@ that raises it; this map shows the whole tree in one place:
     ├── EventTimeoutError                     expect.py
     ├── QMPBadPortError                       legacy.py
     ├── ReentrantCallError                    _blocking.py
-    └── QMPShellError                         qmp_shell.py
+    ├── QMPShellError                         qmp_shell.py
+    ├── TranscriptError                       transcript.py
+    └── ReplayError                           replay.py
+
+`ReplayError <qemu.qmp.replay.ReplayError>` is an `AssertionError` too:
+a test that replays a transcript fails with it.
 
 ``tests/unit/test_errors.py`` walks ``QMPError.__subclasses__()`` and fails
 when this map and the code disagree.

@@ -68,6 +68,7 @@ from .models import Greeting
 from .protocol import ConnectError, Runstate, SocketAddrT, StateError
 from .handshake import greeting_timeout, negotiation_error
 from .replies import ExecuteTimeoutError, check_reply, reply_value
+from .transcript import Recorder
 from .util import exception_summary
 
 
@@ -121,6 +122,10 @@ class QEMUMonitorProtocol:
         # a catch-all __getattr__ must never see a missing one, in
         # __del__ above all.
         self.logger = _logger.getChild(nickname) if nickname else _logger
+        #: A `~qemu.qmp.transcript.Recorder` given every message of the
+        #: sessions that start from now on; `None` records nothing.  See
+        #: :doc:`/replay`.
+        self.recorder: Optional[Recorder] = None
         self._address: Optional[Union[SocketAddrT, socket.socket]] = \
             address if sock is None else sock
         self._given_socket = sock is not None or \
@@ -325,6 +330,7 @@ class QEMUMonitorProtocol:
             deadline = time.monotonic() + timeout
         conn = BlockingConnection(sock, DEFAULT_LIMIT, self.logger,
                                   negotiate)
+        conn.recorder = self.recorder
         try:
             greeting = None
             if negotiate:

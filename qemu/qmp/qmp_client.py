@@ -72,6 +72,7 @@ from .replies import (
     check_reply,
     reply_value,
 )
+from .transcript import CLIENT, SERVER, Recorder
 from .util import bottom_half, exception_summary, upper_half
 
 
@@ -145,6 +146,11 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
     # Read buffer limit; 10 MiB like QEMU's own Python tooling.
     _limit = DEFAULT_LIMIT
+
+    #: A `~qemu.qmp.transcript.Recorder` given every message sent and
+    #: received, greeting and negotiation included; `None` (the default)
+    #: records nothing.  See :doc:`/replay`.
+    recorder: Optional[Recorder] = None
 
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
@@ -771,6 +777,23 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                 future.set_result(event.msg)
         elif type(event) is SessionEnded:
             raise event.reason
+
+    # What AsyncProtocol's hooks do (log), and record: on every message,
+    # so without a call to super() and the object it makes.
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(SERVER, msg)
+        self.logger.debug("<-- %s", msg)
+        return msg
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.record(CLIENT, msg)
+        self.logger.debug("--> %s", msg)
+        return msg
 
     def _bh_logged_already(self, err: Exception) -> bool:
         # The session core logged why the session ended.

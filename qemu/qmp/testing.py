@@ -92,6 +92,8 @@ from typing import (
 
 from ._sockets import SocketAddrT, close_writer
 from .protocol import CLOSE_GRACE
+from .replay import Replay
+from .transcript import Transcript
 from .util import exception_summary, nests_deeper_than
 
 
@@ -199,6 +201,7 @@ class QMPTestServer:
         self._tasks: Set[asyncio.Task[Any]] = set()
         self._changed: Optional[asyncio.Condition] = None
         self._inband: Optional[asyncio.Queue[Dict[str, Any]]] = None
+        self._replay: Optional[Replay] = None
         # Connections being served or waiting their turn; close() waits
         # for them all to end, which _closing tells them to.
         self._serving = 0
@@ -207,6 +210,32 @@ class QMPTestServer:
     # ------------------------------------------------------------------
     # Set-up
     # ------------------------------------------------------------------
+
+    def replay(self, transcript: Union[Transcript, str, os.PathLike[str]],
+               *, ordered: bool = False) -> Replay:
+        """
+        Serve a recorded session (see :doc:`/replay`).
+
+        The server greets with the recorded greeting (none, if the
+        transcript has none: the guest agent).  Each command that matches
+        a recorded one (same name, same arguments) gets the recorded
+        reply, with its own id, then the events that followed it.  A
+        command that matches none is answered by a handler added with
+        `on`, if there is one, and otherwise with a ``GenericError``
+        saying what differs; `Replay.check` then raises
+        `~qemu.qmp.replay.ReplayError` describing every such command.
+
+        :param transcript: A `Transcript`, or the path of its file.
+        :param ordered: Commands must come in the recorded order.
+        :return: The replay's state: what was played, what mismatched.
+        :raise OSError: The file cannot be read.
+        :raise TranscriptError: It is not a transcript.
+        """
+        if not isinstance(transcript, Transcript):
+            transcript = Transcript.load(transcript)
+        self.greeting = transcript.greeting
+        self._replay = Replay(transcript, ordered=ordered)
+        return self._replay
 
     def on(self, command: str, handler: Handler) -> None:
         """
@@ -525,18 +554,49 @@ class QMPTestServer:
 
     async def _answer(self, msg: Dict[str, Any],
                       writer: asyncio.StreamWriter) -> None:
+        name = msg.get('execute', msg.get('exec-oob'))
+        if self._replay is not None and self.negotiated \
+                and name != 'qmp_capabilities' and isinstance(name, str) \
+                and isinstance(msg.get('arguments', {}), dict):
+            if await self._replayed(msg, name, writer):
+                return
         reply = await self._reply_to(msg)
         if reply is NO_REPLY:
             return
         if 'id' in msg:
             reply['id'] = msg['id']
         self._send(writer, reply)
-        name = msg.get('execute', msg.get('exec-oob'))
+        if self._replay is not None and name == 'qmp_capabilities' \
+                and 'return' in reply:
+            for event in self._replay.opening_events:
+                self._send(writer, event)
         if isinstance(name, str) and self.handlers.get(name) is QUIT \
                 and 'return' in reply:
             await self.emit_event('SHUTDOWN', {'guest': False,
                                                'reason': 'host-qmp-quit'})
             await self.hang_up()
+
+    async def _replayed(self, msg: Dict[str, Any], name: str,
+                        writer: asyncio.StreamWriter) -> bool:
+        """Answer ``msg`` from the transcript; `False` if a handler
+        should answer it instead."""
+        assert self._replay is not None
+        played = self._replay.answer(msg)
+        if not isinstance(played, list):
+            if name in self.handlers:
+                return False
+            self._replay.mismatched(played)
+            _logger.error("Replay: %s", played)
+            reply = _error('GenericError', f"replay: {played}")
+            if 'id' in msg:
+                reply['id'] = msg['id']
+            self._send(writer, reply)
+            return True
+        for item in played:
+            self._send(writer, item)
+        if name == 'quit' and any('return' in item for item in played):
+            await self.hang_up()
+        return True
 
     async def _reply_to(self, msg: Dict[str, Any]) -> Any:
         name = msg.get('execute', msg.get('exec-oob'))

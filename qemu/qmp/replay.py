@@ -1,0 +1,212 @@
+"""
+Replaying a transcript: which recorded answer a command gets.
+
+Sans-I/O: `Replay` is given each command a server receives and says what
+to send back; `QMPTestServer.replay
+<qemu.qmp.testing.QMPTestServer.replay>` does the I/O.
+
+A command matches a recorded one with the same name and the same
+arguments (a recorded `MASKED <qemu.qmp.transcript.MASKED>` value matches
+any value).  By default any unplayed recorded command may match, the
+first one first; with ``ordered=True`` only the next one may.  The answer
+is what the server sent for the recorded command: its reply, with the id
+of the command received, and the events that followed it, in order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any, Dict, List, Optional, Union
+
+from .error import QMPError
+from .transcript import MASKED, Exchange, Transcript
+
+
+__all__ = ['Replay', 'Mismatch', 'ReplayError']
+
+
+class ReplayError(QMPError, AssertionError):
+    """
+    Commands did not match the transcript: raised by `Replay.check`.  An
+    `AssertionError` too, so that a test fails with every mismatch
+    described.
+    """
+
+
+class Mismatch:
+    """
+    A command the transcript does not hold.
+
+    :param received: The command as received.
+    :param expected: The recorded exchange it was closest to, if any.
+    :param ordered: Whether the replay required the recorded order.
+    """
+
+    def __init__(self, received: Dict[str, Any],
+                 expected: Optional[Exchange], ordered: bool) -> None:
+        #: The command as received.
+        self.received = received
+        #: The recorded command it was compared with, if any.
+        self.expected = expected
+        self._ordered = ordered
+
+    @property
+    def name(self) -> str:
+        """The received command's name."""
+        return str(self.received.get('execute',
+                                     self.received.get('exec-oob')))
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        """
+        What differs, member by member, then a diff of the two commands.
+
+        :return: Several lines of text.
+        """
+        received = _comparable(self.received)
+        expected = self.expected
+        if expected is None:
+            return (f"{self.name!r} is not in the transcript, or every "
+                    f"recorded {self.name!r} was played already")
+        recorded = _comparable(expected.command)
+        which = "the next command" if self._ordered \
+            else f"the recorded {expected.name!r}"
+        lines = [f"{self.name!r} does not match {which} "
+                 f"({expected.where}):"]
+        lines.extend(f"  {line}" for line in _differences(recorded,
+                                                          received))
+        lines.extend(difflib.unified_diff(
+            _pretty(recorded), _pretty(received), 'recorded', 'received',
+            lineterm=''))
+        return '\n'.join(lines)
+
+
+class Replay:
+    """
+    What a server replaying ``transcript`` answers.
+
+    :param transcript: The recorded session.
+    :param ordered: Commands must come in the recorded order.
+    """
+
+    def __init__(self, transcript: Transcript, *,
+                 ordered: bool = False) -> None:
+        #: The transcript replayed.
+        self.transcript = transcript
+        #: Whether commands must come in the recorded order.
+        self.ordered = ordered
+        #: Recorded exchanges not played yet, in order.
+        self.unplayed: List[Exchange] = transcript.exchanges()
+        #: Commands that matched nothing, in order.
+        self.mismatches: List[Mismatch] = []
+        #: Events to send once the client has negotiated.
+        self.opening_events = transcript.opening_events()
+
+    def answer(self, command: Dict[str, Any]
+               ) -> Union[List[Dict[str, Any]], Mismatch]:
+        """
+        What to send for ``command``: the recorded messages, or the
+        `Mismatch` if it matches nothing (not recorded in `mismatches`:
+        the caller may still answer it another way, see `mismatched`).
+
+        :param command: The command received.
+        :return: The messages, the reply's id set to ``command``'s.
+        """
+        candidates = self.unplayed[:1] if self.ordered else self.unplayed
+        wanted = _comparable(command)
+        for exchange in candidates:
+            if _matches(_comparable(exchange.command), wanted):
+                self.unplayed.remove(exchange)
+                return [_with_id(msg, command) for msg in exchange.answer]
+        return Mismatch(command, self._closest(command), self.ordered)
+
+    def mismatched(self, mismatch: Mismatch) -> None:
+        """Record ``mismatch``: nothing else answered its command."""
+        self.mismatches.append(mismatch)
+
+    def check(self) -> None:
+        """
+        :raise ReplayError: Some command matched nothing; every one is
+            described.
+        """
+        if self.mismatches:
+            raise ReplayError(
+                f"{len(self.mismatches)} command(s) did not match "
+                f"{self.transcript.name}:\n\n"
+                + '\n\n'.join(m.describe() for m in self.mismatches))
+
+    def _closest(self, command: Dict[str, Any]) -> Optional[Exchange]:
+        if self.ordered:
+            return self.unplayed[0] if self.unplayed else None
+        name = Mismatch(command, None, False).name
+        for exchange in self.unplayed:
+            if exchange.name == name:
+                return exchange
+        return None
+
+
+def _comparable(command: Dict[str, Any]) -> Dict[str, Any]:
+    """A command as compared: no id, 'arguments' always there."""
+    name = command.get('execute', command.get('exec-oob'))
+    return {'execute': name, 'arguments': command.get('arguments', {})}
+
+
+def _matches(recorded: Any, received: Any) -> bool:
+    if recorded == MASKED:
+        return True
+    if isinstance(recorded, dict):
+        return isinstance(received, dict) \
+            and recorded.keys() == received.keys() \
+            and all(_matches(value, received[key])
+                    for key, value in recorded.items())
+    if isinstance(recorded, list):
+        return isinstance(received, list) \
+            and len(recorded) == len(received) \
+            and all(map(_matches, recorded, received))
+    return bool(type(recorded) is type(received) and recorded == received)
+
+
+def _differences(recorded: Any, received: Any,
+                 path: str = '') -> List[str]:
+    """Each member that differs, by its path, e.g. ``arguments.sync``."""
+    if _matches(recorded, received):
+        return []
+    if isinstance(recorded, dict) and isinstance(received, dict):
+        found = []
+        for key in recorded.keys() | received.keys():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in received:
+                found.append(f"{where}: recorded {_show(recorded[key])}, "
+                             f"missing")
+            elif key not in recorded:
+                found.append(f"{where}: not recorded, received "
+                             f"{_show(received[key])}")
+            else:
+                found.extend(_differences(recorded[key], received[key],
+                                          where))
+        return sorted(found)
+    return [f"{path or 'command'}: recorded {_show(recorded)}, received "
+            f"{_show(received)}"]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + '...'
+
+
+def _pretty(command: Dict[str, Any]) -> List[str]:
+    return json.dumps(command, indent=2, sort_keys=True).splitlines()
+
+
+def _with_id(msg: Dict[str, Any],
+             received: Dict[str, Any]) -> Dict[str, Any]:
+    """``msg``, with the id of ``received`` if it is a reply."""
+    if 'event' in msg:
+        return msg
+    reply = {key: value for key, value in msg.items() if key != 'id'}
+    if 'id' in received:
+        reply['id'] = received['id']
+    return reply

@@ -1,0 +1,103 @@
+"""
+The pytest plugin, as a user's project meets it: a test file of theirs,
+run by pytest in a process of its own, with no ``-p`` option and no
+conftest (the entry point loads the fixtures), and no asyncio plugin.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+TRANSCRIPT = [
+    {'qmp-transcript': 1},
+    {'t': 0.0, 'from': 'server', 'msg': {'QMP': {
+        'version': {'qemu': {'major': 7, 'minor': 2, 'micro': 0},
+                    'package': ''}, 'capabilities': ['oob']}}},
+    {'t': 0.1, 'from': 'client', 'msg': {'execute': 'qmp_capabilities',
+                                         'arguments': {'enable': ['oob']}}},
+    {'t': 0.1, 'from': 'server', 'msg': {'return': {}}},
+    {'t': 0.2, 'from': 'client', 'msg': {'execute': 'stop', 'id': 7}},
+    {'t': 0.2, 'from': 'server', 'msg': {'return': {}, 'id': 7}},
+    {'t': 0.2, 'from': 'server', 'msg': {
+        'event': 'STOP', 'data': {},
+        'timestamp': {'seconds': 1, 'microseconds': 2}}},
+    {'t': 0.3, 'from': 'client', 'msg': {'execute': 'query-status',
+                                         'id': 8}},
+    {'t': 0.3, 'from': 'server', 'msg': {'return': {
+        'status': 'paused', 'running': False}, 'id': 8}},
+]
+
+USER_TESTS = '''
+import asyncio
+
+from qemu.qmp import QMPClient
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+
+def test_blocking_replay(qmp_replay):
+    server = qmp_replay('stop.jsonl')
+    with QEMUMonitorProtocol(server.address) as qmp:
+        qmp.connect()
+        assert qmp.cmd('stop') == {}
+        assert qmp.pull_event(wait=5)['event'] == 'STOP'
+        assert qmp.cmd('query-status')['status'] == 'paused'
+
+
+def test_async_replay(qmp_replay):
+    server = qmp_replay('stop.jsonl', ordered=True)
+
+    async def main():
+        async with QMPClient() as qmp:
+            await qmp.connect(server.address)
+            await qmp.execute('stop')
+            assert (await qmp.events.get())['event'] == 'STOP'
+            return await qmp.execute('query-status')
+    assert asyncio.run(main())['running'] is False
+
+
+def test_unrecorded_command_from_a_handler(qmp_replay):
+    server = qmp_replay('stop.jsonl', handlers={'cont': {}})
+    with QEMUMonitorProtocol(server.address) as qmp:
+        qmp.connect()
+        assert qmp.cmd('cont') == {}
+
+
+def test_server_fixture(qmp_server):
+    qmp_server.server.on('query-status', {'status': 'running'})
+    with QEMUMonitorProtocol(qmp_server.address) as qmp:
+        qmp.connect()
+        assert qmp.cmd('query-status') == {'status': 'running'}
+
+
+def test_changed_argument(qmp_replay):
+    server = qmp_replay('stop.jsonl')
+    with QEMUMonitorProtocol(server.address) as qmp:
+        qmp.connect()
+        qmp.cmd_obj({'execute': 'query-status',
+                     'arguments': {'verbose': True}})
+'''
+
+
+def run_user_tests(tmp_path, *args):
+    (tmp_path / 'stop.jsonl').write_text(
+        ''.join(json.dumps(line) + '\n' for line in TRANSCRIPT))
+    (tmp_path / 'test_user.py').write_text(textwrap.dedent(USER_TESTS))
+    return subprocess.run(
+        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider',
+         '-p', 'no:asyncio', '-q', *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        check=False)
+
+
+def test_fixtures_load_from_the_entry_point(tmp_path):
+    """The fixtures need nothing but the installed package; a command
+    that does not match the transcript fails its test with the diff."""
+    result = run_user_tests(tmp_path)
+    assert '5 passed, 1 error' in result.stdout, \
+        result.stdout + result.stderr
+    assert 'def qmp_replay' not in result.stdout  # no fixture code shown
+    assert "'query-status' does not match the recorded 'query-status' " \
+        "(" in result.stdout
+    assert 'arguments.verbose: not recorded, received true' \
+        in result.stdout
