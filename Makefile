@@ -11,7 +11,7 @@ STAMP := $(VENV)/.qemu-qmp-devel
 DEBIAN_PACKAGES := qemu-system-x86 qemu-guest-agent qemu-utils
 
 .PHONY: help develop system-deps check check-only lint typecheck docs test \
-	pythons demo bench clean reference-api tui-screenshot
+	pythons demo bench clean reference-api tui-screenshot transcripts
 
 help:
 	@echo "qemu.qmp developer targets:"
@@ -34,6 +34,8 @@ help:
 	@echo "                    installed, the built-in test server otherwise;"
 	@echo "                    needs nothing but python3 (no install)"
 	@echo "  make bench        benchmarks against the reference library"
+	@echo "  make transcripts  record tests/transcripts/qemu-VERSION/ from"
+	@echo "                    real QEMU (QEMU=path for another version)"
 	@echo "  make tui-screenshot  redraw docs/_static/qmp-tui.svg, the"
 	@echo "                    screenshot on the qmp-tui page"
 	@echo "  make reference-api  regenerate tests/reference_api.txt, the"
@@ -106,6 +108,10 @@ demo:
 
 bench: develop
 	$(PYTHON) bench/run.py
+
+# Sessions recorded from real QEMU, replayed by the tests.
+transcripts: develop
+	PYTHONPATH=$(CURDIR) $(PYTHON) tests/transcripts/record.py
 
 # A private history directory: the session typed is not added to yours.
 tui-screenshot: develop

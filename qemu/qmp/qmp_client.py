@@ -803,6 +803,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     @bottom_half
     async def _bh_disconnect(self) -> None:
         conn = self._conn
+        recorder = self.recorder
+        if recorder is not None and conn.errors \
+                and type(conn.errors[0]) is EOFError:
+            recorder.closed(SERVER)
         core = conn.protocol_state
         if core is not None:  # (None: disconnect() while IDLE)
             cause = conn.errors[0] if conn.errors else None

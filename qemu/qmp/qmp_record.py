@@ -52,6 +52,10 @@ class StreamRecorder:
         self._pending = b''
         self._decoder = json.JSONDecoder()
 
+    def closed(self) -> None:
+        """The sender closed the connection: say so in the transcript."""
+        self._recorder.closed(self._sender)
+
     def feed(self, data: bytes) -> None:
         """Take the next bytes; record each message they complete."""
         pending = self._pending + data
@@ -94,6 +98,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         while True:
             data = await reader.read(256 * 1024)
             if not data:
+                stream.closed()
                 break
             stream.feed(data)
             writer.write(data)

@@ -8,9 +8,14 @@ to send back; `QMPTestServer.replay
 A command matches a recorded one with the same name and the same
 arguments (a recorded `MASKED <qemu.qmp.transcript.MASKED>` value matches
 any value).  By default any unplayed recorded command may match, the
-first one first; with ``ordered=True`` only the next one may.  The answer
-is what the server sent for the recorded command: its reply, with the id
-of the command received, and the events that followed it, in order.
+first one first; with ``ordered=True`` only the next one may; with
+``repeat=True``, a command that comes more often than recorded (a poll)
+gets its last recorded reply again.  The answer is what the server sent
+for the recorded command: its reply, with the id of the command received,
+and the events that followed it, in order.  The guest agent's
+``guest-sync`` and ``guest-sync-delimited`` carry a fresh id each time:
+they match by name, and their reply is the id received, as the agent's
+is.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import json
 from typing import Any, Dict, List, Optional, Union
 
 from .error import QMPError
-from .transcript import MASKED, Exchange, Transcript
+from .transcript import CLOSED, MASKED, Exchange, Transcript
 
 
 __all__ = ['Replay', 'Mismatch', 'ReplayError']
@@ -90,14 +95,20 @@ class Replay:
 
     :param transcript: The recorded session.
     :param ordered: Commands must come in the recorded order.
+    :param repeat: A command that comes again once its recorded ones were
+        played gets the last one's reply again (without events).
     """
 
     def __init__(self, transcript: Transcript, *,
-                 ordered: bool = False) -> None:
+                 ordered: bool = False, repeat: bool = False) -> None:
         #: The transcript replayed.
         self.transcript = transcript
         #: Whether commands must come in the recorded order.
         self.ordered = ordered
+        #: Whether a command may be answered again.
+        self.repeat = repeat
+        #: Recorded exchanges played, in the order they were.
+        self.played: List[Exchange] = []
         #: Recorded exchanges not played yet, in order.
         self.unplayed: List[Exchange] = transcript.exchanges()
         #: Commands that matched nothing, in order.
@@ -117,10 +128,19 @@ class Replay:
         """
         candidates = self.unplayed[:1] if self.ordered else self.unplayed
         wanted = _comparable(command)
+        sync = wanted['execute'] in _SYNC_COMMANDS
         for exchange in candidates:
-            if _matches(_comparable(exchange.command), wanted):
+            if (sync and exchange.name == wanted['execute']) \
+                    or _matches(_comparable(exchange.command), wanted):
                 self.unplayed.remove(exchange)
-                return [_with_id(msg, command) for msg in exchange.answer]
+                self.played.append(exchange)
+                answer = [_with_id(msg, command) for msg in exchange.answer]
+                return _echo_sync(answer, command) if sync else answer
+        if self.repeat:
+            for exchange in reversed(self.played):
+                if _matches(_comparable(exchange.command), wanted):
+                    return [_with_id(msg, command) for msg in exchange.answer
+                            if 'event' not in msg and msg is not CLOSED]
         return Mismatch(command, self._closest(command), self.ordered)
 
     def mismatched(self, mismatch: Mismatch) -> None:
@@ -146,6 +166,17 @@ class Replay:
             if exchange.name == name:
                 return exchange
         return None
+
+
+# The guest agent's resynchronisation: the reply is the id sent.
+_SYNC_COMMANDS = frozenset({'guest-sync', 'guest-sync-delimited'})
+
+
+def _echo_sync(answer: List[Dict[str, Any]],
+               command: Dict[str, Any]) -> List[Dict[str, Any]]:
+    arguments = command.get('arguments', {})
+    return [{**msg, 'return': arguments.get('id')} if 'return' in msg
+            else msg for msg in answer]
 
 
 def _comparable(command: Dict[str, Any]) -> Dict[str, Any]:
@@ -204,7 +235,7 @@ def _pretty(command: Dict[str, Any]) -> List[str]:
 def _with_id(msg: Dict[str, Any],
              received: Dict[str, Any]) -> Dict[str, Any]:
     """``msg``, with the id of ``received`` if it is a reply."""
-    if 'event' in msg:
+    if 'event' in msg or msg is CLOSED:
         return msg
     reply = {key: value for key, value in msg.items() if key != 'id'}
     if 'id' in received:

@@ -93,7 +93,7 @@ from typing import (
 from ._sockets import SocketAddrT, close_writer
 from .protocol import CLOSE_GRACE
 from .replay import Replay
-from .transcript import Transcript
+from .transcript import CLOSED, Transcript
 from .util import exception_summary, nests_deeper_than
 
 
@@ -212,7 +212,7 @@ class QMPTestServer:
     # ------------------------------------------------------------------
 
     def replay(self, transcript: Union[Transcript, str, os.PathLike[str]],
-               *, ordered: bool = False) -> Replay:
+               *, ordered: bool = False, repeat: bool = False) -> Replay:
         """
         Serve a recorded session (see :doc:`/replay`).
 
@@ -227,6 +227,8 @@ class QMPTestServer:
 
         :param transcript: A `Transcript`, or the path of its file.
         :param ordered: Commands must come in the recorded order.
+        :param repeat: A command that comes more often than recorded (a
+            poll) gets its last recorded reply again.
         :return: The replay's state: what was played, what mismatched.
         :raise OSError: The file cannot be read.
         :raise TranscriptError: It is not a transcript.
@@ -234,7 +236,7 @@ class QMPTestServer:
         if not isinstance(transcript, Transcript):
             transcript = Transcript.load(transcript)
         self.greeting = transcript.greeting
-        self._replay = Replay(transcript, ordered=ordered)
+        self._replay = Replay(transcript, ordered=ordered, repeat=repeat)
         return self._replay
 
     def on(self, command: str, handler: Handler) -> None:
@@ -568,8 +570,8 @@ class QMPTestServer:
         self._send(writer, reply)
         if self._replay is not None and name == 'qmp_capabilities' \
                 and 'return' in reply:
-            for event in self._replay.opening_events:
-                self._send(writer, event)
+            if await self._play(self._replay.opening_events, writer):
+                return
         if isinstance(name, str) and self.handlers.get(name) is QUIT \
                 and 'return' in reply:
             await self.emit_event('SHUTDOWN', {'guest': False,
@@ -592,11 +594,22 @@ class QMPTestServer:
                 reply['id'] = msg['id']
             self._send(writer, reply)
             return True
-        for item in played:
-            self._send(writer, item)
-        if name == 'quit' and any('return' in item for item in played):
-            await self.hang_up()
+        closed = await self._play(played, writer)
+        if not closed and name == 'quit' \
+                and any('return' in item for item in played):
+            await self.hang_up()  # (a transcript that does not say so)
         return True
+
+    async def _play(self, messages: List[Dict[str, Any]],
+                    writer: asyncio.StreamWriter) -> bool:
+        """Send recorded ``messages``; whether one said the server
+        closed the connection (it is closed then)."""
+        for msg in messages:
+            if msg is CLOSED:
+                await self.hang_up()
+                return True
+            self._send(writer, msg)
+        return False
 
     async def _reply_to(self, msg: Dict[str, Any]) -> Any:
         name = msg.get('execute', msg.get('exec-oob'))

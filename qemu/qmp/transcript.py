@@ -12,6 +12,9 @@ says what it is; each other line is one message, who sent it, and when
     {"t": 0.0004, "from": "client", "msg": {"execute": "qmp_capabilities"}}
     {"t": 0.0009, "from": "server", "msg": {"return": {}}}
 
+A line ``{"t": 1.5, "from": "server", "closed": true}`` says the server
+closed the connection then (QEMU quit, say).
+
 Record a session by giving the client a `Recorder`; replay a transcript
 with `QMPTestServer.replay <qemu.qmp.testing.QMPTestServer.replay>`:
 
@@ -61,7 +64,7 @@ from .error import QMPError
 
 
 __all__ = ['Recorder', 'Transcript', 'Entry', 'Exchange', 'TranscriptError',
-           'MASKED', 'FORMAT', 'CLIENT', 'SERVER', 'mask_secrets',
+           'MASKED', 'FORMAT', 'CLIENT', 'SERVER', 'CLOSED', 'mask_secrets',
            'record_wire']
 
 #: The format's version, in each transcript's first line.
@@ -74,6 +77,9 @@ MASKED = '<masked>'
 _SECRET_MEMBERS = frozenset({'password'})
 # QOM types whose 'data' property is a secret.
 _SECRET_OBJECTS = frozenset({'secret', 'secret_keyring'})
+
+#: The message of an entry that says its sender closed the connection.
+CLOSED: Dict[str, Any] = {'closed': True}
 
 #: An entry's ``from`` for a message the client sent.
 CLIENT = 'client'
@@ -199,6 +205,17 @@ class Recorder:
         self._write({'t': round(now - self._started, 6), 'from': sender,
                      'msg': dict(msg)})
 
+    def closed(self, sender: str) -> None:
+        """
+        Write that ``sender`` closed the connection.
+
+        :param sender: `CLIENT` or `SERVER`.
+        """
+        now = time.monotonic()
+        started = now if self._started is None else self._started
+        self._write({'t': round(now - started, 6), 'from': sender,
+                     'closed': True})
+
     def _write(self, obj: Mapping[str, Any]) -> None:
         if self._file.closed:
             return  # recorded until closed; a session may outlive it
@@ -294,6 +311,10 @@ class Transcript:
                 header_seen = True
                 continue
             sender, msg = obj.get('from'), obj.get('msg')
+            if obj.get('closed') is True and sender in (CLIENT, SERVER):
+                entries.append(Entry(sender, float(obj.get('t', 0.0)),
+                                     CLOSED, where))
+                continue
             if sender not in (CLIENT, SERVER) or not isinstance(msg, dict):
                 raise TranscriptError(
                     where, "a message line needs \"from\" (\"client\" or "
@@ -327,6 +348,13 @@ class Transcript:
         current: Optional[Exchange] = None
         for entry in self.entries:
             msg = entry.msg
+            if msg is CLOSED:
+                # (Once the client closed, the server only follows.)
+                if entry.sender == CLIENT:
+                    break
+                if current is not None:
+                    current.answer.append(msg)
+                continue
             if entry.sender == CLIENT:
                 name = msg.get('execute', msg.get('exec-oob'))
                 if name == 'qmp_capabilities':
@@ -351,13 +379,14 @@ class Transcript:
 
     def opening_events(self) -> List[Dict[str, Any]]:
         """The events the server sent before the client's first command
-        (after negotiating)."""
+        (after negotiating), and `CLOSED` if it closed then."""
         events = []
         for entry in self.entries:
             if entry.sender == CLIENT and entry.msg.get(
                     'execute') != 'qmp_capabilities':
                 break
-            if entry.sender == SERVER and 'event' in entry.msg:
+            if entry.sender == SERVER and ('event' in entry.msg
+                                           or entry.msg is CLOSED):
                 events.append(entry.msg)
         return events
 

@@ -11,6 +11,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.replay import Replay, ReplayError
 from qemu.qmp.testing import QMPTestServer, QUIT, ServerThread
 from qemu.qmp.transcript import (
+    CLOSED,
     MASKED,
     Recorder,
     Transcript,
@@ -329,9 +330,13 @@ async def test_recording_proxy_between_any_client_and_qemu(tmp_path):
     assert replies[0] == {'return': {}}
     assert replies[2]['id'] == 2
     transcript = Transcript.load(output)
-    senders = [entry.sender for entry in transcript.entries]
+    senders = [entry.sender for entry in transcript.entries
+               if entry.msg is not CLOSED]
     assert senders[0] == 'server' and 'QMP' in transcript.entries[0].msg
     assert sorted(senders) == ['client'] * 3 + ['server'] * 4
+    # The client hung up, then the server followed.
+    assert [(entry.sender, entry.msg) for entry in transcript.entries[-2:]] \
+        == [('client', CLOSED), ('server', CLOSED)]
     assert len(transcript.exchanges()) == 2
     assert session_path(output, 3).endswith('s-3.jsonl')
 
@@ -369,3 +374,68 @@ def test_stream_recorder_takes_messages_however_split():
         names = [json.loads(line)['msg']['execute']
                  for line in out.getvalue().splitlines()[1:]]
         assert names == ['a', 'b', 'c'], cut
+
+
+def transcript_of(*lines):
+    return Transcript.parse('\n'.join(
+        [json.dumps({'qmp-transcript': 1})]
+        + [json.dumps(line) for line in lines]))
+
+
+GREETING = {'t': 0, 'from': 'server', 'msg': {'QMP': {
+    'version': {}, 'capabilities': []}}}
+
+
+def test_repeat_answers_a_poll_again():
+    """repeat=True: a command that comes more often than recorded gets
+    its last reply again, without the events; otherwise a mismatch."""
+    transcript = transcript_of(
+        GREETING,
+        {'from': 'client', 'msg': {'execute': 'query-jobs', 'id': 1}},
+        {'from': 'server', 'msg': {'return': ['first'], 'id': 1}},
+        {'from': 'server', 'msg': {'event': 'JOB', 'data': {}}},
+        {'from': 'client', 'msg': {'execute': 'query-jobs', 'id': 2}},
+        {'from': 'server', 'msg': {'return': ['second'], 'id': 2}})
+    replay = Replay(transcript, repeat=True)
+    poll = {'execute': 'query-jobs', 'id': 'x'}
+    assert replay.answer(poll) == [{'return': ['first'], 'id': 'x'},
+                                   {'event': 'JOB', 'data': {}}]
+    assert replay.answer(poll) == [{'return': ['second'], 'id': 'x'}]
+    assert replay.answer(poll) == [{'return': ['second'], 'id': 'x'}]
+    strict = Replay(transcript)
+    strict.answer(poll)
+    strict.answer(poll)
+    assert not isinstance(strict.answer(poll), list)
+
+
+def test_guest_sync_is_answered_with_the_id_sent():
+    """guest-sync-delimited carries a fresh id each time: it matches by
+    name, and the reply is the id received, as the agent's is."""
+    transcript = transcript_of(
+        {'from': 'client', 'msg': {'execute': 'guest-sync-delimited',
+                                   'arguments': {'id': 1234}}},
+        {'from': 'server', 'msg': {'return': 1234}})
+    replay = Replay(transcript)
+    assert replay.answer({'execute': 'guest-sync-delimited',
+                          'arguments': {'id': 98765}}) == [{'return': 98765}]
+
+
+async def test_server_that_closed_closes_again():
+    """A transcript where the server closed the connection (QEMU quit,
+    seen by a client that only listens) replays the hang-up."""
+    transcript = transcript_of(
+        GREETING,
+        {'from': 'client', 'msg': {'execute': 'qmp_capabilities'}},
+        {'from': 'server', 'msg': {'return': {}}},
+        {'from': 'server', 'msg': {'event': 'SHUTDOWN', 'data': {}}},
+        {'from': 'server', 'closed': True})
+    server = QMPTestServer()
+    replay = server.replay(transcript)
+    async with server:
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        # (session_events() ends with the session, as the server closes.)
+        events = [event['event'] async for event in qmp.session_events()]
+        assert events == ['SHUTDOWN']
+        await qmp.disconnect()
+    replay.check()
