@@ -115,6 +115,39 @@ async def run_example(work: str, script: str, *args: str) -> str:
     return out.decode()
 
 
+async def record_guest_agent(directory: Path) -> Path:
+    """Record examples/guest_agent.py against qemu-ga (on the host: the
+    agent answers the same protocol there), through qmp-record."""
+    with tempfile.TemporaryDirectory(prefix='qmp-transcript-') as work:
+        os.mkdir(os.path.join(work, 'state'))
+        agent = subprocess.Popen([
+            tool('qemu-ga'), '-m', 'unix-listen', '-p',
+            os.path.join(work, 'qga.sock'), '-t',
+            os.path.join(work, 'state')])
+        partial = os.path.join(work, 'session.jsonl')
+        try:
+            # Wait until the agent listens: a client that tries again.
+            probe = QMPClient('probe')
+            probe.await_greeting = probe.negotiate = False
+            await probe.connect(os.path.join(work, 'qga.sock'), retry=30)
+            await probe.disconnect()
+            ready = asyncio.Event()
+            proxy = asyncio.create_task(serve(
+                os.path.join(work, 'qga.sock'),
+                os.path.join(work, 'record.sock'), partial, once=True,
+                ready=ready))
+            await ready.wait()
+            await run_example(work, 'guest_agent.py', 'record.sock')
+            await proxy
+        finally:
+            agent.kill()
+            agent.wait()
+        (directory / 'examples').mkdir(exist_ok=True)
+        target = directory / 'examples' / 'guest_agent.jsonl'
+        masked_paths(Path(partial), target, work)
+        return target
+
+
 async def record_example(qemu: str, script: str) -> Path:
     """Record ``script`` (one of examples/) through qmp-record."""
     with tempfile.TemporaryDirectory(prefix='qmp-transcript-') as work:
@@ -167,13 +200,14 @@ def main() -> None:
     paths = [asyncio.run(record(qemu, name)) for name in SESSIONS]
     paths += [asyncio.run(record_example(qemu, script))
               for script in EXAMPLES]
+    paths.append(asyncio.run(record_guest_agent(paths[0].parent)))
     for path in paths:
         print(f"{path.relative_to(ROOT)}: {path.stat().st_size:,} bytes",
               file=sys.stderr)
 
 
-#: The scripts of examples/ recorded (not guest_agent.py: it needs a
-#: guest agent, which this does not start).
+#: The scripts of examples/ recorded against QEMU (guest_agent.py is
+#: recorded against qemu-ga).
 EXAMPLES = ['backup.py', 'backup_blocking.py', 'watch_events.py']
 
 

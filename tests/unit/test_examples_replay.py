@@ -55,3 +55,10 @@ async def test_watch_events_on_a_replay(tmp_path):
              for line in out.splitlines()]
     assert names == ['STOP', 'RESUME', 'SHUTDOWN']
     assert err.endswith("QEMU closed the connection.\n")
+
+
+async def test_guest_agent_on_a_replay(tmp_path):
+    """The agent's answers, its random resynchronisation id echoed."""
+    out, _ = await run_on_replay(tmp_path, 'guest_agent.py')
+    assert out.startswith('qemu-ga ')
+    assert '\nguest: ' in out
