@@ -39,7 +39,17 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, List, Mapping, Optional, Union
+from typing import (
+    Any,
+    Callable,
+    Generator,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+)
 
 import pytest
 
@@ -50,9 +60,22 @@ from .transcript import Transcript
 
 __all__ = ['qmp_server', 'qmp_replay', 'qemu_monitor']
 
-#: Starts a replaying server: ``qmp_replay(transcript, ordered=False,
-#: handlers=None)`` returns the started `ServerThread`.
+#: Starts a replaying server: ``qmp_replay(transcript, ...)`` returns the
+#: started `ServerThread`.
 ReplayFactory = Callable[..., ServerThread]
+
+# Whether a test's own run (not its set-up or teardown) failed.
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, Any, None]:
+    """Note whether the test failed, for ``qmp_replay``'s check."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == 'call':
+        item.stash[_CALL_FAILED] = report.failed
 
 
 @pytest.fixture
@@ -72,24 +95,30 @@ def qmp_replay(request: pytest.FixtureRequest) -> Iterator[ReplayFactory]:
     """
     Start servers that replay transcripts; check them at the end.
 
-    ``qmp_replay(transcript, *, ordered=False, handlers=None)``: the
-    transcript is a `Transcript` or a path (relative to the test's file),
-    ``handlers`` maps command names to handlers for commands the
-    transcript does not hold (see `QMPTestServer.on`).  Returns the
-    started `ServerThread`; its ``.address`` is where to connect.
+    ``qmp_replay(transcript, *, ordered=False, repeat=False,
+    complete=False, handlers=None)``: the transcript is a `Transcript` or
+    a path (relative to the test's file); ``ordered`` and ``repeat`` are
+    `QMPTestServer.replay`'s; with ``complete``, a recorded command that
+    never came fails the test too; ``handlers`` maps command names to
+    handlers for commands the transcript does not hold (see
+    `QMPTestServer.on`).  Returns the started `ServerThread`; its
+    ``.address`` is where to connect.  A test that failed already is not
+    failed again by the check.
     """
     started: List[ServerThread] = []
-    replays: List[Replay] = []
+    replays: List[Tuple[Replay, bool]] = []
     test_dir = Path(str(request.node.fspath)).parent
 
     def start(transcript: Union[Transcript, str, os.PathLike[str]], *,
-              ordered: bool = False,
+              ordered: bool = False, repeat: bool = False,
+              complete: bool = False,
               handlers: Optional[Mapping[str, Handler]] = None
               ) -> ServerThread:
         if not isinstance(transcript, Transcript):
             transcript = Transcript.load(test_dir / transcript)
         server = QMPTestServer()
-        replays.append(server.replay(transcript, ordered=ordered))
+        replays.append((server.replay(transcript, ordered=ordered,
+                                      repeat=repeat), complete))
         for name, handler in (handlers or {}).items():
             server.on(name, handler)
         thread = ServerThread(server)
@@ -100,10 +129,12 @@ def qmp_replay(request: pytest.FixtureRequest) -> Iterator[ReplayFactory]:
     yield start
     for thread in started:
         thread.close()
+    if request.node.stash.get(_CALL_FAILED, False):
+        return  # the mismatch is why, and the test says so already
     problems = []
-    for replay in replays:
+    for replay, complete in replays:
         try:
-            replay.check()
+            replay.check(complete)
         except ReplayError as err:
             problems.append(str(err))
     if problems:
@@ -119,7 +150,11 @@ def qemu_monitor() -> Iterator[str]:
     ``$QEMU`` names the binary; by default ``qemu-system-x86_64`` from
     ``PATH``.  The test is skipped when there is none.
     """
-    binary = os.environ.get('QEMU') or shutil.which('qemu-system-x86_64')
+    named = os.environ.get('QEMU')
+    if named and not (os.path.isfile(named) and os.access(named, os.X_OK)):
+        pytest.fail(f"$QEMU names {named}, which is not an executable file",
+                    pytrace=False)
+    binary = named or shutil.which('qemu-system-x86_64')
     if not binary:
         pytest.skip("QEMU is not installed (qemu-system-x86_64, or $QEMU)")
     with tempfile.TemporaryDirectory(prefix='qemu-qmp-') as workdir:

@@ -46,15 +46,18 @@ class Mismatch:
     :param received: The command as received.
     :param expected: The recorded exchange it was closest to, if any.
     :param ordered: Whether the replay required the recorded order.
+    :param reason: What is wrong, when it is not a difference.
     """
 
     def __init__(self, received: Dict[str, Any],
-                 expected: Optional[Exchange], ordered: bool) -> None:
+                 expected: Optional[Exchange], ordered: bool,
+                 reason: Optional[str] = None) -> None:
         #: The command as received.
         self.received = received
         #: The recorded command it was compared with, if any.
         self.expected = expected
         self._ordered = ordered
+        self._reason = reason
 
     @property
     def name(self) -> str:
@@ -71,6 +74,8 @@ class Mismatch:
 
         :return: Several lines of text.
         """
+        if self._reason is not None:
+            return self._reason
         received = _comparable(self.received)
         expected = self.expected
         if expected is None:
@@ -135,6 +140,9 @@ class Replay:
                 self.unplayed.remove(exchange)
                 self.played.append(exchange)
                 answer = [_with_id(msg, command) for msg in exchange.answer]
+                if not any('return' in msg or 'error' in msg or msg is CLOSED
+                           for msg in answer):
+                    return self._no_reply(command, exchange, answer)
                 return _echo_sync(answer, command) if sync else answer
         if self.repeat:
             for exchange in reversed(self.played):
@@ -143,20 +151,40 @@ class Replay:
                             if 'event' not in msg and msg is not CLOSED]
         return Mismatch(command, self._closest(command), self.ordered)
 
+    def _no_reply(self, command: Dict[str, Any], exchange: Exchange,
+                  answer: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The transcript ends before the reply (a recording cut short):
+        an error reply, rather than a client waiting forever."""
+        text = (f"the transcript holds no reply to {exchange.name!r} "
+                f"({exchange.where})")
+        self.mismatches.append(Mismatch(command, exchange, self.ordered,
+                                        reason=text))
+        reply: Dict[str, Any] = {'error': {'class': 'GenericError',
+                                           'desc': f"replay: {text}"}}
+        if 'id' in command:
+            reply['id'] = command['id']
+        return answer + [reply]
+
     def mismatched(self, mismatch: Mismatch) -> None:
         """Record ``mismatch``: nothing else answered its command."""
         self.mismatches.append(mismatch)
 
-    def check(self) -> None:
+    def check(self, complete: bool = False) -> None:
         """
-        :raise ReplayError: Some command matched nothing; every one is
+        :param complete: Every recorded command must have been played.
+        :raise ReplayError: Some command matched nothing (or, with
+            ``complete``, some recorded command never came); every one is
             described.
         """
-        if self.mismatches:
+        problems = [m.describe() for m in self.mismatches]
+        if complete:
+            problems.extend(f"{exchange.name!r} ({exchange.where}) was "
+                            f"recorded, and never came"
+                            for exchange in self.unplayed)
+        if problems:
             raise ReplayError(
-                f"{len(self.mismatches)} command(s) did not match "
-                f"{self.transcript.name}:\n\n"
-                + '\n\n'.join(m.describe() for m in self.mismatches))
+                f"{len(problems)} command(s) did not match "
+                f"{self.transcript.name}:\n\n" + '\n\n'.join(problems))
 
     def _closest(self, command: Dict[str, Any]) -> Optional[Exchange]:
         if self.ordered:

@@ -90,7 +90,8 @@ from typing import (
     Union,
 )
 
-from ._sockets import SocketAddrT, close_writer
+from ._json_stream import JsonSplitter
+from ._sockets import READ_SIZE, SocketAddrT, close_writer
 from .protocol import CLOSE_GRACE
 from .replay import Replay
 from .transcript import CLOSED, Transcript
@@ -510,15 +511,20 @@ class QMPTestServer:
         try:
             if self.greeting is not None:
                 writer.write(_line(self.greeting))
+            # A JSON stream, as QEMU reads it: a client may send no
+            # newline between messages (the reference library sends none).
+            splitter = JsonSplitter(_MAX_INPUT)
             while True:
-                line = await _read_line(reader)
-                if line is None:
-                    self._send(writer, _error(
-                        'GenericError', 'JSON token size limit exceeded'))
-                    continue
-                if not line:
+                data = await reader.read(READ_SIZE)
+                texts = splitter.feed(data) if data else [splitter.finish()]
+                for text in texts:
+                    if text is None:
+                        self._send(writer, _error(
+                            'GenericError', 'JSON token size limit exceeded'))
+                    elif text:
+                        await self._on_line(text, writer)
+                if not data:
                     break
-                await self._on_line(line, writer)
         except ConnectionError:
             pass
         finally:
@@ -678,30 +684,6 @@ async def _close(writer: asyncio.StreamWriter) -> None:
 
 def _error(class_: str, desc: str) -> Dict[str, Any]:
     return {'error': {'class': class_, 'desc': desc}}
-
-
-async def _read_line(reader: asyncio.StreamReader) -> Optional[bytes]:
-    """
-    The next line from the client: ``b''`` at the end of the input, `None`
-    for a line over `_MAX_INPUT`, which is read to its end and dropped.
-    """
-    try:
-        return await reader.readuntil(b'\n')
-    except asyncio.IncompleteReadError as err:
-        return err.partial      # the last line, unterminated; or b''
-    except asyncio.LimitOverrunError as err:
-        overrun = err
-    # Drop what came so far, then read on to the line's end: the rest of
-    # an over-long line must not come back as lines of its own.
-    while True:
-        await reader.readexactly(overrun.consumed)
-        try:
-            await reader.readuntil(b'\n')
-            return None
-        except asyncio.IncompleteReadError:
-            return b''
-        except asyncio.LimitOverrunError as err:
-            overrun = err
 
 
 # QEMU refuses JSON nested deeper than this (MAX_NESTING in its parser).

@@ -45,6 +45,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 from types import TracebackType
 from typing import (
@@ -77,6 +78,10 @@ MASKED = '<masked>'
 _SECRET_MEMBERS = frozenset({'password'})
 # QOM types whose 'data' property is a secret.
 _SECRET_OBJECTS = frozenset({'secret', 'secret_keyring'})
+# Properties qom-set may set to a secret.
+_SECRET_PROPERTIES = frozenset({'data', 'password'})
+# An HMP command line that may carry one.
+_HMP_SECRET = re.compile(r'secret|password|passwd', re.IGNORECASE)
 
 #: The message of an entry that says its sender closed the connection.
 CLOSED: Dict[str, Any] = {'closed': True}
@@ -136,7 +141,10 @@ class Exchange(NamedTuple):
 
 def mask_secrets(msg: Mapping[str, Any]) -> Dict[str, Any]:
     """
-    A copy of the command ``msg`` with its secrets replaced by `MASKED`.
+    A copy of the command ``msg`` with its secrets replaced by `MASKED`:
+    the ``data`` of a ``secret`` object, any ``password`` member, a
+    ``qom-set`` of a ``data`` or ``password`` property, and an HMP command
+    line that mentions a secret or a password (whole).
 
     >>> mask_secrets({'execute': 'object-add', 'arguments': {
     ...     'qom-type': 'secret', 'id': 'sec0', 'data': 'letmein'}})
@@ -149,7 +157,14 @@ def mask_secrets(msg: Mapping[str, Any]) -> Dict[str, Any]:
     arguments = msg.get('arguments')
     if not isinstance(arguments, Mapping):
         return dict(msg)
-    return {**msg, 'arguments': _masked(arguments)}
+    masked = _masked(arguments)
+    name = msg.get('execute', msg.get('exec-oob'))
+    if name == 'qom-set' and masked.get('property') in _SECRET_PROPERTIES:
+        masked['value'] = MASKED
+    elif name == 'human-monitor-command' and _HMP_SECRET.search(
+            str(masked.get('command-line', ''))):
+        masked['command-line'] = MASKED
+    return {**msg, 'arguments': masked}
 
 
 def _masked(value: Any) -> Any:
@@ -323,6 +338,9 @@ class Transcript:
                                  where))
         if not header_seen:
             raise TranscriptError(f"{name}:1", "empty")
+        if not entries:
+            # What a recording that failed to connect leaves behind.
+            raise TranscriptError(f"{name}:1", "no message was recorded")
         return cls(entries, name)
 
     @property
@@ -339,12 +357,15 @@ class Transcript:
         The commands the client sent after negotiating, each with what the
         server sent for it (see `Exchange`).
 
-        A reply goes with the command of its id; an event goes with the
-        newest command sent before it.
+        A reply goes with the command of its id.  An event goes with the
+        oldest command still waiting for its reply (QEMU runs commands in
+        order: that is the one it was running), or, when none waits, with
+        the newest command sent before it.
         """
         exchanges: List[Exchange] = []
         by_id: Dict[str, Exchange] = {}
         idless: List[Exchange] = []
+        waiting: List[Exchange] = []
         current: Optional[Exchange] = None
         for entry in self.entries:
             msg = entry.msg
@@ -361,6 +382,7 @@ class Transcript:
                     continue
                 current = Exchange(msg, [], entry.where)
                 exchanges.append(current)
+                waiting.append(current)
                 if 'id' in msg:
                     by_id[_id_key(msg['id'])] = current
                 else:
@@ -368,13 +390,15 @@ class Transcript:
             elif 'QMP' in msg and not exchanges:
                 continue  # the greeting
             elif 'event' in msg:
-                if current is not None:
-                    current.answer.append(msg)
+                owner = waiting[0] if waiting else current
+                if owner is not None:
+                    owner.answer.append(msg)
             else:
                 owner = by_id.pop(_id_key(msg['id']), None) if 'id' in msg \
                     else (idless.pop(0) if idless else None)
                 if owner is not None:
                     owner.answer.append(msg)
+                    waiting.remove(owner)
         return exchanges
 
     def opening_events(self) -> List[Dict[str, Any]]:

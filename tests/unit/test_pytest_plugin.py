@@ -70,6 +70,21 @@ def test_server_fixture(qmp_server):
         assert qmp.cmd('query-status') == {'status': 'running'}
 
 
+def test_changed_argument_caught(qmp_replay):
+    """Fails once: the test itself, not again at teardown."""
+    server = qmp_replay('stop.jsonl')
+    with QEMUMonitorProtocol(server.address) as qmp:
+        qmp.connect()
+        qmp.cmd('stop', force=True)
+
+
+def test_complete(qmp_replay):
+    server = qmp_replay('stop.jsonl', complete=True)
+    with QEMUMonitorProtocol(server.address) as qmp:
+        qmp.connect()
+        qmp.cmd('stop')
+
+
 def test_changed_argument(qmp_replay):
     server = qmp_replay('stop.jsonl')
     with QEMUMonitorProtocol(server.address) as qmp:
@@ -94,10 +109,26 @@ def test_fixtures_load_from_the_entry_point(tmp_path):
     """The fixtures need nothing but the installed package; a command
     that does not match the transcript fails its test with the diff."""
     result = run_user_tests(tmp_path)
-    assert '5 passed, 1 error' in result.stdout, \
+    assert '1 failed, 6 passed, 2 errors' in result.stdout, \
         result.stdout + result.stderr
+    assert "'query-status' (" in result.stdout \
+        and "was recorded, and never came" in result.stdout
     assert 'def qmp_replay' not in result.stdout  # no fixture code shown
     assert "'query-status' does not match the recorded 'query-status' " \
         "(" in result.stdout
     assert 'arguments.verbose: not recorded, received true' \
         in result.stdout
+
+
+def test_qemu_named_by_environment_must_exist(tmp_path):
+    """$QEMU naming a file that is not there fails the test plainly."""
+    (tmp_path / 'test_user.py').write_text(
+        'def test_it(qemu_monitor):\n    pass\n')
+    import os
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider',
+         '-p', 'no:asyncio', '-q'], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, check=False,
+        env={**os.environ, 'QEMU': str(tmp_path / 'nowhere')})
+    assert 'which is not an executable file' in result.stdout
+    assert 'Traceback' not in result.stdout

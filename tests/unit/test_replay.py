@@ -439,3 +439,87 @@ async def test_server_that_closed_closes_again():
         assert events == ['SHUTDOWN']
         await qmp.disconnect()
     replay.check()
+
+
+async def test_client_that_sends_no_newlines_is_served_and_replayed(
+        tmp_path):
+    """A client that writes several commands at once with no newline
+    between them (as the reference library does) is served, recorded
+    through qmp-record, and replayed, as QEMU would serve it."""
+    from qemu.qmp.qmp_record import serve
+
+    async def raw_client(address):
+        reader, writer = await asyncio.open_unix_connection(address)
+        await reader.readline()  # the greeting
+        writer.write(b'{"execute":"qmp_capabilities"}{"execute":"stop",'
+                     b'"id":1}{"execute":"query-status","id":2}')
+        replies = [json.loads(await reader.readline()) for _ in range(4)]
+        writer.close()
+        await writer.wait_closed()
+        return replies
+
+    listen, output = str(tmp_path / 'listen.sock'), str(tmp_path / 'r.jsonl')
+    async with QMPTestServer() as qemu:
+        async def stop(args):
+            await qemu.emit_event('STOP')
+            return {}
+        qemu.on('stop', stop)
+        qemu.on('query-status', {'status': 'paused', 'running': False})
+        ready = asyncio.Event()
+        proxy = asyncio.create_task(serve(await qemu.start(), listen, output,
+                                          once=True, ready=ready))
+        await ready.wait()
+        recorded = await raw_client(listen)
+        await proxy
+    assert [reply.get('event', reply.get('id')) for reply in recorded] \
+        == [None, 'STOP', 1, 2]
+    server = QMPTestServer()
+    replay = server.replay(output)
+    [stop_exchange, _] = replay.unplayed
+    assert [msg.get('event') for msg in stop_exchange.answer] == ['STOP',
+                                                                  None]
+    async with server:
+        assert await raw_client(await server.start()) == recorded
+    replay.check(complete=True)
+
+
+def test_complete_check_names_what_never_came():
+    """check(complete=True) fails for recorded commands that never came."""
+    transcript = transcript_of(
+        GREETING,
+        {'from': 'client', 'msg': {'execute': 'stop', 'id': 1}},
+        {'from': 'server', 'msg': {'return': {}, 'id': 1}})
+    replay = Replay(transcript)
+    replay.check()
+    with pytest.raises(ReplayError, match=r"'stop' \(<transcript>:3\) was "
+                       r"recorded, and never came"):
+        replay.check(complete=True)
+
+
+def test_transcript_cut_before_a_reply_answers_with_an_error():
+    """A recording cut short (no reply to the last command) gives that
+    command an error, not a client waiting forever, and fails check()."""
+    transcript = transcript_of(
+        GREETING, {'from': 'client', 'msg': {'execute': 'stop', 'id': 1}})
+    replay = Replay(transcript)
+    [reply] = replay.answer({'execute': 'stop', 'id': 'x'})
+    assert reply['id'] == 'x' and 'no reply' in reply['error']['desc']
+    with pytest.raises(ReplayError, match="holds no reply to 'stop'"):
+        replay.check()
+
+
+def test_transcript_without_messages_is_refused():
+    """What a recording that never connected leaves: an error at load."""
+    with pytest.raises(TranscriptError, match='no message was recorded'):
+        Transcript.parse('{"qmp-transcript": 1, "recorded": "x"}\n')
+
+
+@pytest.mark.parametrize('command', [
+    {'execute': 'qom-set', 'arguments': {
+        'path': '/objects/sec0', 'property': 'data', 'value': 'hunter2'}},
+    {'execute': 'human-monitor-command', 'arguments': {
+        'command-line': 'object_add secret,id=s1,data=hunter2'}},
+    {'execute': 'change-vnc-password', 'arguments': {'password': 'hunter2'}},
+])
+def test_other_ways_of_passing_secrets_are_masked(command):
+    assert 'hunter2' not in json.dumps(mask_secrets(command))

@@ -163,7 +163,7 @@ async def test_bad_input_is_answered_and_the_session_goes_on(line, desc):
         writer.write(b'{"execute": "query-status", "id": 1}\n')
         assert json.loads(await asyncio.wait_for(reader.readline(), 5)) \
             == {'return': {'status': 'running'}, 'id': 1}
-        assert server.garbage[-1] == line
+        assert server.garbage[-1].strip() == line.strip()
         writer.close()
         await writer.wait_closed()
 
