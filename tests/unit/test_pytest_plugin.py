@@ -132,3 +132,32 @@ def test_qemu_named_by_environment_must_exist(tmp_path):
         env={**os.environ, 'QEMU': str(tmp_path / 'nowhere')})
     assert 'which is not an executable file' in result.stdout
     assert 'Traceback' not in result.stdout
+
+
+def test_fixtures_in_a_fresh_venv(tmp_path):
+    """In a venv holding only the package and pytest, the fixtures load
+    (entry point) and replay."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from tests.helpers import unavailable
+    uv = shutil.which('uv') or str(Path(sys.executable).parent / 'uv')
+    if not os.path.exists(uv):
+        unavailable("uv is not installed (a devel extra)")
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / 'venv'
+    subprocess.run([uv, 'venv', '-q', '--python', sys.executable,
+                    str(venv)], check=True, timeout=120)
+    python = str(venv / 'bin' / 'python')
+    subprocess.run([uv, 'pip', 'install', '-q', '--python', python,
+                    str(root), 'pytest'], check=True, timeout=300,
+                   cwd=tmp_path)
+    (tmp_path / 'stop.jsonl').write_text(
+        ''.join(json.dumps(line) + '\n' for line in TRANSCRIPT))
+    (tmp_path / 'test_user.py').write_text(textwrap.dedent(USER_TESTS))
+    result = subprocess.run(
+        [python, '-m', 'pytest', '-p', 'no:cacheprovider', '-q',
+         '-k', 'replay or server_fixture'], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, check=False)
+    assert '3 passed' in result.stdout, result.stdout + result.stderr
