@@ -72,9 +72,11 @@ def sock_path(tmp_path):
     return str(tmp_path / 'proto.sock')
 
 
-async def pair(address):
-    """A listening and a connecting LineProtocol, connected."""
-    server, client = LineProtocol('server'), LineProtocol('client')
+async def pair(address, client_type=None):
+    """A listening and a connecting LineProtocol (or ``client_type``),
+    connected."""
+    server = LineProtocol('server')
+    client = (client_type or LineProtocol)('client')
     if isinstance(address, tuple) and address[1] == 0:
         address = (address[0], free_port())
     await server.start_server(address)
@@ -706,12 +708,7 @@ async def test_messages_sent_before_disconnect_go_out(sock_path):
 async def test_failed_send_ends_session(sock_path):
     """A message that cannot be sent ends the session; disconnect()
     raises why, and what was queued before it went out."""
-    server = LineProtocol('server')
-    client = FailingSend('client')
-    await server.start_server(sock_path)
-    accepting = asyncio.create_task(server.accept())
-    await client.connect(sock_path)
-    await accepting
+    server, client = await pair(sock_path, FailingSend)
     client.send(b'first\n')
     client.send(b'boom\n')
     await wait_for_state(client, Runstate.DISCONNECTING)
@@ -770,12 +767,7 @@ class SendsDuringHandshake(LineProtocol):
 async def test_messages_queued_during_handshake_wait_for_it(sock_path):
     """What is queued before the session runs is written after the
     handshakes, as with the reference library's writer task."""
-    server = LineProtocol('server')
-    client = SendsDuringHandshake('client')
-    await server.start_server(sock_path)
-    accepting = asyncio.create_task(server.accept())
-    await client.connect(sock_path)
-    await accepting
+    server, client = await pair(sock_path, SendsDuringHandshake)
     assert await server.inbox.get() == b'handshake\n'
     assert await server.inbox.get() == b'after-handshake\n'
     await close_both(client, server)
