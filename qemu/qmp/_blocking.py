@@ -465,6 +465,8 @@ class BlockingConnection:
         core.receive_data(received)
         debug = self._debug
         recorder = self.recorder
+        if recorder is not None and not received:
+            recorder.closed(SERVER)
         while True:
             item = core.next_message()
             if type(item) is Message:

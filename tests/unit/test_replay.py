@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.replay import Replay, ReplayError
 from qemu.qmp.testing import QMPTestServer, QUIT, ServerThread
@@ -523,3 +523,22 @@ def test_transcript_without_messages_is_refused():
 ])
 def test_other_ways_of_passing_secrets_are_masked(command):
     assert 'hunter2' not in json.dumps(mask_secrets(command))
+
+
+def test_blocking_client_records_quit_and_the_hang_up(tmp_path):
+    """QEMUMonitorProtocol.recorder: the session, then the server's
+    hang-up, which the replay repeats."""
+    path = tmp_path / 'quit.jsonl'
+    server = QMPTestServer()
+    server.on('quit', QUIT)
+    with ServerThread(server) as thread:
+        with QEMUMonitorProtocol(thread.address) as qmp:
+            with Recorder(path) as qmp.recorder:
+                qmp.connect()
+                assert qmp.cmd('quit') == {}
+                assert qmp.pull_event(wait=5)['event'] == 'SHUTDOWN'
+                with pytest.raises(ExecInterruptedError):
+                    qmp.cmd('query-status')  # the server hung up
+    transcript = Transcript.load(path)
+    assert transcript.entries[-1].msg is CLOSED
+    assert transcript.entries[-1].sender == 'server'
