@@ -459,14 +459,15 @@ class BlockingConnection:
         """Feed what one read brought to the core, and act on what it
         says; called with the lock held."""
         core = self._core
+        recorder = self.recorder
+        if recorder is not None and (isinstance(received, OSError)
+                                     or not received):
+            recorder.closed(SERVER)  # it hung up, or reset the connection
         if isinstance(received, OSError):
             core.connection_lost(received)
             return
         core.receive_data(received)
         debug = self._debug
-        recorder = self.recorder
-        if recorder is not None and not received:
-            recorder.closed(SERVER)
         while True:
             item = core.next_message()
             if type(item) is Message:
