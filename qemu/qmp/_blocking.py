@@ -12,9 +12,13 @@ has it, reads once without holding the lock, then feeds the bytes to the
 core under the lock, acts on what it says, wakes the other waiters and
 gives the role up.  While another thread reads, a waiter sleeps on a
 condition and is woken after every read (then takes the role itself if it
-still has nothing).  So one thread alone costs one ``send`` and one
-``recv`` per command, and a thread blocked in ``pull_event(wait=True)``
-reads the replies of every other thread.
+still has nothing).  So one thread alone costs one ``send``, one ``poll``
+and one ``recv`` per command, and a thread blocked in
+``pull_event(wait=True)`` reads the replies of every other thread.
+
+No call blocks for longer than `SIGNAL_CHECK_INTERVAL`: ``recv`` only
+reads what ``poll`` found waiting, and every wait is cut into slices, so
+Ctrl-C (or any signal whose handler raises) always gets through.
 
 Sending has a lock of its own, so a thread stuck writing to a server that
 stopped reading never blocks the routing of replies.
@@ -87,21 +91,35 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
 
+# The longest a wait blocks in one system call, in seconds.  CPython runs
+# a signal handler (Ctrl-C's KeyboardInterrupt) only between bytecodes: a
+# signal that lands after the last check but before a blocking recv() or
+# poll() is not seen until that call returns, which on a silent server is
+# never.  So waits poll in slices this long and recv() only what is there.
+SIGNAL_CHECK_INTERVAL = 0.25
+
 #: What a server that never greets (the guest agent) needs, for the hints.
 NO_GREETING_FIX = "pass negotiate=False to connect()"
 
 
 def longest_wait(seconds: float) -> float:
     """
-    ``seconds``, cut to what one blocking call can wait (`LONGEST_WAIT`).
-
-    An infinite or huge timeout is then waited in day-long steps.
+    ``seconds``, cut to what one blocking call can wait (`LONGEST_WAIT`),
+    so an infinite or huge timeout never overflows a system call.
     """
     return seconds if seconds < LONGEST_WAIT else LONGEST_WAIT
 
 
 def _milliseconds(seconds: float) -> int:
-    return max(0, math.ceil(longest_wait(seconds) * 1000))
+    return max(0, math.ceil(seconds * 1000))
+
+
+def _slice(remaining: Optional[float]) -> float:
+    """How long one blocking call of a wait with ``remaining`` seconds
+    left (`None`: no deadline) may block: see `SIGNAL_CHECK_INTERVAL`."""
+    if remaining is None or remaining > SIGNAL_CHECK_INTERVAL:
+        return SIGNAL_CHECK_INTERVAL
+    return remaining if remaining > 0 else 0.0
 
 
 class ReentrantCallError(QMPError):
@@ -418,9 +436,7 @@ class BlockingConnection:
                         return None
                     self._sleepers += 1
                     try:
-                        self._changed.wait(
-                            None if remaining is None
-                            else longest_wait(remaining))
+                        self._changed.wait(_slice(remaining))
                     finally:
                         self._sleepers -= 1
                     continue
@@ -432,7 +448,7 @@ class BlockingConnection:
                     late_reads += 1
                 self._reading = True
             try:
-                received = self._read(remaining)
+                received = self._read(_slice(remaining))
                 read = True
             except BaseException:
                 with self._lock:
@@ -440,7 +456,7 @@ class BlockingConnection:
                     self._changed.notify_all()
                 raise
 
-    def _read(self, timeout: Optional[float]) -> Union[bytes, OSError, None]:
+    def _read(self, timeout: float) -> Union[bytes, OSError, None]:
         """
         Read once (up to ``timeout`` seconds), unlocked.
 
@@ -448,8 +464,7 @@ class BlockingConnection:
             reading raised, or `None` if nothing came in time.
         """
         try:
-            if timeout is not None and \
-                    not self._readable.poll(_milliseconds(timeout)):
+            if not self._readable.poll(_milliseconds(timeout)):
                 return None
             return self._sock.recv(READ_SIZE)
         except OSError as err:
@@ -507,11 +522,7 @@ class BlockingConnection:
         if self.recorder is not None:
             record_wire(self.recorder, CLIENT, data)
         try:
-            if deadline is None:
-                with self._send_lock:
-                    self._sock.sendall(data, _NOSIGNAL)
-            else:
-                self._send_by(data, deadline)
+            self._send_by(data, math.inf if deadline is None else deadline)
         except asyncio.TimeoutError:
             raise  # an OSError too, from Python 3.11 on
         except OSError as err:
@@ -529,9 +540,12 @@ class BlockingConnection:
             ) from err
 
     def _send_by(self, data: bytes, deadline: float) -> None:
-        if not self._send_lock.acquire(
-                timeout=longest_wait(max(0.0, deadline - time.monotonic()))):
-            raise asyncio.TimeoutError
+        """Send all of ``data`` by ``deadline`` (``math.inf``: no
+        deadline), blocking for a slice at a time."""
+        while not self._send_lock.acquire(
+                timeout=_slice(deadline - time.monotonic())):
+            if deadline <= time.monotonic():
+                raise asyncio.TimeoutError
         try:
             view = memoryview(data)
             sent = 0
@@ -544,9 +558,10 @@ class BlockingConnection:
                     pass
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or \
-                        not self._writable.poll(_milliseconds(remaining)):
+                        not self._writable.poll(_milliseconds(
+                            _slice(remaining))):
                     if remaining > 0:
-                        continue  # a day-long step of a longer wait
+                        continue  # one slice of a longer wait
                     if sent:
                         self._break("a command timed out half sent")
                     raise asyncio.TimeoutError

@@ -5,6 +5,7 @@ import errno
 import gc
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -950,3 +951,80 @@ def test_ctrl_c_caught_leaves_a_closed_session(fake):
     assert proc.returncode == 0, err
     assert out.decode().splitlines() == [
         'interrupted', 'then: The connection was closed.']
+
+
+class _SignalRaceWatch:
+    """
+    Stands in for a connection's socket and pollers: records every poll
+    timeout, fails a ``recv()`` made while nothing is waiting and any
+    ``sendall()`` (either could block past a signal), and raises
+    `KeyboardInterrupt` from the third poll, as a SIGINT handler would
+    when the poll returns.
+    """
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.sock = conn._sock
+        self.pollers = conn._readable, conn._writable
+        self.timeouts = []
+        conn._sock = conn._readable = conn._writable = self
+
+    def remove(self):
+        conn = self.conn
+        conn._sock = self.sock
+        conn._readable, conn._writable = self.pollers
+
+    def poll(self, milliseconds):
+        self.timeouts.append(milliseconds)
+        if len(self.timeouts) == 3:
+            raise KeyboardInterrupt
+        return []  # nothing came in this slice
+
+    def recv(self, size):
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        assert readable, "recv() would block: a signal could wait forever"
+        return self.sock.recv(size)
+
+    def sendall(self, data, flags=0):
+        raise AssertionError("sendall() blocks: a signal could wait forever")
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def _send_to_a_server_that_stopped_reading(qmp, fake):
+    fake.call(fake.server.pause_reading)
+    qmp.cmd('echo', blob='x' * (8 << 20))
+
+
+@pytest.mark.parametrize('wait, closes', [
+    pytest.param(lambda q, f: q.cmd('hang'), True, id='cmd'),
+    pytest.param(lambda q, f: q.settimeout(86400.0) or q.cmd('hang'), True,
+                 id='cmd-with-timeout'),
+    pytest.param(_send_to_a_server_that_stopped_reading, True, id='sending'),
+    # Nothing is left half done: the session goes on.
+    pytest.param(lambda q, f: q.pull_event(wait=True), False,
+                 id='pull_event'),
+])
+def test_waits_never_block_past_a_signal(qmp, fake, wait, closes):
+    """
+    CPython runs a signal handler between bytecodes: a SIGINT that lands
+    just before a blocking ``recv()`` or a long ``poll()`` goes unhandled
+    until data comes, so Ctrl-C would hang a script whose server is
+    silent.  Every wait polls in short slices and reads only what is
+    there; the interrupt propagates, and ends a session it left with a
+    command half done.
+    """
+    fake.server.on('hang', lambda args: NO_REPLY)
+    fake.run(fake.server.wait_connected())
+    watch = _SignalRaceWatch(qmp._conn)
+    with pytest.raises(KeyboardInterrupt):
+        wait(qmp, fake)
+    watch.remove()
+    assert len(watch.timeouts) == 3
+    assert all(0 <= ms <= 250 for ms in watch.timeouts), watch.timeouts
+    if closes:
+        with pytest.raises(StateError, match='The connection was closed'):
+            qmp.cmd('query-status')
+    else:
+        assert qmp.cmd('query-status')['status'] == 'running'
