@@ -59,7 +59,7 @@ from typing import (
     cast,
 )
 
-from ._sockets import LONGEST_WAIT, READ_SIZE
+from ._sockets import LONGEST_WAIT
 from .codec import Codec
 from .core import (
     Phase,
@@ -90,6 +90,12 @@ _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 # How many reads a wait makes after its deadline passed, to take in what
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
+
+# How many bytes one recv() asks for.  recv() allocates that much before
+# it knows how much came; at glibc's mmap threshold (128 KiB) or more, that
+# is an mmap, mremap and munmap per read: about a third of a command's CPU
+# time.  Below it, a large reply takes a few more reads, which is cheap.
+_READ_SIZE = 64 * 1024
 
 # The longest a wait blocks in one system call, in seconds.  CPython runs
 # a signal handler (Ctrl-C's KeyboardInterrupt) only between bytecodes: a
@@ -466,7 +472,7 @@ class BlockingConnection:
         try:
             if not self._readable.poll(_milliseconds(timeout)):
                 return None
-            return self._sock.recv(READ_SIZE)
+            return self._sock.recv(_READ_SIZE)
         except OSError as err:
             return err
 
