@@ -39,6 +39,21 @@ LONGEST_WAIT = 24 * 3600.0
 READ_SIZE = 256 * 1024
 
 
+# How many bytes asyncio's socket transport asks recv() for, at most.  Its
+# own default (256 KiB) is at glibc's mmap threshold, so each read costs an
+# mmap, an mremap and a munmap before any byte is parsed.
+TRANSPORT_READ_SIZE = 64 * 1024
+
+
+def _read_below_mmap_threshold(streams: Streams) -> Streams:
+    transport = streams[1].transport
+    # Only asyncio's plain socket transport has ``max_size`` (not TLS's,
+    # not uvloop's, which read into buffers of their own).
+    if getattr(transport, 'max_size', 0) > TRANSPORT_READ_SIZE:
+        transport.max_size = TRANSPORT_READ_SIZE  # type: ignore[attr-defined]
+    return streams
+
+
 async def open_stream(address: Union[SocketAddrT, socket.socket],
                       ssl: Optional[SSLContext], limit: int) -> Streams:
     """
@@ -48,15 +63,18 @@ async def open_stream(address: Union[SocketAddrT, socket.socket],
     :raise TypeError: ``address`` is none of the accepted forms.
     """
     if isinstance(address, socket.socket):
-        return await asyncio.open_connection(
+        streams = await asyncio.open_connection(
             sock=address, ssl=ssl, limit=limit,
             server_hostname='' if ssl else None)
-    if isinstance(address, str):
-        return await asyncio.open_unix_connection(
+    elif isinstance(address, str):
+        streams = await asyncio.open_unix_connection(
             address, ssl=ssl, limit=limit,
             server_hostname='' if ssl else None)
-    host, port = _tcp_address(address)
-    return await asyncio.open_connection(host, port, ssl=ssl, limit=limit)
+    else:
+        host, port = _tcp_address(address)
+        streams = await asyncio.open_connection(host, port, ssl=ssl,
+                                                limit=limit)
+    return _read_below_mmap_threshold(streams)
 
 
 def describe(address: object) -> str:
@@ -256,7 +274,8 @@ async def accept(listener: socket.socket, ssl: Optional[SSLContext],
     except BaseException:
         conn.close()
         raise
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+    return _read_below_mmap_threshold(
+        (reader, asyncio.StreamWriter(transport, protocol, reader, loop)))
 
 
 def accept_blocking(listener: socket.socket,

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from qemu.qmp import ConnectError, QMPClient, Runstate, session
+from qemu.qmp import ConnectError, QMPClient, Runstate, _sockets, session
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.message import DeserializationError
 from qemu.qmp.testing import QUIT, QMPTestServer
@@ -207,3 +207,21 @@ async def test_session_names_its_own_setting_for_the_guest_agent():
                            match=r'pass negotiate=False to session\(\)'):
             async with session(await server.start(), session_timeout=0.05):
                 pass
+
+
+async def test_transports_read_below_the_mmap_threshold(tmp_path):
+    """asyncio's socket transport asks recv() for 256 KiB by default,
+    which costs an mmap, an mremap and a munmap per read: streams opened
+    by connecting and by accepting ask for less (uvloop's transports
+    have no such setting)."""
+    path = str(tmp_path / 'qmp.sock')
+    listener = await _sockets.listen(path)
+    accepting = asyncio.ensure_future(_sockets.accept(listener, None, 1024))
+    connected = await _sockets.open_stream(path, None, 1024)
+    accepted = await accepting
+    _sockets.close_listener(listener)
+    for _, writer in (connected, accepted):
+        assert getattr(writer.transport, 'max_size', 0) \
+            <= _sockets.TRANSPORT_READ_SIZE
+        writer.close()
+        await writer.wait_closed()
