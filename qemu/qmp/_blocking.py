@@ -12,13 +12,14 @@ has it, reads once without holding the lock, then feeds the bytes to the
 core under the lock, acts on what it says, wakes the other waiters and
 gives the role up.  While another thread reads, a waiter sleeps on a
 condition and is woken after every read (then takes the role itself if it
-still has nothing).  So one thread alone costs one ``send``, one ``poll``
-and one ``recv`` per command, and a thread blocked in
-``pull_event(wait=True)`` reads the replies of every other thread.
+still has nothing).  So one thread alone costs one ``send`` and one
+``recv`` per command, and a thread blocked in ``pull_event(wait=True)``
+reads the replies of every other thread.
 
-No call blocks for longer than `SIGNAL_CHECK_INTERVAL`: ``recv`` only
-reads what ``poll`` found waiting, and every wait is cut into slices, so
-Ctrl-C (or any signal whose handler raises) always gets through.
+No system call blocks for longer than `SIGNAL_CHECK_INTERVAL`: every wait
+is cut into slices (a ``recv`` with no deadline by the socket's receive
+timeout, the others by ``poll``), so Ctrl-C, or any signal whose handler
+raises, always gets through.
 
 Sending has a lock of its own, so a thread stuck writing to a server that
 stopped reading never blocks the routing of replies.
@@ -59,7 +60,7 @@ from typing import (
     cast,
 )
 
-from ._sockets import LONGEST_WAIT
+from ._sockets import LONGEST_WAIT, RECV_SIZE
 from .codec import Codec
 from .core import (
     Phase,
@@ -83,19 +84,13 @@ __all__ = ['BlockingConnection', 'ReentrantCallError', 'longest_wait']
 _T = TypeVar('_T')
 
 # Never let SIGPIPE kill the process (Python ignores it, but an embedding
-# application may not); non-blocking single sends for timed commands.
+# application may not); non-blocking sends, which never block past a signal.
 _NOSIGNAL = getattr(socket, 'MSG_NOSIGNAL', 0)
 _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 
 # How many reads a wait makes after its deadline passed, to take in what
 # has already arrived (the end of the stream included).
 _LATE_READS = 16
-
-# How many bytes one recv() asks for.  recv() allocates that much before
-# it knows how much came; at glibc's mmap threshold (128 KiB) or more, that
-# is an mmap, mremap and munmap per read: about a third of a command's CPU
-# time.  Below it, a large reply takes a few more reads, which is cheap.
-_READ_SIZE = 64 * 1024
 
 # The longest a wait blocks in one system call, in seconds.  CPython runs
 # a signal handler (Ctrl-C's KeyboardInterrupt) only between bytecodes: a
@@ -126,6 +121,18 @@ def _slice(remaining: Optional[float]) -> float:
     if remaining is None or remaining > SIGNAL_CHECK_INTERVAL:
         return SIGNAL_CHECK_INTERVAL
     return remaining if remaining > 0 else 0.0
+
+
+def _bound_recv(sock: socket.socket) -> bool:
+    """Make a blocking ``recv()`` on ``sock`` give up (`BlockingIOError`)
+    after `SIGNAL_CHECK_INTERVAL`; `False` if the system refused."""
+    microseconds = round(SIGNAL_CHECK_INTERVAL * 1_000_000)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack('ll', *divmod(microseconds, 1_000_000)))
+    except (OSError, struct.error):
+        return False
+    return True
 
 
 class ReentrantCallError(QMPError):
@@ -166,6 +173,9 @@ class BlockingConnection:
                  logger: logging.Logger, negotiate: bool = True) -> None:
         sock.setblocking(True)
         self._sock = sock
+        # A recv() with no deadline is bounded by the kernel, not poll():
+        # one system call per read where the option is taken.
+        self._recv_bounded = _bound_recv(sock)
         self._pid = os.getpid()
         self._logger = logger
         self._debug = logger.isEnabledFor(logging.DEBUG)
@@ -454,7 +464,7 @@ class BlockingConnection:
                     late_reads += 1
                 self._reading = True
             try:
-                received = self._read(_slice(remaining))
+                received = self._read(remaining)
                 read = True
             except BaseException:
                 with self._lock:
@@ -462,17 +472,22 @@ class BlockingConnection:
                     self._changed.notify_all()
                 raise
 
-    def _read(self, timeout: float) -> Union[bytes, OSError, None]:
+    def _read(self, timeout: Optional[float]
+              ) -> Union[bytes, OSError, None]:
         """
-        Read once (up to ``timeout`` seconds), unlocked.
+        Read once, unlocked, blocking for one `SIGNAL_CHECK_INTERVAL` at
+        most (less if ``timeout`` is shorter; `None`: no deadline).
 
         :return: The bytes (``b''`` at end of stream), the error that
             reading raised, or `None` if nothing came in time.
         """
         try:
-            if not self._readable.poll(_milliseconds(timeout)):
-                return None
-            return self._sock.recv(_READ_SIZE)
+            if timeout is not None or not self._recv_bounded:
+                if not self._readable.poll(_milliseconds(_slice(timeout))):
+                    return None
+            return self._sock.recv(RECV_SIZE)
+        except BlockingIOError:  # SO_RCVTIMEO: nothing came in a slice
+            return None
         except OSError as err:
             return err
 

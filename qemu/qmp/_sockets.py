@@ -39,18 +39,21 @@ LONGEST_WAIT = 24 * 3600.0
 READ_SIZE = 256 * 1024
 
 
-# How many bytes asyncio's socket transport asks recv() for, at most.  Its
-# own default (256 KiB) is at glibc's mmap threshold, so each read costs an
-# mmap, an mremap and a munmap before any byte is parsed.
-TRANSPORT_READ_SIZE = 64 * 1024
+# How many bytes one recv() asks for, in asyncio's socket transport and in
+# the blocking client.  recv() allocates that much before it knows how much
+# came: from glibc's mmap threshold (128 KiB) up, that costs an mmap, an
+# mremap and a munmap per read, about a third of a small command's CPU time
+# (asyncio's own default is 256 KiB).  Just below it, large replies still
+# come in large pieces.
+RECV_SIZE = 127 * 1024
 
 
 def _read_below_mmap_threshold(streams: Streams) -> Streams:
     transport = streams[1].transport
     # Only asyncio's plain socket transport has ``max_size`` (not TLS's,
     # not uvloop's, which read into buffers of their own).
-    if getattr(transport, 'max_size', 0) > TRANSPORT_READ_SIZE:
-        transport.max_size = TRANSPORT_READ_SIZE  # type: ignore[attr-defined]
+    if getattr(transport, 'max_size', 0) > RECV_SIZE:
+        transport.max_size = RECV_SIZE  # type: ignore[attr-defined]
     return streams
 
 

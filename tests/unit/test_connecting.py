@@ -222,6 +222,6 @@ async def test_transports_read_below_the_mmap_threshold(tmp_path):
     _sockets.close_listener(listener)
     for _, writer in (connected, accepted):
         assert getattr(writer.transport, 'max_size', 0) \
-            <= _sockets.TRANSPORT_READ_SIZE
+            <= _sockets.RECV_SIZE
         writer.close()
         await writer.wait_closed()

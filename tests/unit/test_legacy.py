@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from qemu.qmp import (
     Runstate,
     StateError,
 )
+from qemu.qmp._blocking import SIGNAL_CHECK_INTERVAL
 from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.error import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol, QMPBadPortError
@@ -955,18 +957,19 @@ def test_ctrl_c_caught_leaves_a_closed_session(fake):
 
 class _SignalRaceWatch:
     """
-    Stands in for a connection's socket and pollers: records every poll
-    timeout, fails a ``recv()`` made while nothing is waiting and any
-    ``sendall()`` (either could block past a signal), and raises
-    `KeyboardInterrupt` from the third poll, as a SIGINT handler would
-    when the poll returns.
+    Stands in for a connection's socket and pollers, and checks that no
+    call could block past a signal: every poll has a short timeout, a
+    ``recv()`` on a socket with nothing waiting has a short receive
+    timeout (then gives up as the kernel would), and ``sendall()`` is
+    never used.  Each of those waits is a slice; the third raises
+    `KeyboardInterrupt`, as a SIGINT handler would when the call returns.
     """
 
     def __init__(self, conn):
         self.conn = conn
         self.sock = conn._sock
         self.pollers = conn._readable, conn._writable
-        self.timeouts = []
+        self.slices = []  # milliseconds
         conn._sock = conn._readable = conn._writable = self
 
     def remove(self):
@@ -974,15 +977,25 @@ class _SignalRaceWatch:
         conn._sock = self.sock
         conn._readable, conn._writable = self.pollers
 
-    def poll(self, milliseconds):
-        self.timeouts.append(milliseconds)
-        if len(self.timeouts) == 3:
+    def _slice_passed(self, milliseconds):
+        self.slices.append(milliseconds)
+        if len(self.slices) == 3:
             raise KeyboardInterrupt
+
+    def poll(self, milliseconds):
+        self._slice_passed(milliseconds)
         return []  # nothing came in this slice
 
     def recv(self, size):
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        assert readable, "recv() would block: a signal could wait forever"
+        if not select.select([self.sock], [], [], 0)[0]:
+            seconds, microseconds = struct.unpack('ll', self.sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+            milliseconds = seconds * 1000 + microseconds / 1000
+            assert milliseconds > 0, \
+                "recv() would block: a signal could wait forever"
+            self._slice_passed(milliseconds)
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily "
+                                  "unavailable")
         return self.sock.recv(size)
 
     def sendall(self, data, flags=0):
@@ -1021,8 +1034,10 @@ def test_waits_never_block_past_a_signal(qmp, fake, wait, closes):
     with pytest.raises(KeyboardInterrupt):
         wait(qmp, fake)
     watch.remove()
-    assert len(watch.timeouts) == 3
-    assert all(0 <= ms <= 250 for ms in watch.timeouts), watch.timeouts
+    assert len(watch.slices) == 3
+    # (The kernel rounds a receive timeout up to its clock tick.)
+    longest = SIGNAL_CHECK_INTERVAL * 1000 + 10
+    assert all(0 <= ms <= longest for ms in watch.slices), watch.slices
     if closes:
         with pytest.raises(StateError, match='The connection was closed'):
             qmp.cmd('query-status')
