@@ -88,9 +88,11 @@ _T = TypeVar('_T')
 _NOSIGNAL = getattr(socket, 'MSG_NOSIGNAL', 0)
 _DONTWAIT = getattr(socket, 'MSG_DONTWAIT', 0)
 
-# How many reads a wait makes after its deadline passed, to take in what
-# has already arrived (the end of the stream included).
-_LATE_READS = 16
+# How many bytes a wait reads at most after its deadline passed, to take
+# in what has already arrived (the end of the stream included): more than
+# Linux's TCP receive buffer grows to (6 MiB), and a bound on how long a
+# server that never stops sending keeps a caller.
+_LATE_READ_BYTES = 8 << 20
 
 # The longest a wait blocks in one system call, in seconds.  CPython runs
 # a signal handler (Ctrl-C's KeyboardInterrupt) only between bytecodes: a
@@ -419,7 +421,7 @@ class BlockingConnection:
         Read until ``take()`` returns something, and return it.
 
         ``take`` runs under the lock.  Before giving up at ``deadline``,
-        what has already arrived is read (up to `_LATE_READS` reads, so a
+        what has already arrived is read (up to `_LATE_READ_BYTES`, so a
         server that never stops sending cannot keep a caller here), unless
         another thread is reading.
 
@@ -429,6 +431,7 @@ class BlockingConnection:
         """
         received: Union[bytes, OSError, None] = None
         late_reads = 0  # reads made once the deadline had passed
+        late_bytes = 0  # and the bytes they brought
         read = False
         while True:
             with self._lock:
@@ -436,6 +439,8 @@ class BlockingConnection:
                     read = False
                     self._reading = False
                     if received is not None:
+                        if late_reads and type(received) is bytes:
+                            late_bytes += len(received)
                         self._take_in(received)
                     if self._sleepers:
                         self._changed.notify_all()
@@ -457,9 +462,9 @@ class BlockingConnection:
                         self._sleepers -= 1
                     continue
                 if out_of_time:
-                    # The last read found nothing waiting, or enough reads.
+                    # The last read found nothing waiting, or read enough.
                     if (late_reads and received is None) \
-                            or late_reads == _LATE_READS:
+                            or late_bytes >= _LATE_READ_BYTES:
                         return None
                     late_reads += 1
                 self._reading = True

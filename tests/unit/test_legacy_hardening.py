@@ -2,8 +2,10 @@
 not: a busy monitor, signal handlers, huge timeouts, fork()."""
 
 import asyncio
+import json
 import math
 import os
+import select
 import signal
 import socket
 import threading
@@ -236,3 +238,51 @@ def test_forked_child_leaves_waiting_commands_alone(fake, qmp):
         assert qmp.cmd('query-status') == {'status': 'running'}
     except ExecInterruptedError:  # pragma: no cover - the defect
         pytest.fail("the child's close ended the parent's session")
+
+
+# ---------------------------------------------------------------------
+# What has arrived before a deadline is read, however it is cut
+# ---------------------------------------------------------------------
+
+class _Arrived:
+    """Stands in for a connection's socket and poller: ``data`` has all
+    arrived (the kernel holds it), and each ``recv()`` takes a piece."""
+
+    def __init__(self, conn, data):
+        self.sock, self.poller = conn._sock, conn._readable
+        self.data = memoryview(data)
+        conn._sock = conn._readable = self
+
+    def poll(self, milliseconds):
+        return [(self.sock.fileno(), select.POLLIN)] if self.data else []
+
+    def recv(self, size):
+        piece, self.data = self.data[:size], self.data[size:]
+        return bytes(piece)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_events_that_arrived_are_all_taken_in(qmp):
+    """get_events() reads everything that arrived before it was called,
+    several MiB too (a TCP receive buffer holds that much), not a fixed
+    number of reads of it."""
+    event = json.dumps({
+        'event': 'BLOCK_JOB_PENDING', 'data': {'pad': 'x' * 10_000},
+        'timestamp': {'seconds': 0, 'microseconds': 0}}).encode() + b'\n'
+    _Arrived(qmp._conn, event * 300)  # 3 MiB
+    assert len(qmp.get_events()) == 300
+
+
+def test_a_server_that_never_stops_sending_cannot_keep_a_caller(qmp):
+    """Reading what has arrived stops after a bound (8 MiB), even if the
+    server has always sent more by then."""
+    event = json.dumps({
+        'event': 'BLOCK_JOB_PENDING', 'data': {'pad': 'x' * 10_000},
+        'timestamp': {'seconds': 0, 'microseconds': 0}}).encode() + b'\n'
+    arrived = _Arrived(qmp._conn, b'')
+    arrived.poll = lambda milliseconds: [(0, select.POLLIN)]
+    arrived.recv = lambda size: event  # forever
+    events = qmp.get_events()
+    assert 8 << 20 <= len(events) * len(event) < (8 << 20) + len(event)
