@@ -548,7 +548,13 @@ class BlockingConnection:
         if self.recorder is not None:
             record_wire(self.recorder, CLIENT, data)
         try:
-            self._send_by(data, math.inf if deadline is None else deadline)
+            if deadline is None:
+                # A with statement: a signal handled just as the lock is
+                # taken cannot leave it taken (close() would wait forever).
+                with self._send_lock:
+                    self._send_all(data, math.inf)
+            else:
+                self._send_by(data, deadline)
         except asyncio.TimeoutError:
             raise  # an OSError too, from Python 3.11 on
         except OSError as err:
@@ -566,33 +572,35 @@ class BlockingConnection:
             ) from err
 
     def _send_by(self, data: bytes, deadline: float) -> None:
-        """Send all of ``data`` by ``deadline`` (``math.inf``: no
-        deadline), blocking for a slice at a time."""
+        """`_send_all`, the send lock taken by ``deadline`` too."""
         while not self._send_lock.acquire(
                 timeout=_slice(deadline - time.monotonic())):
             if deadline <= time.monotonic():
                 raise asyncio.TimeoutError
         try:
-            view = memoryview(data)
-            sent = 0
-            while sent < len(data):
-                try:
-                    sent += self._sock.send(view[sent:],
-                                            _NOSIGNAL | _DONTWAIT)
-                    continue
-                except BlockingIOError:
-                    pass
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or \
-                        not self._writable.poll(_milliseconds(
-                            _slice(remaining))):
-                    if remaining > 0:
-                        continue  # one slice of a longer wait
-                    if sent:
-                        self._break("a command timed out half sent")
-                    raise asyncio.TimeoutError
+            self._send_all(data, deadline)
         finally:
             self._send_lock.release()
+
+    def _send_all(self, data: bytes, deadline: float) -> None:
+        """Send all of ``data`` by ``deadline`` (``math.inf``: none),
+        blocking for a slice at a time; the send lock is held."""
+        view = memoryview(data)
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += self._sock.send(view[sent:], _NOSIGNAL | _DONTWAIT)
+                continue
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or \
+                    not self._writable.poll(_milliseconds(_slice(remaining))):
+                if remaining > 0:
+                    continue  # one slice of a longer wait
+                if sent:
+                    self._break("a command timed out half sent")
+                raise asyncio.TimeoutError
 
     def _break(self, why: str) -> None:
         """End the session because the stream can no longer be trusted."""

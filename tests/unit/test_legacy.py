@@ -1043,3 +1043,56 @@ def test_waits_never_block_past_a_signal(qmp, fake, wait, closes):
             qmp.cmd('query-status')
     else:
         assert qmp.cmd('query-status')['status'] == 'running'
+
+
+class _SignalAsLockIsTaken:
+    """
+    Stands in for a connection's send lock: ``acquire()`` takes the real
+    lock, then raises `KeyboardInterrupt`, as a SIGINT handler run when
+    the call returns would.  A with statement has no such window, so
+    ``__enter__`` takes the lock quietly.
+    """
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def acquire(self, *args, **kwargs):
+        self.lock.acquire(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    def release(self):
+        self.lock.release()
+
+    def __enter__(self):
+        self.lock.acquire()
+
+    def __exit__(self, *exc_info):
+        self.lock.release()
+
+
+def test_a_signal_as_a_command_takes_the_send_lock_leaves_it_free(qmp):
+    """A command without a timeout takes the send lock in a way that a
+    signal cannot leave it taken: the command runs, and close() (which
+    waits for the lock) returns."""
+    conn = qmp._conn
+    real = conn._send_lock
+    conn._send_lock = _SignalAsLockIsTaken(real)
+    outcome = []
+    command = threading.Thread(target=lambda: outcome.append(
+        _outcome_of(lambda: qmp.cmd('query-status'))))
+    command.start()
+    command.join(10)
+    if command.is_alive():  # in close(), waiting for the lock
+        real.release()
+        command.join()
+        pytest.fail("a signal left the send lock taken")
+    conn._send_lock = real
+    assert outcome == [{'status': 'running'}]
+    assert not real.locked()
+
+
+def _outcome_of(call):
+    try:
+        return call()
+    except BaseException as exc:  # KeyboardInterrupt too
+        return exc
