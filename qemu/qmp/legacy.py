@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from types import TracebackType
@@ -91,6 +92,18 @@ _logger = logging.getLogger(__name__)
 
 class QMPBadPortError(QMPError):
     """Unable to parse socket address: Port was non-numerical."""
+
+
+def _not_nan(timeout: Optional[float]) -> Optional[float]:
+    """
+    ``timeout``, checked: no comparison with NaN is true, so a wait with a
+    NaN timeout would neither end nor time out.
+
+    :raise ValueError: ``timeout`` is NaN.
+    """
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("a timeout cannot be NaN")
+    return timeout
 
 
 class QEMUMonitorProtocol:
@@ -232,7 +245,9 @@ class QEMUMonitorProtocol:
         :raise StateError: Already connected, or listening (`accept`).
         :raise ConnectError: The connection or the negotiation failed (or
             timed out); it wraps the root cause.
+        :raise ValueError: ``timeout`` is NaN.
         """
+        _not_nan(timeout)
         self._require_idle("connect")
         if self._listener is not None:
             raise StateError("Listening for QEMU: call accept(), not "
@@ -271,7 +286,9 @@ class QEMUMonitorProtocol:
         :raise asyncio.TimeoutError: Nobody connected, greeted and
             negotiated in time.
         :raise ConnectError: Accepting or negotiating failed.
+        :raise ValueError: ``timeout`` is NaN.
         """
+        _not_nan(timeout)
         self._require_idle("accept")
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._server and self._given_socket:
@@ -460,8 +477,9 @@ class QEMUMonitorProtocol:
         since the stream is broken.
 
         :param timeout: Seconds, or `None` to wait indefinitely.
+        :raise ValueError: ``timeout`` is NaN.
         """
-        self._timeout = timeout
+        self._timeout = _not_nan(timeout)
 
     def send_fd_scm(self, fd: int) -> None:
         """
@@ -487,7 +505,9 @@ class QEMUMonitorProtocol:
             return None
         if wait is False:
             return 0.0
-        return max(0.0, float(wait))
+        seconds = _not_nan(float(wait))
+        assert seconds is not None
+        return max(0.0, seconds)
 
     def pull_event(self,
                    wait: Union[bool, float] = False) -> Optional[QMPMessage]:
@@ -499,6 +519,7 @@ class QEMUMonitorProtocol:
             seconds.
         :return: The event as a dict, or `None`.
         :raise asyncio.TimeoutError: The wait ran out.
+        :raise ValueError: ``wait`` is NaN.
         :raise EOFError: No event is pending and the connection is gone,
             so none can come: waiting would never end.
         """
@@ -529,7 +550,9 @@ class QEMUMonitorProtocol:
         :raise asyncio.TimeoutError: The wait ran out.
         :raise EOFError: Nothing is pending, ``wait`` asked to wait, and
             the connection is gone.
+        :raise ValueError: ``wait`` is NaN.
         """
+        self._timeout_of(wait)
         conn = self._conn
         events = conn.take_events() if conn is not None else []
         if events:

@@ -196,6 +196,25 @@ def test_infinite_connect_and_accept_timeouts(fake, tmp_path):
     server.close()
 
 
+@pytest.mark.parametrize('use', [
+    pytest.param(lambda q, path: q.settimeout(math.nan), id='settimeout'),
+    pytest.param(lambda q, path: q.pull_event(wait=math.nan),
+                 id='pull_event'),
+    pytest.param(lambda q, path: q.get_events(wait=math.nan),
+                 id='get_events'),
+    pytest.param(lambda q, path: QEMUMonitorProtocol(path).connect(
+        timeout=math.nan), id='connect'),
+    pytest.param(lambda q, path: QEMUMonitorProtocol(
+        path + '.listen', server=True).accept(timeout=math.nan),
+        id='accept'),
+])
+def test_a_nan_timeout_is_refused(fake, qmp, use):
+    """A NaN timeout is a ValueError where it is given: no comparison
+    with it is true, so a wait with it would spin and never end."""
+    with pytest.raises(ValueError, match='NaN'):
+        use(qmp, qmp._address)
+
+
 # ---------------------------------------------------------------------
 # fork()
 # ---------------------------------------------------------------------
