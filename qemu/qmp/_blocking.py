@@ -16,10 +16,11 @@ still has nothing).  So one thread alone costs one ``send`` and one
 ``recv`` per command, and a thread blocked in ``pull_event(wait=True)``
 reads the replies of every other thread.
 
-No system call blocks for longer than `SIGNAL_CHECK_INTERVAL`: every wait
-is cut into slices (a ``recv`` with no deadline by the socket's receive
-timeout, the others by ``poll``), so Ctrl-C, or any signal whose handler
-raises, always gets through.
+No system call made while waiting for the server (to read, or to take
+what it has not read yet) blocks for longer than `SIGNAL_CHECK_INTERVAL`:
+every wait is cut into slices (a ``recv`` with no deadline by the socket's
+receive timeout, the others by ``poll``), so Ctrl-C, or any signal whose
+handler raises, always gets through.
 
 Sending has a lock of its own, so a thread stuck writing to a server that
 stopped reading never blocks the routing of replies.
@@ -631,7 +632,15 @@ class BlockingConnection:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                           struct.pack('@i', fd))]
             with self._send_lock:
-                self._sock.sendmsg([b' '], ancillary, _NOSIGNAL)
+                # A slice at a time, as in _send_all.
+                while True:
+                    try:
+                        self._sock.sendmsg([b' '], ancillary,
+                                           _NOSIGNAL | _DONTWAIT)
+                        break
+                    except BlockingIOError:
+                        self._writable.poll(
+                            _milliseconds(SIGNAL_CHECK_INTERVAL))
         finally:
             self._leave()
 

@@ -1001,6 +1001,11 @@ class _SignalRaceWatch:
     def sendall(self, data, flags=0):
         raise AssertionError("sendall() blocks: a signal could wait forever")
 
+    def sendmsg(self, buffers, ancillary, flags=0):
+        assert flags & socket.MSG_DONTWAIT, \
+            "sendmsg() blocks: a signal could wait forever"
+        raise BlockingIOError(errno.EAGAIN, "the server stopped reading")
+
     def __getattr__(self, name):
         return getattr(self.sock, name)
 
@@ -1018,6 +1023,8 @@ def _send_to_a_server_that_stopped_reading(qmp, fake):
     # Nothing is left half done: the session goes on.
     pytest.param(lambda q, f: q.pull_event(wait=True), False,
                  id='pull_event'),
+    pytest.param(lambda q, f: q.send_fd_scm(sys.__stderr__.fileno()), False,
+                 id='send_fd_scm'),
 ])
 def test_waits_never_block_past_a_signal(qmp, fake, wait, closes):
     """
