@@ -104,7 +104,7 @@ class Connection(Generic[T]):
                  'writer',
                  'listener', 'accept_ssl', 'accepted', 'accept_task',
                  'reader_task', 'writer_task', 'write_batch', 'dc_task',
-                 'errors', 'protocol_state', '__weakref__')
+                 'errors', 'protocol_state', 'large_reads', '__weakref__')
 
     def __init__(self, address: object, readbuflen: int,
                  flush: Callable[[Outbox[T]], None]) -> None:
@@ -119,6 +119,9 @@ class Connection(Generic[T]):
         self.lines = LineBuffer(readbuflen)
         self.reader: Optional[asyncio.StreamReader] = None
         self.writer: Optional[asyncio.StreamWriter] = None
+        #: Whether the transport reads in large pieces, for a large
+        #: message (see _sockets.LARGE_RECV_SIZE).
+        self.large_reads = False
         #: While listening (start_server() to accept()).
         self.listener: Optional[socket.socket] = None
         self.accept_ssl: Optional[SSLContext] = None

@@ -42,18 +42,29 @@ READ_SIZE = 256 * 1024
 # How many bytes one recv() asks for, in asyncio's socket transport and in
 # the blocking client.  recv() allocates that much before it knows how much
 # came: from glibc's mmap threshold (128 KiB) up, that costs an mmap, an
-# mremap and a munmap per read, about a third of a small command's CPU time
+# mremap and a munmap per read, about a tenth of a small command's CPU time
 # (asyncio's own default is 256 KiB).  Just below it, large replies still
 # come in large pieces.
 RECV_SIZE = 127 * 1024
 
+#: What asyncio's transport asks for by default; `QMPClient` switches to it
+#: while a large message streams in (fewer, fuller reads), and back.
+LARGE_RECV_SIZE = 256 * 1024
+
+
+def set_recv_size(writer: asyncio.StreamWriter, size: int) -> None:
+    """Make ``writer``'s transport ask recv() for ``size`` bytes at most.
+
+    Only asyncio's plain socket transport has this setting (``max_size``);
+    TLS's and uvloop's read into buffers of their own and are left alone.
+    """
+    transport = writer.transport
+    if hasattr(transport, 'max_size'):
+        transport.max_size = size
+
 
 def _read_below_mmap_threshold(streams: Streams) -> Streams:
-    transport = streams[1].transport
-    # Only asyncio's plain socket transport has ``max_size`` (not TLS's,
-    # not uvloop's, which read into buffers of their own).
-    if getattr(transport, 'max_size', 0) > RECV_SIZE:
-        transport.max_size = RECV_SIZE  # type: ignore[attr-defined]
+    set_recv_size(streams[1], RECV_SIZE)
     return streams
 
 

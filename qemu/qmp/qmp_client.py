@@ -732,19 +732,24 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise TruncatedMessageError: The server hung up mid-message.
         :raise OSError: Reading the socket failed.
         """
-        core = self._conn.protocol_state
+        conn = self._conn
+        core = conn.protocol_state
         while True:
             item = core.next_message()
             if type(item) is Message:
+                if conn.large_reads:  # the large message is in
+                    self._set_large_reads(False)
                 return item
             if item is None:
-                reader = self._conn.reader
+                reader = conn.reader
                 assert reader is not None
                 try:
                     data = await reader.read(_sockets.READ_SIZE)
                 except OSError as err:
                     raise core.connection_lost(err).reason from None
                 core.receive_data(data)
+                if len(data) >= _sockets.RECV_SIZE and not conn.large_reads:
+                    self._set_large_reads(True)
             elif type(item) is ReplyFailed:
                 future = item.waiter
                 if not future.done():
@@ -752,6 +757,16 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             else:
                 assert type(item) is SessionEnded
                 raise item.reason
+
+    def _set_large_reads(self, large: bool) -> None:
+        """Read in asyncio's large pieces while a large message streams
+        in (a full read says one does): it comes in fewer wakeups of the
+        reader.  Small pieces otherwise (see `_sockets.RECV_SIZE`)."""
+        conn = self._conn
+        conn.large_reads = large
+        assert conn.writer is not None
+        _sockets.set_recv_size(conn.writer, _sockets.LARGE_RECV_SIZE if large
+                               else _sockets.RECV_SIZE)
 
     def _do_send(self, msg: Message) -> None:
         self._write(Codec.encode(msg))

@@ -225,3 +225,24 @@ async def test_transports_read_below_the_mmap_threshold(tmp_path):
             <= _sockets.RECV_SIZE
         writer.close()
         await writer.wait_closed()
+
+
+async def test_a_large_reply_is_read_in_large_pieces(monkeypatch):
+    """While a large reply streams in, the transport reads in asyncio's
+    large pieces (fewer wakeups of the reader), and in pieces below the
+    mmap threshold again after it."""
+    sizes = []
+    set_recv_size = _sockets.set_recv_size
+    monkeypatch.setattr(_sockets, 'set_recv_size', lambda writer, size: (
+        sizes.append(size), set_recv_size(writer, size)))
+    async with QMPTestServer() as server:
+        server.on('big', lambda args: 'x' * (4 << 20))
+        server.on('small', lambda args: {})
+        qmp = QMPClient()
+        await qmp.connect(await server.start())
+        assert sizes == [_sockets.RECV_SIZE]
+        assert len(await qmp.execute('big')) == 4 << 20
+        await qmp.execute('small')
+        assert sizes == [_sockets.RECV_SIZE, _sockets.LARGE_RECV_SIZE,
+                         _sockets.RECV_SIZE]
+        await qmp.disconnect()
