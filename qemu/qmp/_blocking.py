@@ -229,7 +229,12 @@ class BlockingConnection:
                 "this thread is already inside a call on this connection "
                 "(is this a signal handler?); calling in again would wait "
                 "for itself forever")
-        self._inside.add(thread)
+        try:
+            self._inside.add(thread)
+        except BaseException:
+            # A signal handled as add() returned: this call never began.
+            self._inside.discard(thread)
+            raise
 
     def _leave(self) -> None:
         self._inside.discard(threading.get_ident())
@@ -434,48 +439,55 @@ class BlockingConnection:
         late_reads = 0  # reads made once the deadline had passed
         late_bytes = 0  # and the bytes they brought
         read = False
+        # Whether this thread has the reader role: set in the statements
+        # that take and give it up, so that a signal handled anywhere in
+        # between cannot leave the role taken by nobody.
+        reading = False
         while True:
-            with self._lock:
-                if read:
-                    read = False
-                    self._reading = False
-                    if received is not None:
-                        if late_reads and type(received) is bytes:
-                            late_bytes += len(received)
-                        self._take_in(received)
-                    if self._sleepers:
-                        self._changed.notify_all()
-                value = take()
-                if value is not None:
-                    return value
-                if self._core.phase is Phase.ENDED:
-                    raise self._core.interrupted()
-                remaining = None if deadline is None \
-                    else deadline - time.monotonic()
-                out_of_time = remaining is not None and remaining <= 0
-                if self._reading:
-                    if out_of_time:
-                        return None
-                    self._sleepers += 1
-                    try:
-                        self._changed.wait(_slice(remaining))
-                    finally:
-                        self._sleepers -= 1
-                    continue
-                if out_of_time:
-                    # The last read found nothing waiting, or read enough.
-                    if (late_reads and received is None) \
-                            or late_bytes >= _LATE_READ_BYTES:
-                        return None
-                    late_reads += 1
-                self._reading = True
             try:
+                with self._lock:
+                    if read:
+                        read = False
+                        self._reading = reading = False
+                        if received is not None:
+                            if late_reads and type(received) is bytes:
+                                late_bytes += len(received)
+                            self._take_in(received)
+                        if self._sleepers:
+                            self._changed.notify_all()
+                    value = take()
+                    if value is not None:
+                        return value
+                    if self._core.phase is Phase.ENDED:
+                        raise self._core.interrupted()
+                    remaining = None if deadline is None \
+                        else deadline - time.monotonic()
+                    out_of_time = remaining is not None and remaining <= 0
+                    if self._reading:
+                        if out_of_time:
+                            return None
+                        self._sleepers += 1
+                        try:
+                            self._changed.wait(_slice(remaining))
+                        finally:
+                            self._sleepers -= 1
+                        continue
+                    if out_of_time:
+                        # The last read found nothing waiting, or read enough.
+                        if (late_reads and received is None) \
+                                or late_bytes >= _LATE_READ_BYTES:
+                            return None
+                        late_reads += 1
+                    self._reading = reading = True
                 received = self._read(remaining)
                 read = True
             except BaseException:
-                with self._lock:
-                    self._reading = False
-                    self._changed.notify_all()
+                if reading:
+                    with self._lock:
+                        self._reading = False
+                        if read and received is not None:
+                            self._take_in(received)  # read, not yet taken
+                        self._changed.notify_all()
                 raise
 
     def _read(self, timeout: Optional[float]

@@ -1103,3 +1103,65 @@ def _outcome_of(call):
         return call()
     except BaseException as exc:  # KeyboardInterrupt too
         return exc
+
+
+class _SignalAsLockIsReleased:
+    """
+    Stands in for a connection's lock: releasing it while this thread
+    holds the reader role raises `KeyboardInterrupt` (once), as a SIGINT
+    handler run when the release returns would.
+    """
+
+    def __init__(self, conn):
+        self.conn, self.lock = conn, conn._lock
+        self.armed = True
+
+    def __enter__(self):
+        self.lock.acquire()
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.lock.release()
+        if self.armed and exc_type is None and self.conn._reading:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+class _SignalAsCallBegins(set):
+    """Stands in for the set of threads inside a call: adding to it
+    raises `KeyboardInterrupt` (once) after it added."""
+
+    armed = True
+
+    def add(self, thread):
+        super().add(thread)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('stand_in', [
+    pytest.param(lambda conn: setattr(
+        conn, '_lock', _SignalAsLockIsReleased(conn)), id='reader-role'),
+    pytest.param(lambda conn: setattr(
+        conn, '_inside', _SignalAsCallBegins()), id='call-begins'),
+])
+def test_a_signal_between_two_steps_leaves_the_session_usable(
+        qmp, fake, stand_in):
+    """A signal handled between taking a role and the code that gives it
+    back (the reader role of a wait, the mark of a thread inside a call)
+    leaves neither taken: the next calls read, and are not refused as
+    re-entrant."""
+    conn = qmp._conn
+    lock = conn._lock
+    stand_in(conn)
+    with pytest.raises(KeyboardInterrupt):
+        qmp.pull_event(wait=True)
+    conn._lock = lock
+    stuck = conn._reading, set(conn._inside)
+    conn._reading = False  # (so that close() cannot wait forever)
+    conn._inside.clear()
+    assert stuck == (False, set())
+    qmp.settimeout(5)
+    fake.emit('STOP')
+    assert qmp.pull_event(wait=5)['event'] == 'STOP'
+    assert qmp.cmd('query-status')['status'] == 'running'
