@@ -45,16 +45,18 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import deque
+from types import FrameType
 from typing import (
     Callable,
     Deque,
+    Dict,
     Hashable,
     List,
     Optional,
-    Set,
     Tuple,
     TypeVar,
     Union,
@@ -193,11 +195,12 @@ class BlockingConnection:
             negotiate=negotiate)
         self._sleepers = 0
         self._reading = False
+        self._reader = 0  # the thread that last took the reader role
         self._events: Deque[Message] = deque()
         self._closed = False
         # Threads inside a call, to refuse re-entry (see ReentrantCallError)
         # and a close() asked for by one, done when it leaves.
-        self._inside: Set[int] = set()
+        self._inside: Dict[int, FrameType] = {}
         #: A `~qemu.qmp.transcript.Recorder` for this session, or `None`.
         self.recorder: Optional[Recorder] = None
         self._close_deferred = False
@@ -223,23 +226,39 @@ class BlockingConnection:
     # ------------------------------------------------------------------
 
     def _enter(self) -> None:
-        thread = threading.get_ident()
-        if thread in self._inside:
+        if self._inside_a_call():
             raise ReentrantCallError(
                 "this thread is already inside a call on this connection "
                 "(is this a signal handler?); calling in again would wait "
                 "for itself forever")
-        try:
-            self._inside.add(thread)
-        except BaseException:
-            # A signal handled as add() returned: this call never began.
-            self._inside.discard(thread)
-            raise
+        # One statement, no call: a signal cannot land halfway through.
+        self._inside[threading.get_ident()] = sys._getframe(1)
 
     def _leave(self) -> None:
-        self._inside.discard(threading.get_ident())
+        self._inside.pop(threading.get_ident(), None)
         if self._close_deferred and not self._inside:
             self.close()
+
+    def _inside_a_call(self) -> bool:
+        """
+        Whether this thread is inside a call on this connection (and so
+        in a signal handler that interrupted it).
+
+        A call's mark holds the call's frame: a signal handled just as
+        the call left can keep the mark from being removed, and a mark
+        whose frame is no longer on this thread's stack is such a one.
+        """
+        thread = threading.get_ident()
+        call = self._inside.get(thread)
+        if call is None:
+            return False
+        frame: Optional[FrameType] = sys._getframe(1)
+        while frame is not None:
+            if frame is call:
+                return True
+            frame = frame.f_back
+        del self._inside[thread]  # the call is over
+        return False
 
     # ------------------------------------------------------------------
     # Handshake, commands
@@ -436,6 +455,7 @@ class BlockingConnection:
             nothing; ``__cause__`` says why it ended.
         """
         received: Union[bytes, OSError, None] = None
+        thread = threading.get_ident()
         late_reads = 0  # reads made once the deadline had passed
         late_bytes = 0  # and the bytes they brought
         read = False
@@ -478,6 +498,7 @@ class BlockingConnection:
                                 or late_bytes >= _LATE_READ_BYTES:
                             return None
                         late_reads += 1
+                    self._reader = thread
                     self._reading = reading = True
                 received = self._read(remaining)
                 read = True
@@ -676,7 +697,7 @@ class BlockingConnection:
             self._closed = True
             self._sock.close()
             return
-        if threading.get_ident() in self._inside:
+        if self._inside_a_call():
             # The interrupted call may hold the lock: do only what needs
             # none, and let that call finish the close on its way out.
             self._close_deferred = True
@@ -691,12 +712,16 @@ class BlockingConnection:
             self._changed.notify_all()
         self._shutdown()
         # Wait for a sender and a reader to leave the descriptor alone.
+        # If the reader role is this thread's, it is not reading (it is
+        # here): a signal took it out of a read as it ended.
+        thread = threading.get_ident()
         with self._send_lock:
             with self._lock:
                 self._sleepers += 1
                 try:
-                    while self._reading:
+                    while self._reading and self._reader != thread:
                         self._changed.wait()
+                    self._reading = False
                 finally:
                     self._sleepers -= 1
             self._sock.close()

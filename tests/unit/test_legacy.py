@@ -1126,42 +1126,81 @@ class _SignalAsLockIsReleased:
             raise KeyboardInterrupt
 
 
-class _SignalAsCallBegins(set):
-    """Stands in for the set of threads inside a call: adding to it
-    raises `KeyboardInterrupt` (once) after it added."""
+class _SignalAsCallBegins(dict):
+    """Stands in for the marks of threads inside a call: marking one
+    raises `KeyboardInterrupt` (once) after it marked."""
 
     armed = True
 
-    def add(self, thread):
-        super().add(thread)
+    def __setitem__(self, thread, call):
+        super().__setitem__(thread, call)
         if self.armed:
             self.armed = False
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize('stand_in', [
+class _SignalAsCallEnds(dict):
+    """Stands in for the marks of threads inside a call: the first
+    removal raises `KeyboardInterrupt` before it removes anything."""
+
+    armed = True
+
+    def pop(self, *args):
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return super().pop(*args)
+
+
+@pytest.mark.parametrize('stand_in, wait', [
     pytest.param(lambda conn: setattr(
-        conn, '_lock', _SignalAsLockIsReleased(conn)), id='reader-role'),
+        conn, '_lock', _SignalAsLockIsReleased(conn)), True,
+        id='reader-role'),
     pytest.param(lambda conn: setattr(
-        conn, '_inside', _SignalAsCallBegins()), id='call-begins'),
+        conn, '_inside', _SignalAsCallBegins()), True, id='call-begins'),
+    pytest.param(lambda conn: setattr(
+        conn, '_inside', _SignalAsCallEnds()), False, id='call-ends'),
 ])
 def test_a_signal_between_two_steps_leaves_the_session_usable(
-        qmp, fake, stand_in):
+        qmp, fake, stand_in, wait):
     """A signal handled between taking a role and the code that gives it
-    back (the reader role of a wait, the mark of a thread inside a call)
-    leaves neither taken: the next calls read, and are not refused as
-    re-entrant."""
+    back (the reader role of a wait, the mark of a thread inside a call,
+    as the call begins or ends) leaves neither taken: the next calls
+    read, and are not refused as re-entrant."""
     conn = qmp._conn
     lock = conn._lock
     stand_in(conn)
     with pytest.raises(KeyboardInterrupt):
-        qmp.pull_event(wait=True)
+        qmp.pull_event(wait=wait)
     conn._lock = lock
-    stuck = conn._reading, set(conn._inside)
+    stuck = conn._reading
     conn._reading = False  # (so that close() cannot wait forever)
-    conn._inside.clear()
-    assert stuck == (False, set())
+    assert not stuck
     qmp.settimeout(5)
     fake.emit('STOP')
     assert qmp.pull_event(wait=5)['event'] == 'STOP'
     assert qmp.cmd('query-status')['status'] == 'running'
+
+
+def test_close_by_the_thread_that_left_the_reader_role_taken(fake):
+    """If a signal left the reader role taken by a thread that is not
+    reading (it is closing), close() in that thread does not wait for
+    the role to be given back."""
+    qmp = QEMUMonitorProtocol(fake.start())
+    qmp.connect()
+    conn = qmp._conn
+
+    def stale_role_then_close():
+        with conn._lock:
+            conn._reading, conn._reader = True, threading.get_ident()
+        qmp.close()
+
+    closing = threading.Thread(target=stale_role_then_close)
+    closing.start()
+    closing.join(10)
+    if closing.is_alive():
+        with conn._lock:
+            conn._reading = False
+            conn._changed.notify_all()
+        closing.join()
+        pytest.fail("close() waited for a reader role nobody had")
