@@ -624,17 +624,23 @@ class BlockingConnection:
         while sent < len(data):
             try:
                 sent += self._sock.send(view[sent:], _NOSIGNAL | _DONTWAIT)
-                continue
             except BlockingIOError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or \
-                    not self._writable.poll(_milliseconds(_slice(remaining))):
-                if remaining > 0:
-                    continue  # one slice of a longer wait
-                if sent:
-                    self._break("a command timed out half sent")
-                raise asyncio.TimeoutError
+                if not self._wait_writable(deadline):
+                    if sent:
+                        self._break("a command timed out half sent")
+                    raise asyncio.TimeoutError from None
+
+    def _wait_writable(self, deadline: float) -> bool:
+        """Wait one slice for the socket to take more, unless
+        ``deadline`` (``math.inf``: none) has passed.
+
+        :return: `False` if it had.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self._writable.poll(_milliseconds(_slice(remaining)))
+        return True
 
     def _break(self, why: str) -> None:
         """End the session because the stream can no longer be trusted."""
@@ -665,15 +671,13 @@ class BlockingConnection:
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                           struct.pack('@i', fd))]
             with self._send_lock:
-                # A slice at a time, as in _send_all.
                 while True:
                     try:
                         self._sock.sendmsg([b' '], ancillary,
                                            _NOSIGNAL | _DONTWAIT)
                         break
                     except BlockingIOError:
-                        self._writable.poll(
-                            _milliseconds(SIGNAL_CHECK_INTERVAL))
+                        self._wait_writable(math.inf)
         finally:
             self._leave()
 
