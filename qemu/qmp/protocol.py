@@ -37,6 +37,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Dict,
     FrozenSet,
     Generic,
@@ -913,8 +914,7 @@ class AsyncProtocol(Generic[T]):
         if self._runstate is not Runstate.CONNECTING:
             raise _aborted()
         conn = self._conn
-        conn.reader_task = asyncio.create_task(
-            self._bh_loop_forever(self._bh_recv_message, 'Reader'))
+        conn.reader_task = asyncio.create_task(self._bh_reader())
         conn.outgoing.release()
         self._set_state(Runstate.RUNNING)
         # Let the task start: once connect() returns, the reader is
@@ -924,6 +924,18 @@ class AsyncProtocol(Generic[T]):
     # ------------------------------------------------------------------
     # Bottom half
     # ------------------------------------------------------------------
+
+    @bottom_half
+    def _bh_reader(self) -> Coroutine[Any, Any, None]:
+        """
+        The reader task's work: `_bh_recv_message` again and again, until
+        the session ends.
+
+        A subclass may receive in one coroutine of its own instead (see
+        `QMPClient`): one that waits for every message, rather than a new
+        one per message, is what thousands of idle sessions can afford.
+        """
+        return self._bh_loop_forever(self._bh_recv_message, 'Reader')
 
     @bottom_half
     async def _bh_loop_forever(self, async_fn: Callable[[], Awaitable[None]],

@@ -23,6 +23,8 @@ from types import TracebackType
 from typing import (
     Any,
     AsyncIterator,
+    Awaitable,
+    Coroutine,
     Dict,
     Mapping,
     Optional,
@@ -732,6 +734,63 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise TruncatedMessageError: The server hung up mid-message.
         :raise OSError: Reading the socket failed.
         """
+        reader = self._conn.reader
+        assert reader is not None
+        while True:
+            msg = self._bh_next_message()
+            if msg is not None:
+                return msg
+            try:
+                self._bh_received(await reader.read(_sockets.READ_SIZE))
+            except OSError as err:
+                raise self._bh_read_failed(err) from None
+
+    @bottom_half
+    def _bh_reader(self) -> Coroutine[Any, Any, None]:
+        own_hooks = (
+            type(self)._do_recv is QMPClient._do_recv
+            and type(self)._on_message is QMPClient._on_message
+            and type(self)._bh_recv_message is QMPClient._bh_recv_message)
+        if own_hooks:
+            return self._bh_loop_forever(self._bh_route_forever, 'Reader')
+        return super()._bh_reader()
+
+    @bottom_half
+    async def _bh_route_forever(self) -> None:
+        """
+        `_do_recv` and `_on_message` for every message, in one coroutine.
+
+        A coroutine per message waits as long as the session is idle: with
+        thousands of sessions, the garbage collector then sees new
+        long-lived objects for every message, and full collections come
+        often and take long.  One coroutine for all messages makes none.
+        (No local variable holds a message, data or a bound method while
+        waiting: an idle session keeps nothing alive it does not need.)
+        """
+        reader = self._conn.reader
+        assert reader is not None
+        while True:
+            msg = self._bh_next_message()
+            if msg is None:
+                try:
+                    self._bh_received(await reader.read(_sockets.READ_SIZE))
+                except OSError as err:
+                    raise self._bh_read_failed(err) from None
+                continue
+            dispatching = self._bh_route(self._cb_inbound(msg))
+            msg = None
+            if dispatching is not None:
+                await dispatching
+                dispatching = None
+
+    def _bh_next_message(self) -> Optional[Message]:
+        """
+        The next whole message received, or `None` if more data is needed.
+
+        Fails the commands whose replies could not be read.
+
+        :raise: Why the session ended, when it has.
+        """
         conn = self._conn
         core = conn.protocol_state
         while True:
@@ -741,22 +800,26 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     self._set_large_reads(False)
                 return item
             if item is None:
-                reader = conn.reader
-                assert reader is not None
-                try:
-                    data = await reader.read(_sockets.READ_SIZE)
-                except OSError as err:
-                    raise core.connection_lost(err).reason from None
-                core.receive_data(data)
-                if len(data) >= _sockets.RECV_SIZE and not conn.large_reads:
-                    self._set_large_reads(True)
-            elif type(item) is ReplyFailed:
+                return None
+            if type(item) is ReplyFailed:
                 future = item.waiter
                 if not future.done():
                     future.set_exception(item.error)
             else:
                 assert type(item) is SessionEnded
                 raise item.reason
+
+    def _bh_received(self, data: bytes) -> None:
+        """Hand ``data`` read from the server to the session core."""
+        conn = self._conn
+        conn.protocol_state.receive_data(data)
+        if len(data) >= _sockets.RECV_SIZE and not conn.large_reads:
+            self._set_large_reads(True)
+
+    def _bh_read_failed(self, err: OSError) -> BaseException:
+        """What ends the session when reading failed with ``err``."""
+        ended: SessionEnded = self._conn.protocol_state.connection_lost(err)
+        return ended.reason
 
     def _set_large_reads(self, large: bool) -> None:
         """Read in asyncio's large pieces while a large message streams
@@ -779,12 +842,19 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ServerParseError: An error reply without an id arrived and
             no id-less execution waits for one.
         """
+        dispatching = self._bh_route(msg)
+        if dispatching is not None:
+            await dispatching
+
+    def _bh_route(self, msg: Message) -> Optional[Awaitable[None]]:
+        """
+        `_on_message`'s work, up to waiting: an event's delivery, when a
+        listener's queue is full, is returned to be awaited.
+        """
         event = self._conn.protocol_state.route(msg)
         if event is msg:
-            dispatching = self._dispatch_event(msg)
-            if dispatching is not None:
-                await dispatching
-        elif type(event) is Reply:
+            return self._dispatch_event(msg)
+        if type(event) is Reply:
             future = event.waiter
             # Done already: cancelled, and its task has not run since.
             # The reply is that execution's own, and dropped.
@@ -792,6 +862,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                 future.set_result(event.msg)
         elif type(event) is SessionEnded:
             raise event.reason
+        return None
 
     # What AsyncProtocol's hooks do (log), and record: on every message,
     # so without a call to super() and the object it makes.

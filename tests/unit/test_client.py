@@ -112,6 +112,41 @@ async def test_greeting_from_subclass_hooks_is_kept_as_is(server,
     await qmp.disconnect()
 
 
+class OwnRoutingClient(QMPClient):
+    """Sees every message in the reference library's receiving hooks."""
+
+    def __init__(self):
+        super().__init__()
+        self.received = []
+        self.handled = []
+
+    async def _do_recv(self):
+        msg = await super()._do_recv()
+        self.received.append(msg)
+        return msg
+
+    async def _on_message(self, msg):
+        self.handled.append(msg)
+        await super()._on_message(msg)
+
+
+async def test_receiving_hooks_of_a_subclass_see_every_message(server):
+    """A subclass's `_do_recv` and `_on_message` see every message once
+    the session runs, as in the reference library."""
+    qmp = OwnRoutingClient()
+    await qmp.connect(server.address)
+    before = len(qmp.received)
+    assert await qmp.execute('query-status') == {'status': 'running',
+                                                 'running': True}
+    await server.emit_event('STOP')
+    assert (await qmp.events.get())['event'] == 'STOP'
+    received = qmp.received[before:]
+    assert [('return' in msg, msg.get('event')) for msg in received] \
+        == [(True, None), (False, 'STOP')]
+    assert qmp.handled[-2:] == received
+    await qmp.disconnect()
+
+
 async def test_negotiation_message_is_not_kept(client):
     """Once negotiated, the session keeps no copy of qmp_capabilities."""
     assert client._core._negotiation is None

@@ -60,3 +60,30 @@ async def test_idle_session_costs_under_ten_kilobytes(tmp_path):
             await qmp.disconnect()
         server.kill()
         await server.wait()
+
+
+def _reader_coroutines(qmp):
+    """The reader task's coroutines, outermost first, down to the stream's
+    read (asyncio's own, made anew for every read)."""
+    found = []
+    coro = qmp._conn.reader_task.get_coro()
+    while asyncio.iscoroutine(coro) \
+            and not coro.__qualname__.startswith('StreamReader.'):
+        found.append(coro)
+        coro = coro.cr_await
+    return found
+
+
+async def test_messages_make_no_new_long_lived_objects(client, server):
+    """The reader waits for every message in the same coroutines: new ones
+    per message would outlive it, as long as the session stays idle, and
+    with thousands of sessions the garbage collector would sweep them all
+    again and again (docs/performance.rst, "Many VMs")."""
+    await client.execute('query-status')
+    waiting = _reader_coroutines(client)
+    assert waiting
+    await client.execute('query-status')
+    await server.emit_event('STOP')
+    await client.events.get()
+    await client.execute('query-status')
+    assert _reader_coroutines(client) == waiting
