@@ -23,6 +23,7 @@ from .error import QMPError
 from .events import EventListener, Events
 from .message import Message
 from .replies import ExecInterruptedError
+from .util import not_nan
 
 
 __all__ = ['ExpectedEvent', 'EventTimeoutError', 'data_matches']
@@ -142,7 +143,9 @@ class ExpectedEvent:
         :return: The event.
         :raise EventTimeoutError: It did not come in time.
         :raise ExecInterruptedError: The session ended first.
+        :raise ValueError: ``timeout`` is NaN.
         """
+        not_nan(timeout)
         if self.event is None:
             try:
                 self.event = await asyncio.wait_for(self._first(), timeout)

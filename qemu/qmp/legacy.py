@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 import time
 from types import TracebackType
@@ -70,7 +69,7 @@ from .protocol import ConnectError, Runstate, SocketAddrT, StateError
 from .handshake import greeting_timeout, negotiation_error
 from .replies import ExecuteTimeoutError, check_reply, reply_value
 from .transcript import Recorder
-from .util import exception_summary
+from .util import exception_summary, not_nan
 
 
 __all__ = ['QEMUMonitorProtocol', 'QMPBadPortError', 'QMPMessage',
@@ -92,18 +91,6 @@ _logger = logging.getLogger(__name__)
 
 class QMPBadPortError(QMPError):
     """Unable to parse socket address: Port was non-numerical."""
-
-
-def _not_nan(timeout: Optional[float]) -> Optional[float]:
-    """
-    ``timeout``, checked: no comparison with NaN is true, so a wait with a
-    NaN timeout would neither end nor time out.
-
-    :raise ValueError: ``timeout`` is NaN.
-    """
-    if timeout is not None and math.isnan(timeout):
-        raise ValueError("a timeout cannot be NaN")
-    return timeout
 
 
 class QEMUMonitorProtocol:
@@ -247,7 +234,7 @@ class QEMUMonitorProtocol:
             timed out); it wraps the root cause.
         :raise ValueError: ``timeout`` is NaN.
         """
-        _not_nan(timeout)
+        not_nan(timeout)
         self._require_idle("connect")
         if self._listener is not None:
             raise StateError("Listening for QEMU: call accept(), not "
@@ -288,7 +275,7 @@ class QEMUMonitorProtocol:
         :raise ConnectError: Accepting or negotiating failed.
         :raise ValueError: ``timeout`` is NaN.
         """
-        _not_nan(timeout)
+        not_nan(timeout)
         self._require_idle("accept")
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._server and self._given_socket:
@@ -479,7 +466,7 @@ class QEMUMonitorProtocol:
         :param timeout: Seconds, or `None` to wait indefinitely.
         :raise ValueError: ``timeout`` is NaN.
         """
-        self._timeout = _not_nan(timeout)
+        self._timeout = not_nan(timeout)
 
     def send_fd_scm(self, fd: int) -> None:
         """
@@ -505,7 +492,7 @@ class QEMUMonitorProtocol:
             return None
         if wait is False:
             return 0.0
-        seconds = _not_nan(float(wait))
+        seconds = not_nan(float(wait))
         assert seconds is not None
         return max(0.0, seconds)
 

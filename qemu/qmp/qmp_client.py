@@ -75,7 +75,7 @@ from .replies import (
     reply_value,
 )
 from .transcript import CLIENT, SERVER, Recorder
-from .util import bottom_half, exception_summary, upper_half
+from .util import bottom_half, exception_summary, not_nan, upper_half
 
 
 __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
@@ -475,6 +475,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             receiving a reply from the server.
         :raise SerializationError: ``arguments`` cannot be encoded as JSON.
         :raise StateError: The client is not connected.
+        :raise ValueError: ``timeout`` is NaN.
         """
         if self._hooks_replaced():
             msg = self.make_execute_msg(cmd, arguments, oob=oob)
@@ -533,7 +534,8 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ExecInterruptedError: (leaving the block) The session ended
             before it came.
         """
-        return ExpectedEvent(self, event, match, timeout, self._session_over)
+        return ExpectedEvent(self, event, match, not_nan(timeout),
+                             self._session_over)
 
     @upper_half
     async def execute_and_wait(
@@ -561,6 +563,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise ExecInterruptedError: The session ended first.
         """
         loop = asyncio.get_running_loop()
+        timeout = not_nan(timeout)
         deadline = None if timeout is None else loop.time() + timeout
         async with self.expect(event, match) as expected:
             value = await self.execute(cmd, arguments, timeout=timeout)
@@ -625,6 +628,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
         :raise ExecuteTimeoutError: No reply within ``timeout`` seconds.
         """
+        not_nan(timeout)
         core = self._core
         future: asyncio.Future[Message] = \
             asyncio.get_running_loop().create_future()

@@ -23,6 +23,18 @@ from typing import Any, Coroutine, Iterable, Optional, TypeVar
 T = TypeVar('T')
 
 
+def not_nan(timeout: Optional[float]) -> Optional[float]:
+    """
+    ``timeout``, checked: no comparison with NaN is true, so a wait with a
+    NaN timeout would neither end nor time out.
+
+    :raise ValueError: ``timeout`` is NaN.
+    """
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("a timeout cannot be NaN")
+    return timeout
+
+
 def upper_half(func: T) -> T:
     """
     Do-nothing decorator marking a method as "upper half".

@@ -543,6 +543,32 @@ async def test_execute_timeout(client, server, caplog):
     assert client.runstate is Runstate.RUNNING
 
 
+async def test_a_nan_timeout_is_refused(client, server):
+    """A NaN timeout would never expire (no comparison with NaN is true):
+    every wait of the client refuses it before sending anything, as the
+    blocking client does."""
+    nan = float('nan')
+    sent = len(server.received)
+    for waiting in (
+            lambda: client.execute('query-status', timeout=nan),
+            lambda: client.execute_msg(Message({'execute': 'query-status'}),
+                                       timeout=nan),
+            lambda: client.execute_and_wait('query-status', event='STOP',
+                                            timeout=nan),
+            lambda: client.guest_sync(timeout=nan)):
+        with pytest.raises(ValueError, match='NaN'):
+            await waiting()
+    with pytest.raises(ValueError, match='NaN'):
+        client.expect('STOP', timeout=nan)
+    async with client.expect('STOP') as expected:
+        with pytest.raises(ValueError, match='NaN'):
+            await expected.wait(nan)
+        await server.emit_event('STOP')
+    assert len(server.received) == sent
+    assert len(client._core) == 0  # white-box: no command left waiting
+    assert await client.execute('query-status', timeout=5)
+
+
 async def test_abandoned_ids_are_bounded(client, server):
     """Thousands of timed-out commands whose replies never come do not
     grow the client's memory without bound."""
