@@ -738,16 +738,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise TruncatedMessageError: The server hung up mid-message.
         :raise OSError: Reading the socket failed.
         """
-        reader = self._conn.reader
-        assert reader is not None
-        while True:
-            msg = self._bh_next_message()
-            if msg is not None:
-                return msg
-            try:
-                self._bh_received(await reader.read(_sockets.READ_SIZE))
-            except OSError as err:
-                raise self._bh_read_failed(err) from None
+        return await self._bh_receive(route=False)
 
     @bottom_half
     def _bh_reader(self) -> Coroutine[Any, Any, None]:
@@ -768,6 +759,15 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         thousands of sessions, the garbage collector then sees new
         long-lived objects for every message, and full collections come
         often and take long.  One coroutine for all messages makes none.
+        """
+        await self._bh_receive(route=True)
+
+    @bottom_half
+    async def _bh_receive(self, route: bool) -> Message:
+        """
+        Read until a whole message is in; return it, or with ``route``
+        pass it through `_cb_inbound` and route it, and go on forever.
+
         (No local variable holds a message, data or a bound method while
         waiting: an idle session keeps nothing alive it does not need.)
         """
@@ -780,12 +780,14 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     self._bh_received(await reader.read(_sockets.READ_SIZE))
                 except OSError as err:
                     raise self._bh_read_failed(err) from None
-                continue
-            dispatching = self._bh_route(self._cb_inbound(msg))
-            msg = None
-            if dispatching is not None:
-                await dispatching
-                dispatching = None
+            elif not route:
+                return msg
+            else:
+                dispatching = self._bh_route(self._cb_inbound(msg))
+                msg = None
+                if dispatching is not None:
+                    await dispatching
+                    dispatching = None
 
     def _bh_next_message(self) -> Optional[Message]:
         """
