@@ -279,11 +279,18 @@ class SessionCore(Generic[W]):
         :raise SerializationError: ``arguments`` cannot be encoded.
         """
         exec_id = self._make_id()
+        return exec_id, self.command_message(cmd, arguments, oob, exec_id)
+
+    @staticmethod
+    def command_message(cmd: str, arguments: Optional[Mapping[str, object]],
+                        oob: bool, exec_id: object) -> Message:
+        """The message `prepare_execute` sends for a command with
+        ``exec_id``."""
         obj: Dict[str, object] = {'exec-oob' if oob else 'execute': cmd}
         if arguments is not None:
             obj['arguments'] = arguments
         obj['id'] = exec_id
-        return exec_id, Message._for_wire(obj)
+        return Message._for_wire(obj)
 
     def add_pending(self, exec_id: object, waiter: W) -> Hashable:
         """

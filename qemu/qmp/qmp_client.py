@@ -483,10 +483,17 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         # What those two do, in this one coroutine and with one message:
         # thousands of commands in flight at once (one per VM) each hold
         # two coroutines and two messages less for the garbage collector.
+        # The message is not even kept while waiting (see _exchange).
         _check_call(self, Runstate.RUNNING)
-        exec_id, wire = self._core.prepare_execute(cmd, arguments, oob)
-        reply = await self._exchange(exec_id, wire, timeout)
-        return reply_value(reply, wire)
+        core = self._core
+        reply = await self._exchange(
+            *core.prepare_execute(cmd, arguments, oob), timeout)
+        try:
+            return reply['return']
+        except KeyError:
+            # An error: the command as it was sent, made again for it.
+            sent = core.command_message(cmd, arguments, oob, reply.get('id'))
+            return reply_value(reply, sent)
 
     @upper_half
     @require(Runstate.RUNNING)
@@ -636,13 +643,18 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         try:
             # Alone: no other execution waits, so none can share a write.
             self._submit(wire, alone=len(core) == 1)
+            # Not kept while waiting: with a command in flight on
+            # thousands of sessions, every object a command holds is one
+            # the garbage collector sweeps again and again.
             if timeout is None:
+                del wire
                 return await future
+            command = str(wire.get('execute', wire.get('exec-oob')))
+            del wire
             try:
                 return await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
-                command = wire.get('execute', wire.get('exec-oob'))
-                raise ExecuteTimeoutError(str(command), timeout) from None
+                raise ExecuteTimeoutError(command, timeout) from None
         finally:
             # Timed out or cancelled: the late reply is dropped quietly.
             core.abandon(key, future)

@@ -12,7 +12,10 @@ import os
 import sys
 import tracemalloc
 
-from qemu.qmp import QMPClient
+import pytest
+
+from qemu.qmp import ExecuteError, Message, QMPClient
+from qemu.qmp.testing import CommandError
 
 FLEET_SERVER = os.path.join(os.path.dirname(__file__), '..', '..', 'bench',
                             'fleet_server.py')
@@ -87,3 +90,32 @@ async def test_messages_make_no_new_long_lived_objects(client, server):
     await client.events.get()
     await client.execute('query-status')
     assert _reader_coroutines(client) == waiting
+
+
+async def test_a_command_in_flight_does_not_hold_its_message(client, server):
+    """Once written, the command's message is not kept while its reply is
+    awaited (one command in flight per session, on thousands of sessions,
+    is that many messages more for the garbage collector); an error still
+    names the command as it was sent."""
+    replies = asyncio.Queue()
+    server.on('slow', lambda arguments: replies.get())
+
+    def messages_of(command):
+        gc.collect()
+        return [obj for obj in gc.get_objects()
+                if isinstance(obj, Message) and obj.get('execute') == command]
+
+    for timeout in (None, 30):
+        running = asyncio.ensure_future(
+            client.execute('slow', {'n': 1}, timeout=timeout))
+        await server.wait_for_command('slow')
+        assert messages_of('slow') == []
+        await replies.put({'n': 2})
+        assert await running == {'n': 2}
+        server.received.clear()
+    server.on('bad', CommandError('GenericError', 'no'))
+    with pytest.raises(ExecuteError) as caught:
+        await client.execute('bad', {'n': 3})
+    sent = caught.value.sent
+    assert (sent['execute'], sent['arguments']) == ('bad', {'n': 3})
+    assert sent['id'] == caught.value.received['id']
