@@ -754,13 +754,22 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
     @bottom_half
     def _bh_reader(self) -> Coroutine[Any, Any, None]:
-        own_hooks = (
-            type(self)._do_recv is QMPClient._do_recv
-            and type(self)._on_message is QMPClient._on_message
-            and type(self)._bh_recv_message is QMPClient._bh_recv_message)
-        if own_hooks:
-            return self._bh_loop_forever(self._bh_route_forever, 'Reader')
-        return super()._bh_reader()
+        if self._receiving_hooks_replaced():
+            return super()._bh_reader()
+        return self._bh_loop_forever(self._bh_route_forever, 'Reader')
+
+    def _receiving_hooks_replaced(self) -> bool:
+        """
+        Whether `_do_recv`, `_on_message` or `_bh_recv_message` were
+        replaced: by a subclass, on the class, or on this object.  The
+        reader then calls them for every message, as the reference
+        library's does.
+        """
+        cls = type(self)
+        return (cls._do_recv is not _DO_RECV
+                or cls._on_message is not _ON_MESSAGE
+                or cls._bh_recv_message is not _BH_RECV_MESSAGE
+                or not _RECEIVING_HOOKS.isdisjoint(self.__dict__))
 
     @bottom_half
     async def _bh_route_forever(self) -> None:
@@ -783,11 +792,14 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         (No local variable holds a message, data or a bound method while
         waiting: an idle session keeps nothing alive it does not need.)
         """
-        reader = self._conn.reader
-        assert reader is not None
+        conn = self._conn
         while True:
             msg = self._bh_next_message()
             if msg is None:
+                # (Looked up on every read: a stream reader set as
+                # ``_reader`` mid-session is read from next.)
+                reader = conn.reader
+                assert reader is not None
                 try:
                     self._bh_received(await reader.read(_sockets.READ_SIZE))
                 except OSError as err:
@@ -923,6 +935,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
 
 _EXECUTE_MSG = QMPClient.execute_msg
 _MAKE_EXECUTE_MSG = getattr(QMPClient.make_execute_msg, '__func__')
+_DO_RECV = QMPClient._do_recv
+_ON_MESSAGE = QMPClient._on_message
+_BH_RECV_MESSAGE = QMPClient._bh_recv_message
+_RECEIVING_HOOKS = frozenset(('_do_recv', '_on_message', '_bh_recv_message'))
 
 
 @asynccontextmanager

@@ -147,6 +147,66 @@ async def test_receiving_hooks_of_a_subclass_see_every_message(server):
     await qmp.disconnect()
 
 
+@pytest.mark.parametrize('where', ['class', 'object'])
+async def test_receiving_hooks_patched_in_see_every_message(server, where):
+    """`_do_recv` and `_on_message` patched onto QMPClient (as
+    ``mock.patch.object`` does) or set on one client before it connects
+    see every message, as a subclass's do."""
+    received, handled = [], []
+    do_recv, on_message = QMPClient._do_recv, QMPClient._on_message
+
+    async def spy_recv(self):
+        msg = await do_recv(self)
+        received.append(msg)
+        return msg
+
+    async def spy_on_message(self, msg):
+        handled.append(msg)
+        await on_message(self, msg)
+
+    qmp = QMPClient()
+    if where == 'class':
+        QMPClient._do_recv = spy_recv
+        QMPClient._on_message = spy_on_message
+    else:
+        qmp._do_recv = spy_recv.__get__(qmp)
+        qmp._on_message = spy_on_message.__get__(qmp)
+    try:
+        await qmp.connect(server.address)
+        before = len(received)
+        assert await qmp.execute('query-status') == {'status': 'running',
+                                                     'running': True}
+        await server.emit_event('STOP')
+        assert (await qmp.events.get())['event'] == 'STOP'
+        await qmp.disconnect()
+    finally:
+        if where == 'class':
+            QMPClient._do_recv = do_recv
+            QMPClient._on_message = on_message
+    assert [('return' in msg, msg.get('event'))
+            for msg in received[before:]] == [(True, None), (False, 'STOP')]
+    assert handled[-2:] == received[before:]
+
+
+async def test_a_reader_swapped_in_is_read_from(server):
+    """A stream reader set as ``_reader`` mid-session is where the next
+    message is read from, as in the reference library."""
+    qmp = QMPClient()
+    await qmp.connect(server.address)
+    stand_in = asyncio.StreamReader()
+    original = qmp._reader
+    qmp._reader = stand_in
+    # Wake the reader with one event through the original stream, then
+    # give the stand-in the next one.
+    await server.emit_event('STOP')
+    assert (await qmp.events.get())['event'] == 'STOP'
+    stand_in.feed_data(b'{"event": "RESUME", "data": {}, '
+                       b'"timestamp": {"seconds": 1, "microseconds": 2}}\n')
+    assert (await qmp.events.get())['event'] == 'RESUME'
+    qmp._reader = original
+    await qmp.disconnect()
+
+
 async def test_negotiation_message_is_not_kept(client):
     """Once negotiated, the session keeps no copy of qmp_capabilities."""
     assert client._core._negotiation is None
