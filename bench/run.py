@@ -52,6 +52,9 @@ UVLOOP_SCENARIOS = [
 ]
 # fleet.py: many idle sessions in one process (fleet_server.py).
 FLEET_SIZES = [1000, 10000]
+# Python's default garbage collector settings, then full collections held
+# back as docs/performance.rst advises for thousands of sessions.
+FLEET_GC = [('default', []), ('gc-tuned', ['gc-tuned'])]
 FLEET_KEYS = ['rss_per_session', 'connect', 'cmd_cpu_us', 'cmds_per_s',
               'event_cpu_us', 'events_per_s']
 FLEET_REPS = 3
@@ -120,9 +123,9 @@ def pin(cores):
     return lambda: os.sched_setaffinity(0, cores)
 
 
-def run_script(python, env, script, scenario, address):
+def run_script(python, env, script, scenario, address, *extra):
     out = subprocess.run(
-        [python, os.path.join(HERE, script), scenario, address],
+        [python, os.path.join(HERE, script), scenario, address, *extra],
         env=env, cwd=HERE, capture_output=True, text=True, timeout=600,
         preexec_fn=pin(CLIENT_CORES))
     if out.returncode:
@@ -253,24 +256,35 @@ def measure_fleet(reps):
         path = os.path.join(tmp, 'fleet.sock')
         server = start_server(path, 'fleet_server.py')
         try:
-            for size in FLEET_SIZES:
-                runs = interleaved(libs, reps, lambda python, env: run_script(
-                    python, env, 'fleet.py', str(size), path))
-                row = {'sessions': size}
-                for lib, results in runs.items():
-                    row[lib] = {key: median(results, key)
-                                for key in FLEET_KEYS}
-                rows.append(row)
-                print(format_fleet_row(row), flush=True)
+            for gc_mode, extra in FLEET_GC:
+                for size in FLEET_SIZES:
+                    args = [str(size), path] + extra
+                    runs = interleaved(libs, reps,
+                                       lambda python, env: run_script(
+                                           python, env, 'fleet.py', *args))
+                    rows.append(fleet_row(size, gc_mode, runs))
+                    print(format_fleet_row(rows[-1]), flush=True)
         finally:
             server.kill()
             server.wait()
     return rows
 
 
+def fleet_row(size, gc_mode, runs):
+    row = {'sessions': size, 'gc': gc_mode}
+    for lib, results in runs.items():
+        row[lib] = {key: median(results, key) for key in FLEET_KEYS}
+    return row
+
+
+def fleet_label(row):
+    tuned = ' (GC tuned)' if row['gc'] == 'gc-tuned' else ''
+    return f"{row['sessions']:,}{tuned}"
+
+
 def format_fleet_row(row):
     ref, ours = row['reference'], row['checkout']
-    return (f"{row['sessions']:,} sessions: RSS/session "
+    return (f"{fleet_label(row)} sessions: RSS/session "
             f"{ref['rss_per_session'] / 1024:.1f} "
             f"{ours['rss_per_session'] / 1024:.1f} KB, "
             f"connect {ref['connect']:.1f} {ours['connect']:.1f} s, "
@@ -361,7 +375,9 @@ def fleet_report(rows):
         '``bench/fleet_server.py``; then one ``query-status`` on every '
         'session at once, and one event to every session, five rounds '
         'each.  Reference / checkout; CPU is the client\'s per command or '
-        'event.', '',
+        'event.  "GC tuned": the same, with ``gc.set_threshold(young, '
+        'middle, 100)`` once the sessions are connected (docs/'
+        'performance.rst, "Many VMs").', '',
         '.. list-table::', '   :header-rows: 1', '',
         '   * - sessions', '     - RSS per idle session',
         '     - time to connect all', '     - CPU per command',
@@ -371,7 +387,7 @@ def fleet_report(rows):
     for row in rows:
         ref, ours = row['reference'], row['checkout']
         lines += [
-            f"   * - {row['sessions']:,}",
+            f"   * - {fleet_label(row)}",
             f"     - {ref['rss_per_session'] / 1024:.1f} / "
             f"{ours['rss_per_session'] / 1024:.1f} KB",
             f"     - {ref['connect']:.1f} / {ours['connect']:.1f} s",
@@ -380,6 +396,15 @@ def fleet_report(rows):
             f"     - {ref['event_cpu_us']:.0f} / "
             f"{ours['event_cpu_us']:.0f} us",
             f"     - {ours['events_per_s'] / ref['events_per_s']:.2f}x"]
+    lines += ['', f'CPU per command at {FLEET_SIZES[-1]:,} sessions over '
+              f'the same at {FLEET_SIZES[0]:,} (reference / checkout):', '']
+    for gc_mode, _ in FLEET_GC:
+        by_size = {row['sessions']: row for row in rows
+                   if row['gc'] == gc_mode}
+        small, large = by_size[FLEET_SIZES[0]], by_size[FLEET_SIZES[-1]]
+        growth = [large[lib]['cmd_cpu_us'] / small[lib]['cmd_cpu_us']
+                  for lib in ('reference', 'checkout')]
+        lines.append(f"- {gc_mode}: {growth[0]:.2f}x / {growth[1]:.2f}x")
     return '\n'.join(lines + [''])
 
 
