@@ -419,13 +419,8 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         this object (as ``mock.patch.object`` does); execute() then goes
         through them.
         """
-        cls = type(self)
-        # (A classmethod: compare the functions, not the bound methods.)
-        return (cls.execute_msg is not _EXECUTE_MSG
-                or getattr(cls.make_execute_msg, '__func__', None)
-                is not _MAKE_EXECUTE_MSG
-                or 'execute_msg' in self.__dict__
-                or 'make_execute_msg' in self.__dict__)
+        return (_hook_replaced(self.execute_msg, _EXECUTE_MSG)
+                or _hook_replaced(self.make_execute_msg, _MAKE_EXECUTE_MSG))
 
     @classmethod
     def make_execute_msg(cls, cmd: str,
@@ -765,11 +760,9 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         reader then calls them for every message, as the reference
         library's does.
         """
-        cls = type(self)
-        return (cls._do_recv is not _DO_RECV
-                or cls._on_message is not _ON_MESSAGE
-                or cls._bh_recv_message is not _BH_RECV_MESSAGE
-                or not _RECEIVING_HOOKS.isdisjoint(self.__dict__))
+        return (_hook_replaced(self._do_recv, _DO_RECV)
+                or _hook_replaced(self._on_message, _ON_MESSAGE)
+                or _hook_replaced(self._bh_recv_message, _BH_RECV_MESSAGE))
 
     @bottom_half
     async def _bh_route_forever(self) -> None:
@@ -933,12 +926,24 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         await super()._bh_disconnect()
 
 
+def _hook_replaced(bound: object, own: object) -> bool:
+    """
+    Whether ``bound``, a hook looked up on a client, is not QMPClient's
+    own function ``own``: a subclass's, or one patched onto the class or
+    set on the client.
+
+    (Looked up, not read from the client's ``__dict__``: on Python 3.11
+    and 3.12, reading ``__dict__`` moves the attributes out of the object
+    into a dict for good, and every attribute lookup on it slows down.)
+    """
+    return getattr(bound, '__func__', None) is not own
+
+
 _EXECUTE_MSG = QMPClient.execute_msg
 _MAKE_EXECUTE_MSG = getattr(QMPClient.make_execute_msg, '__func__')
 _DO_RECV = QMPClient._do_recv
 _ON_MESSAGE = QMPClient._on_message
 _BH_RECV_MESSAGE = QMPClient._bh_recv_message
-_RECEIVING_HOOKS = frozenset(('_do_recv', '_on_message', '_bh_recv_message'))
 
 
 @asynccontextmanager
