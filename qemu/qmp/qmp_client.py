@@ -168,11 +168,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         #: servers expect this to be False.
         self.negotiate: bool = True
 
-        #: Seconds to wait for the greeting and for the negotiation reply,
-        #: each; `None` (the default) waits as long as it takes.  When it
-        #: runs out, `connect()` fails with `ConnectError` wrapping
-        #: `GreetingError` or `NegotiationError`.
-        self.session_timeout: Optional[float] = None
+        self._session_timeout: Optional[float] = None
 
         # The last session's greeting, kept after it ended.
         self._greeting: Optional[Greeting] = None
@@ -279,6 +275,23 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             # The same greeting, in the compact form the core keeps.
             self._greeting = core.greeting
         await super()._establish_session()
+
+    @property
+    def session_timeout(self) -> Optional[float]:
+        """
+        Seconds to wait for the greeting and for the negotiation reply,
+        each; `None` (the default) waits as long as it takes.  When it
+        runs out, `connect()` fails with `ConnectError` wrapping
+        `GreetingError` or `NegotiationError`.
+
+        :raise ValueError: When set to NaN: no wait lasts NaN seconds
+            (asyncio would time out at once, as if the server were mute).
+        """
+        return self._session_timeout
+
+    @session_timeout.setter
+    def session_timeout(self, timeout: Optional[float]) -> None:
+        self._session_timeout = not_nan(timeout)
 
     @upper_half
     async def _get_greeting(self) -> Greeting:

@@ -629,6 +629,22 @@ async def test_a_nan_timeout_is_refused(client, server):
     assert await client.execute('query-status', timeout=5)
 
 
+async def test_a_nan_session_timeout_is_refused_where_it_is_set(server):
+    """``session_timeout = nan`` is a ValueError at once (set directly or
+    through ``session()``), not a puzzling GreetingError at connect()."""
+    from qemu.qmp import session
+    qmp = QMPClient()
+    with pytest.raises(ValueError, match='NaN'):
+        qmp.session_timeout = float('nan')
+    assert qmp.session_timeout is None
+    qmp.session_timeout = 5
+    assert qmp.session_timeout == 5
+    with pytest.raises(ValueError, match='NaN'):
+        async with session(server.address, session_timeout=float('nan')):
+            pass
+    assert len(server.received) == 0
+
+
 async def test_abandoned_ids_are_bounded(client, server):
     """Thousands of timed-out commands whose replies never come do not
     grow the client's memory without bound."""
