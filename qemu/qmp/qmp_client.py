@@ -19,7 +19,7 @@ import socket
 import time
 from contextlib import asynccontextmanager
 from ssl import SSLContext
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import (
     Any,
     AsyncIterator,
@@ -194,11 +194,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             self.logger, limit=self.readbuflen,
             await_greeting=self.await_greeting, negotiate=self.negotiate,
             framing=conn.lines)
-        # A subclass that sees the greeting first may have changed it.
-        cls = type(self)
-        core.compact_greeting = (
-            cls._cb_inbound is QMPClient._cb_inbound
-            and cls._get_greeting is QMPClient._get_greeting)
+        # A hook that sees the greeting first may have changed it.
+        core.compact_greeting = not (
+            _hook_replaced(self._cb_inbound, _CB_INBOUND, self)
+            or _hook_replaced(self._get_greeting, _GET_GREETING, self))
 
     async def _reconnected(self, reason: str, attempts: int,
                            gap: float) -> None:
@@ -432,8 +431,9 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         this object (as ``mock.patch.object`` does); execute() then goes
         through them.
         """
-        return (_hook_replaced(self.execute_msg, _EXECUTE_MSG)
-                or _hook_replaced(self.make_execute_msg, _MAKE_EXECUTE_MSG))
+        return (_hook_replaced(self.execute_msg, _EXECUTE_MSG, self)
+                or _hook_replaced(self.make_execute_msg, _MAKE_EXECUTE_MSG,
+                                  type(self)))
 
     @classmethod
     def make_execute_msg(cls, cmd: str,
@@ -487,6 +487,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         """
         if self._hooks_replaced():
             msg = self.make_execute_msg(cmd, arguments, oob=oob)
+            if timeout is None:
+                # As the reference library calls it: an override written
+                # for that one takes no timeout.
+                return await self.execute_msg(msg)
             return await self.execute_msg(msg, timeout=timeout)
         # What those two do, in this one coroutine and with one message:
         # thousands of commands in flight at once (one per VM) each hold
@@ -758,12 +762,12 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         :raise TruncatedMessageError: The server hung up mid-message.
         :raise OSError: Reading the socket failed.
         """
-        return await self._bh_receive(route=False)
+        msg = await self._bh_receive(route=False)
+        assert msg is not None
+        return msg
 
     @bottom_half
     def _bh_reader(self) -> Coroutine[Any, Any, None]:
-        if self._receiving_hooks_replaced():
-            return super()._bh_reader()
         return self._bh_loop_forever(self._bh_route_forever, 'Reader')
 
     def _receiving_hooks_replaced(self) -> bool:
@@ -773,27 +777,51 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         reader then calls them for every message, as the reference
         library's does.
         """
-        return (_hook_replaced(self._do_recv, _DO_RECV)
-                or _hook_replaced(self._on_message, _ON_MESSAGE)
-                or _hook_replaced(self._bh_recv_message, _BH_RECV_MESSAGE))
+        return (_hook_replaced(self._do_recv, _DO_RECV, self)
+                or _hook_replaced(self._on_message, _ON_MESSAGE, self)
+                or _hook_replaced(self._bh_recv_message, _BH_RECV_MESSAGE,
+                                  self))
+
+    def _receiving_hooks_patched_on_class(self) -> bool:
+        """
+        Whether a receiving hook was patched onto the client's class
+        (``mock.patch.object(QMPClient, '_on_message', ...)``), checked
+        after every read of a session that started without one.
+
+        Only the class: the reader would have to build a bound method per
+        hook and per read to see one set on this client (about 2% of a
+        command's instructions); such a hook is called from the next
+        session on.
+        """
+        cls = type(self)
+        return (cls._do_recv is not _DO_RECV
+                or cls._on_message is not _ON_MESSAGE
+                or cls._bh_recv_message is not _BH_RECV_MESSAGE)
 
     @bottom_half
     async def _bh_route_forever(self) -> None:
         """
-        `_do_recv` and `_on_message` for every message, in one coroutine.
+        `_do_recv` and `_on_message` for every message, in one coroutine,
+        until the receiving hooks are replaced; then one message through
+        them (`AsyncProtocol._bh_recv_message`) per call.
 
         A coroutine per message waits as long as the session is idle: with
         thousands of sessions, the garbage collector then sees new
         long-lived objects for every message, and full collections come
         often and take long.  One coroutine for all messages makes none.
         """
-        await self._bh_receive(route=True)
+        if self._receiving_hooks_replaced():
+            await self._bh_recv_message()
+        else:
+            await self._bh_receive(route=True)
 
     @bottom_half
-    async def _bh_receive(self, route: bool) -> Message:
+    async def _bh_receive(self, route: bool) -> Optional[Message]:
         """
         Read until a whole message is in; return it, or with ``route``
-        pass it through `_cb_inbound` and route it, and go on forever.
+        pass it through `_cb_inbound` and route it, and go on until a read
+        finds the receiving hooks replaced (`None`: the caller then calls
+        them for the messages that read brought, and the next ones).
 
         (No local variable holds a message, data or a bound method while
         waiting: an idle session keeps nothing alive it does not need.)
@@ -810,6 +838,8 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     self._bh_received(await reader.read(_sockets.READ_SIZE))
                 except OSError as err:
                     raise self._bh_read_failed(err) from None
+                if route and self._receiving_hooks_patched_on_class():
+                    return None
             elif not route:
                 return msg
             else:
@@ -939,22 +969,28 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         await super()._bh_disconnect()
 
 
-def _hook_replaced(bound: object, own: object) -> bool:
+def _hook_replaced(bound: Any, own: object, owner: object) -> bool:
     """
-    Whether ``bound``, a hook looked up on a client, is not QMPClient's
-    own function ``own``: a subclass's, or one patched onto the class or
-    set on the client.
+    Whether ``bound``, a hook looked up on a client, is anything but
+    QMPClient's own function ``own`` bound to ``owner`` (the client, or
+    its class for a classmethod): a subclass's, one patched onto the class
+    or set on the client, or a wrapper around it (tracing tools' wrappers
+    answer for the wrapped method's ``__func__``: only a plain bound
+    method is taken at its word).
 
     (Looked up, not read from the client's ``__dict__``: on Python 3.11
     and 3.12, reading ``__dict__`` moves the attributes out of the object
     into a dict for good, and every attribute lookup on it slows down.)
     """
-    return getattr(bound, '__func__', None) is not own
+    return (type(bound) is not MethodType or bound.__func__ is not own
+            or bound.__self__ is not owner)
 
 
 _EXECUTE_MSG = QMPClient.execute_msg
 _MAKE_EXECUTE_MSG = getattr(QMPClient.make_execute_msg, '__func__')
 _DO_RECV = QMPClient._do_recv
+_CB_INBOUND = QMPClient._cb_inbound
+_GET_GREETING = QMPClient._get_greeting
 _ON_MESSAGE = QMPClient._on_message
 _BH_RECV_MESSAGE = QMPClient._bh_recv_message
 

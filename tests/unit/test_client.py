@@ -147,11 +147,14 @@ async def test_receiving_hooks_of_a_subclass_see_every_message(server):
     await qmp.disconnect()
 
 
+@pytest.mark.parametrize('when', ['before connect', 'after connect'])
 @pytest.mark.parametrize('where', ['class', 'object'])
-async def test_receiving_hooks_patched_in_see_every_message(server, where):
+async def test_receiving_hooks_patched_in_see_every_message(server, where,
+                                                            when):
     """`_do_recv` and `_on_message` patched onto QMPClient (as
-    ``mock.patch.object`` does) or set on one client before it connects
-    see every message, as a subclass's do."""
+    ``mock.patch.object`` does) see every message from then on, before
+    the session or during it, as a subclass's do.  Set on one client,
+    they do from its next session on."""
     received, handled = [], []
     do_recv, on_message = QMPClient._do_recv, QMPClient._on_message
 
@@ -165,6 +168,8 @@ async def test_receiving_hooks_patched_in_see_every_message(server, where):
         await on_message(self, msg)
 
     qmp = QMPClient()
+    if when == 'after connect':
+        await qmp.connect(server.address)
     if where == 'class':
         QMPClient._do_recv = spy_recv
         QMPClient._on_message = spy_on_message
@@ -172,7 +177,11 @@ async def test_receiving_hooks_patched_in_see_every_message(server, where):
         qmp._do_recv = spy_recv.__get__(qmp)
         qmp._on_message = spy_on_message.__get__(qmp)
     try:
-        await qmp.connect(server.address)
+        if when == 'before connect':
+            await qmp.connect(server.address)
+        elif where == 'object':
+            await qmp.disconnect()
+            await qmp.connect(server.address)
         before = len(received)
         assert await qmp.execute('query-status') == {'status': 'running',
                                                      'running': True}
@@ -186,6 +195,96 @@ async def test_receiving_hooks_patched_in_see_every_message(server, where):
     assert [('return' in msg, msg.get('event'))
             for msg in received[before:]] == [(True, None), (False, 'STOP')]
     assert handled[-2:] == received[before:]
+
+
+class PassThroughWrapper:
+    """Wraps a bound method and passes every other attribute lookup
+    through to it, as ``wrapt``'s wrappers (used by tracing tools) do: its
+    ``__func__`` is the wrapped method's."""
+
+    def __init__(self, wrapped, calls):
+        self._wrapped = wrapped
+        self._calls = calls
+
+    def __getattr__(self, name):
+        return getattr(self._wrapped, name)
+
+    def __call__(self, *args, **kwargs):
+        self._calls.append(self._wrapped.__name__)
+        return self._wrapped(*args, **kwargs)
+
+
+async def test_hooks_behind_a_pass_through_wrapper_are_called(server):
+    """A hook wrapped by a tracing tool is called, though the wrapper
+    answers for the original's ``__func__``."""
+    calls = []
+    qmp = QMPClient()
+    for hook in ('_do_recv', '_on_message', 'execute_msg'):
+        setattr(qmp, hook, PassThroughWrapper(getattr(qmp, hook), calls))
+    await qmp.connect(server.address)
+    calls.clear()
+    assert await qmp.execute('query-status')
+    await server.emit_event('STOP')
+    assert (await qmp.events.get())['event'] == 'STOP'
+    await qmp.disconnect()
+    assert sorted(set(calls)) == ['_do_recv', '_on_message', 'execute_msg']
+    assert calls.count('_on_message') == 2
+
+
+def test_a_hook_bound_to_another_client_counts_as_replaced():
+    """QMPClient's own ``_on_message`` bound to another client is not
+    this client's: the reader must call it (white-box: the check)."""
+    qmp, other = QMPClient(), QMPClient()
+    assert not qmp._receiving_hooks_replaced()
+    qmp._on_message = other._on_message
+    assert qmp._receiving_hooks_replaced()
+    qmp.execute_msg = other.execute_msg
+    assert qmp._hooks_replaced()
+
+
+async def test_an_execute_msg_with_the_reference_signature_is_used(server):
+    """An ``execute_msg`` override written for the reference library
+    (``execute_msg(self, msg)``, no ``timeout``) still serves execute()."""
+    sent = []
+
+    class ReferenceStyle(QMPClient):
+        async def execute_msg(self, msg):
+            sent.append(msg['execute'])
+            return await super().execute_msg(msg)
+
+    qmp = ReferenceStyle()
+    await qmp.connect(server.address)
+    assert (await qmp.execute('query-status'))['status'] == 'running'
+    assert sent == ['query-status']
+    await qmp.disconnect()
+
+
+@pytest.mark.parametrize('how', ['subclass', 'object', 'class'])
+async def test_a_greeting_changed_by_cb_inbound_is_kept(server, how):
+    """A `_cb_inbound` that changes the greeting, however it was put in
+    place, finds its change in ``qmp.greeting`` after the handshake."""
+    own = QMPClient._cb_inbound
+
+    def tag(self, msg):
+        msg = own(self, msg)
+        if 'QMP' in msg:
+            msg['QMP']['capabilities'].append('tagged')
+        return msg
+
+    class Tagging(QMPClient):
+        _cb_inbound = tag
+
+    qmp = Tagging() if how == 'subclass' else QMPClient()
+    if how == 'object':
+        qmp._cb_inbound = tag.__get__(qmp)
+    elif how == 'class':
+        QMPClient._cb_inbound = tag
+    try:
+        await qmp.connect(server.address)
+    finally:
+        QMPClient._cb_inbound = own
+    assert 'tagged' in qmp.greeting.QMP.capabilities
+    await qmp.disconnect()
 
 
 async def test_a_reader_swapped_in_is_read_from(server):
