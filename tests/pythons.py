@@ -261,7 +261,8 @@ def run_job(job: Job, ready: 'concurrent.futures.Future[None]') -> Outcome:
 def summary(job: Job) -> str:
     """pytest's last line, from the job's log."""
     for line in reversed(job.log.read_text(errors='replace').splitlines()):
-        if re.search(r'\b(passed|failed|errors?) in ', line):
+        # ('... passed, 1 skipped in 3.0s': the count before 'in' varies.)
+        if re.search(r'\b(passed|failed|errors?)\b.* in [0-9.]+s\b', line):
             return line.strip('= ')
     return 'no test summary'
 

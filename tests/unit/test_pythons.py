@@ -181,3 +181,24 @@ def test_one_run_at_a_time_in_a_checkout(monkeypatch, capsys, fake_runs):
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert pythons.main([]) == 1
     assert 'another run of tests.pythons' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('last_line', [
+    '853 passed, 1 skipped in 358.37s (0:05:58)',
+    '692 passed in 179.34s (0:02:59)',
+    '1 failed, 691 passed, 2 warnings in 12.00s',
+    '3 errors in 1.50s',
+])
+def test_the_summary_is_pytests_last_line(tmp_path, last_line):
+    """Whatever pytest counted last (skips, warnings), the summary is
+    that line, not 'no test summary'."""
+    log = tmp_path / 'run.log'
+    log.write_text('.....  [100%]\n=== short test summary info ===\n'
+                   'SKIPPED [1] x.py:1: reason\n== ' + last_line + ' ==\n')
+
+    class Logged:
+        pass
+
+    job = Logged()
+    job.log = log
+    assert pythons.summary(job) == last_line
