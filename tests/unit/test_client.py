@@ -112,6 +112,14 @@ async def test_greeting_from_subclass_hooks_is_kept_as_is(server,
     await qmp.disconnect()
 
 
+async def one_reply_and_one_event(qmp, server):
+    """A command's reply, then an event, through ``qmp``."""
+    assert await qmp.execute('query-status') == {'status': 'running',
+                                                 'running': True}
+    await server.emit_event('STOP')
+    assert (await qmp.events.get())['event'] == 'STOP'
+
+
 class OwnRoutingClient(QMPClient):
     """Sees every message in the reference library's receiving hooks."""
 
@@ -136,10 +144,7 @@ async def test_receiving_hooks_of_a_subclass_see_every_message(server):
     qmp = OwnRoutingClient()
     await qmp.connect(server.address)
     before = len(qmp.received)
-    assert await qmp.execute('query-status') == {'status': 'running',
-                                                 'running': True}
-    await server.emit_event('STOP')
-    assert (await qmp.events.get())['event'] == 'STOP'
+    await one_reply_and_one_event(qmp, server)
     received = qmp.received[before:]
     assert [('return' in msg, msg.get('event')) for msg in received] \
         == [(True, None), (False, 'STOP')]
@@ -183,10 +188,7 @@ async def test_receiving_hooks_patched_in_see_every_message(server, where,
             await qmp.disconnect()
             await qmp.connect(server.address)
         before = len(received)
-        assert await qmp.execute('query-status') == {'status': 'running',
-                                                     'running': True}
-        await server.emit_event('STOP')
-        assert (await qmp.events.get())['event'] == 'STOP'
+        await one_reply_and_one_event(qmp, server)
         await qmp.disconnect()
     finally:
         if where == 'class':
@@ -223,9 +225,7 @@ async def test_hooks_behind_a_pass_through_wrapper_are_called(server):
         setattr(qmp, hook, PassThroughWrapper(getattr(qmp, hook), calls))
     await qmp.connect(server.address)
     calls.clear()
-    assert await qmp.execute('query-status')
-    await server.emit_event('STOP')
-    assert (await qmp.events.get())['event'] == 'STOP'
+    await one_reply_and_one_event(qmp, server)
     await qmp.disconnect()
     assert sorted(set(calls)) == ['_do_recv', '_on_message', 'execute_msg']
     assert calls.count('_on_message') == 2
