@@ -13,6 +13,7 @@ the reader task routes each reply to its caller by id.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import socket
@@ -24,6 +25,7 @@ from typing import (
     Any,
     AsyncIterator,
     Awaitable,
+    Callable,
     Coroutine,
     Dict,
     Mapping,
@@ -487,11 +489,12 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         """
         if self._hooks_replaced():
             msg = self.make_execute_msg(cmd, arguments, oob=oob)
-            if timeout is None:
-                # As the reference library calls it: an override written
-                # for that one takes no timeout.
-                return await self.execute_msg(msg)
-            return await self.execute_msg(msg, timeout=timeout)
+            execute_msg = self.execute_msg
+            if timeout is None and not _takes_timeout(execute_msg):
+                # An override written for the reference library, which
+                # calls it with the message alone.
+                return await execute_msg(msg)
+            return await execute_msg(msg, timeout=timeout)
         # What those two do, in this one coroutine and with one message:
         # thousands of commands in flight at once (one per VM) each hold
         # two coroutines and two messages less for the garbage collector.
@@ -848,6 +851,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                 if dispatching is not None:
                     await dispatching
                     dispatching = None
+                    # (Other code ran meanwhile; the messages of this read
+                    # not yet routed are left to a hook patched in.)
+                    if route and self._receiving_hooks_patched_on_class():
+                        return None
 
     def _bh_next_message(self) -> Optional[Message]:
         """
@@ -984,6 +991,17 @@ def _hook_replaced(bound: Any, own: object, owner: object) -> bool:
     """
     return (type(bound) is not MethodType or bound.__func__ is not own
             or bound.__self__ is not owner)
+
+
+def _takes_timeout(execute_msg: Callable[..., object]) -> bool:
+    """Whether an ``execute_msg`` override takes ``timeout=``."""
+    try:
+        parameters = inspect.signature(execute_msg).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: try it
+        return True
+    return any(parameter.name == 'timeout'
+               or parameter.kind is parameter.VAR_KEYWORD
+               for parameter in parameters)
 
 
 _EXECUTE_MSG = QMPClient.execute_msg

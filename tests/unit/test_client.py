@@ -199,6 +199,70 @@ async def test_receiving_hooks_patched_in_see_every_message(server, where,
     assert handled[-2:] == received[before:]
 
 
+async def test_a_hook_patched_while_an_event_is_delivered_sees_the_rest(
+        server):
+    """Messages of one read still waiting behind an event whose delivery
+    blocked (a listener's slow ``put``) go through a hook patched onto the
+    class meanwhile."""
+    from qemu.qmp.events import EventListener
+
+    class Slow(EventListener):
+        def __init__(self):
+            super().__init__()
+            self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+        async def put(self, event):
+            if event['event'] == 'E1':
+                self.entered.set()
+                await self.gate.wait()
+            await super().put(event)
+
+    qmp = QMPClient()
+    await qmp.connect(server.address)
+    slow = Slow()
+    qmp.register_listener(slow)
+    seen = []
+    own = QMPClient._on_message
+
+    async def spy(self, msg):
+        seen.append(msg.get('event'))
+        await own(self, msg)
+
+    await server.send_raw(b''.join(server.event_bytes(name)
+                                   for name in ('E1', 'E2', 'E3')))
+    await slow.entered.wait()
+    QMPClient._on_message = spy
+    try:
+        slow.gate.set()
+        for _ in range(3):
+            await slow.get()
+        await server.emit_event('E4')
+        await slow.get()
+    finally:
+        QMPClient._on_message = own
+    await qmp.disconnect()
+    assert seen == ['E2', 'E3', 'E4']
+
+
+async def test_an_execute_msg_override_gets_the_callers_timeout(server):
+    """An ``execute_msg`` override with a default timeout of its own gets
+    the caller's: `None` (no timeout) included."""
+    seen = []
+
+    class OwnDefault(QMPClient):
+        async def execute_msg(self, msg, *, timeout=0.2):
+            seen.append(timeout)
+            return await super().execute_msg(msg, timeout=timeout)
+
+    qmp = OwnDefault()
+    await qmp.connect(server.address)
+    await qmp.execute('query-status')
+    await qmp.execute('query-status', timeout=None)
+    await qmp.execute('query-status', timeout=3)
+    assert seen == [None, None, 3]
+    await qmp.disconnect()
+
+
 class PassThroughWrapper:
     """Wraps a bound method and passes every other attribute lookup
     through to it, as ``wrapt``'s wrappers (used by tracing tools) do: its
