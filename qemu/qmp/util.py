@@ -26,7 +26,8 @@ T = TypeVar('T')
 def not_nan(timeout: Optional[float]) -> Optional[float]:
     """
     ``timeout``, checked: no comparison with NaN is true, so a wait with a
-    NaN timeout would neither end nor time out.
+    NaN timeout misbehaves (asyncio times it out at once, as if the peer
+    were mute; a loop polling for a deadline never ends).
 
     :raise ValueError: ``timeout`` is NaN.
     """
