@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.replay import Replay, ReplayError
 from qemu.qmp.testing import QMPTestServer, QUIT, ServerThread
@@ -200,6 +200,9 @@ async def test_quit_is_replayed_with_its_hang_up(tmp_path):
         qmp = QMPClient()
         await qmp.connect(await server.start())
         assert await quits(qmp) == shutdown
+        # The hang-up comes after SHUTDOWN: wait until the client saw it.
+        while qmp.runstate is Runstate.RUNNING:
+            await qmp.runstate_changed()
         with pytest.raises(EOFError):
             await qmp.disconnect()
     replay.check()
