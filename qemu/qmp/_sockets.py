@@ -19,13 +19,117 @@ import socket
 import stat
 import time
 from ssl import SSLContext
-from typing import Any, Optional, Sequence, Tuple, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Iterable,
+    Optional,
+    Sequence,
+    SupportsIndex,
+    Tuple,
+    Union,
+    cast,
+)
 
 
 #: A UNIX socket path or a ``(host, port)`` TCP address.
 SocketAddrT = Union[str, Tuple[str, int]]
 
 Streams = Tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+#: What a `RoutingReader` hands each received chunk to: `None` to go on,
+#: anything else to stop routing and end the wait with it.
+Router = Callable[[bytes], object]
+
+
+class RoutingReader(asyncio.StreamReader):
+    """
+    A stream reader that can hand what arrives straight to a router.
+
+    While a router is set (`route_to`), each chunk the transport delivers
+    goes to it, in the event loop's callback, rather than into the
+    reader's buffer: the client routes replies and events there and then,
+    with no task woken and no read coroutine made per message.  The wait
+    `route_to` returns ends, and later chunks are buffered as usual, when
+    the router returns something other than `None` (that is the wait's
+    result), when it raises (the wait's exception), or at end of stream or
+    a transport error (`None`: the reader then holds what to read next).
+    """
+
+    # StreamReader's own buffer, which typeshed does not declare.
+    _buffer: bytearray
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        #: The router, while one is set.
+        self.router: Optional[Router] = None
+        self._routed: Optional[asyncio.Future[object]] = None
+
+    def can_route(self) -> bool:
+        """Whether nothing is buffered or pending: no byte would be
+        passed over by routing what comes next."""
+        # (StreamReader has no public test for an empty buffer.)
+        return not self._buffer and not self.at_eof() \
+            and self.exception() is None
+
+    def route_to(self, router: Router) -> 'asyncio.Future[object]':
+        """
+        Hand what arrives to ``router`` until it returns something.
+
+        :return: The wait for routing to stop (see the class).
+        """
+        assert self._routed is None and self.can_route()
+        routed = asyncio.get_running_loop().create_future()
+        self.router, self._routed = router, routed
+        return routed
+
+    def stop_routing(self) -> None:
+        """Buffer what arrives from now on: the wait `route_to` returned
+        ended, or its waiter went away."""
+        routed = self._routed
+        self.router = self._routed = None
+        if routed is not None and routed.done() and not routed.cancelled():
+            # Ended just before its waiter was cancelled, maybe with an
+            # error nobody would read (asyncio would log it).
+            routed.exception()
+
+    def _end_routing(self, outcome: object,
+                     error: Optional[Exception] = None) -> None:
+        # (The wait stays known until stop_routing(), for the case above.)
+        routed = self._routed
+        assert routed is not None
+        self.router = None
+        if routed.done():
+            return  # its waiter was cancelled and has not run since
+        if error is None:
+            routed.set_result(outcome)
+        else:
+            routed.set_exception(error)
+
+    def feed_data(self, data: Iterable[SupportsIndex]) -> None:
+        router = self.router
+        if router is None:
+            super().feed_data(data)
+            return
+        try:
+            # (Transports deliver bytes.)
+            outcome = router(cast(bytes, data))
+        except Exception as err:  # pylint: disable=broad-except
+            self._end_routing(None, err)
+        else:
+            if outcome is not None:
+                self._end_routing(outcome)
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.router is not None:
+            self._end_routing(None)
+
+    def set_exception(self, exc: Exception) -> None:
+        super().set_exception(exc)
+        if self.router is not None:
+            self._end_routing(None)
+
 
 # One result of getaddrinfo(): family, type, proto, canonname, sockaddr.
 AddrInfo = Tuple[socket.AddressFamily, socket.SocketKind, int, str, Any]
@@ -76,18 +180,22 @@ async def open_stream(address: Union[SocketAddrT, socket.socket],
     :raise OSError: The connection failed.
     :raise TypeError: ``address`` is none of the accepted forms.
     """
+    loop = asyncio.get_running_loop()
+    reader = RoutingReader(limit=limit)
+    protocol = asyncio.StreamReaderProtocol(reader)
     if isinstance(address, socket.socket):
-        streams = await asyncio.open_connection(
-            sock=address, ssl=ssl, limit=limit,
+        transport, _ = await loop.create_connection(
+            lambda: protocol, sock=address, ssl=ssl,
             server_hostname='' if ssl else None)
     elif isinstance(address, str):
-        streams = await asyncio.open_unix_connection(
-            address, ssl=ssl, limit=limit,
+        transport, _ = await loop.create_unix_connection(
+            lambda: protocol, address, ssl=ssl,
             server_hostname='' if ssl else None)
     else:
         host, port = _tcp_address(address)
-        streams = await asyncio.open_connection(host, port, ssl=ssl,
-                                                limit=limit)
+        transport, _ = await loop.create_connection(
+            lambda: protocol, host, port, ssl=ssl)
+    streams = (reader, asyncio.StreamWriter(transport, protocol, reader, loop))
     return _read_below_mmap_threshold(streams)
 
 
@@ -279,7 +387,7 @@ async def accept(listener: socket.socket, ssl: Optional[SSLContext],
     loop = asyncio.get_running_loop()
     conn, _ = await loop.sock_accept(listener)
     try:
-        reader = asyncio.StreamReader(limit=limit)
+        reader = RoutingReader(limit=limit)
         protocol = asyncio.StreamReaderProtocol(reader)
         # Typeshed declares this on AbstractEventLoop from 3.10 on only;
         # every 3.9 loop has it too.

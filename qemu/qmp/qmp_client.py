@@ -34,9 +34,11 @@ from typing import (
     Tuple,
     Type,
     Union,
+    cast,
 )
 
 from . import _sockets
+from ._sockets import RoutingReader
 from .codec import DEFAULT_LIMIT, SYNC_BYTE, Codec, TruncatedMessageError
 from .core import (
     Negotiated,
@@ -93,6 +95,10 @@ __all__ = ['QMPClient', 'session', 'RECONNECTED', 'ExecuteError',
 #: ``reason`` (why the session was lost), ``attempts`` and ``gap``
 #: (seconds).  QEMU has no event of this name.
 RECONNECTED = 'QMP_CLIENT_RECONNECTED'
+
+# What the router in place (`QMPClient._bh_route_received`) returns for
+# the reader task to look again at the receiving hooks and the reader.
+_STOP_ROUTING = object()
 
 # What a server that never greets (the guest agent) needs, for the hints.
 _NO_GREETING = "set the client's await_greeting and negotiate to False"
@@ -827,6 +833,9 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         finds the receiving hooks replaced (`None`: the caller then calls
         them for the messages that read brought, and the next ones).
 
+        Routing, once the buffers are empty, is done as data arrives
+        (`_bh_route_in_place`), without waking this task.
+
         (No local variable holds a message, data or a bound method while
         waiting: an idle session keeps nothing alive it does not need.)
         """
@@ -838,6 +847,11 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                 # ``_reader`` mid-session is read from next.)
                 reader = conn.reader
                 assert reader is not None
+                if route and type(reader) is RoutingReader \
+                        and reader.can_route():
+                    if await self._bh_route_in_place(reader):
+                        return None
+                    continue
                 try:
                     self._bh_received(await reader.read(_sockets.READ_SIZE))
                 except OSError as err:
@@ -856,6 +870,59 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     # not yet routed are left to a hook patched in.)
                     if self._receiving_hooks_patched_on_class():
                         return None
+
+    @bottom_half
+    async def _bh_route_in_place(self, reader: RoutingReader) -> bool:
+        """
+        Route what ``reader`` receives as it arrives, in the event loop's
+        callback, until something needs this task: an event delivery that
+        waits (a listener's own ``put()``), the end of the stream, a
+        failure, a receiving hook patched onto the class, or another
+        reader set as ``_reader``.
+
+        The reader task then sleeps through a whole idle period and every
+        message in one wait: no wakeup, read coroutine or future per
+        message.
+
+        :return: Whether the receiving hooks were patched onto the class
+            (the caller then calls them for the messages still in).
+        :raise: What routing raised.
+        """
+        routed = reader.route_to(self._bh_route_received)
+        try:
+            blocked = await routed
+        finally:
+            reader.stop_routing()
+        del routed
+        if blocked is not _STOP_ROUTING and blocked is not None:
+            # Wait here, as delivery in this task does; what arrives
+            # meanwhile is buffered, and routed once it is done.
+            await cast(Awaitable[None], blocked)
+        return self._receiving_hooks_patched_on_class()
+
+    def _bh_route_received(self, data: bytes) -> object:
+        """
+        `RoutingReader`'s router: take ``data`` and route every message it
+        completes.
+
+        :return: `None` to go on; `_STOP_ROUTING` for the reader task to
+            look again at the hooks and the reader; or an event delivery
+            that must wait, the messages after it left in the core.
+        """
+        self._bh_received(data)
+        conn = self._conn
+        reader = conn.reader
+        if self._receiving_hooks_patched_on_class() \
+                or type(reader) is not RoutingReader \
+                or reader.router is None:
+            return _STOP_ROUTING
+        while True:
+            msg = self._bh_next_message()
+            if msg is None:
+                return None
+            dispatching = self._bh_route(self._cb_inbound(msg))
+            if dispatching is not None:
+                return dispatching
 
     def _bh_next_message(self) -> Optional[Message]:
         """

@@ -65,31 +65,33 @@ async def test_idle_session_costs_under_ten_kilobytes(tmp_path):
         await server.wait()
 
 
-def _reader_coroutines(qmp):
-    """The reader task's coroutines, outermost first, down to the stream's
-    read (asyncio's own, made anew for every read)."""
+def _reader_wait(qmp):
+    """What the reader task waits in: its coroutines, outermost first, then
+    what the innermost one awaits."""
+    task = qmp._conn.reader_task
     found = []
-    coro = qmp._conn.reader_task.get_coro()
-    while asyncio.iscoroutine(coro) \
-            and not coro.__qualname__.startswith('StreamReader.'):
+    coro = task.get_coro()
+    while asyncio.iscoroutine(coro):
         found.append(coro)
         coro = coro.cr_await
+    found.append(task._fut_waiter)  # (asyncio's own: the future awaited)
     return found
 
 
 async def test_messages_make_no_new_long_lived_objects(client, server):
-    """The reader waits for every message in the same coroutines: new ones
-    per message would outlive it, as long as the session stays idle, and
-    with thousands of sessions the garbage collector would sweep them all
-    again and again (docs/performance.rst, "Many VMs")."""
+    """The reader waits for every message in the same wait (coroutines and
+    future): new ones per message would outlive it, as long as the
+    session stays idle, and with thousands of sessions the garbage
+    collector would sweep them all again and again (docs/performance.rst,
+    "Many VMs")."""
     await client.execute('query-status')
-    waiting = _reader_coroutines(client)
-    assert waiting
+    waiting = _reader_wait(client)
+    assert len(waiting) > 1 and isinstance(waiting[-1], asyncio.Future)
     await client.execute('query-status')
     await server.emit_event('STOP')
     await client.events.get()
     await client.execute('query-status')
-    assert _reader_coroutines(client) == waiting
+    assert _reader_wait(client) == waiting
 
 
 async def test_a_command_in_flight_does_not_hold_its_message(client, server):

@@ -1,0 +1,177 @@
+"""
+The stream reader that hands what arrives straight to the session
+(``_sockets.RoutingReader``), alone and under a client.
+"""
+
+import asyncio
+import gc
+
+import pytest
+
+from qemu.qmp import EventListener, QMPClient, Runstate
+from qemu.qmp._sockets import RoutingReader
+
+
+class Routed:
+    """A router that keeps what it gets and answers ``outcome``."""
+
+    def __init__(self, outcome=None):
+        self.chunks = []
+        self.outcome = outcome
+
+    def __call__(self, data):
+        self.chunks.append(data)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+async def test_chunks_go_to_the_router_not_the_buffer():
+    reader = RoutingReader(limit=64)
+    router = Routed()
+    routed = reader.route_to(router)
+    reader.feed_data(b'one')
+    reader.feed_data(b'two')
+    assert router.chunks == [b'one', b'two']
+    assert not routed.done() and reader.can_route()
+    reader.stop_routing()
+    reader.feed_data(b'three')
+    assert not reader.can_route()
+    assert await reader.read(64) == b'three'
+
+
+async def test_an_outcome_ends_the_wait_and_later_chunks_are_buffered():
+    reader = RoutingReader(limit=64)
+    blocked = object()
+    routed = reader.route_to(Routed(blocked))
+    reader.feed_data(b'first')
+    assert await routed is blocked
+    assert reader.router is None
+    reader.feed_data(b'second')
+    assert await reader.read(64) == b'second'
+
+
+async def test_a_router_error_is_the_waits_error():
+    reader = RoutingReader(limit=64)
+    routed = reader.route_to(Routed(ValueError('bad bytes')))
+    reader.feed_data(b'x')
+    with pytest.raises(ValueError, match='bad bytes'):
+        await routed
+    assert reader.router is None
+
+
+@pytest.mark.parametrize('end', ['eof', 'error'])
+async def test_the_end_of_the_stream_ends_the_wait(end):
+    """The wait ends with None, and the reader then says how the stream
+    ended, as a read would have."""
+    reader = RoutingReader(limit=64)
+    routed = reader.route_to(Routed())
+    if end == 'eof':
+        reader.feed_eof()
+        assert await routed is None
+        assert await reader.read(64) == b''
+    else:
+        reader.set_exception(ConnectionResetError('reset'))
+        assert await routed is None
+        with pytest.raises(ConnectionResetError):
+            await reader.read(64)
+    assert not reader.can_route()
+
+
+async def test_the_end_after_a_cancelled_wait_is_quiet():
+    """A wait cancelled (its task cancelled by disconnect()) before it
+    stopped routing: the end of the stream does not set it again."""
+    reader = RoutingReader(limit=64)
+    routed = reader.route_to(Routed())
+    routed.cancel()
+    reader.feed_eof()
+    reader.stop_routing()
+    assert routed.cancelled()
+
+
+async def test_an_unawaited_error_is_not_reported_as_never_retrieved():
+    """An error that ended the wait just before its waiter was cancelled
+    is retrieved by stop_routing(): asyncio would otherwise log "Future
+    exception was never retrieved"."""
+    loop = asyncio.get_running_loop()
+    reported = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    try:
+        reader = RoutingReader(limit=64)
+        routed = reader.route_to(Routed(ValueError('late')))
+        reader.feed_data(b'x')
+        reader.stop_routing()
+        del routed
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
+
+
+async def test_routing_is_refused_while_bytes_are_buffered():
+    reader = RoutingReader(limit=64)
+    reader.feed_data(b'unread')
+    assert not reader.can_route()
+    with pytest.raises(AssertionError):
+        reader.route_to(Routed())
+
+
+# Under a client.
+
+class Gated(EventListener):
+    """A listener whose put() waits for its gate, as one that forwards to
+    a bounded queue waits for room."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.order = []
+
+    async def put(self, event):
+        await self.gate.wait()
+        self.order.append(event['event'])
+        await super().put(event)
+
+
+async def test_a_waiting_delivery_holds_the_rest_back_in_order(client,
+                                                               server):
+    """An event whose delivery waits holds back every message after it,
+    replies too; then routing goes on in the event loop's callback."""
+    listener = Gated()
+    client.register_listener(listener)
+    for name in ('STOP', 'RESUME'):
+        await server.emit_event(name)
+    replying = asyncio.ensure_future(client.execute('query-status'))
+    await server.wait_for_command('query-status')
+    await server.emit_event('POWERDOWN')
+    listener.gate.set()
+    assert (await replying)['status'] == 'running'
+    for name in ('STOP', 'RESUME', 'POWERDOWN'):
+        assert (await listener.get())['event'] == name
+    client.remove_listener(listener)
+    await client.execute('query-status')
+    assert client._reader.router is not None
+
+
+async def test_garbage_while_routing_ends_the_session(client, server):
+    """Bytes that are not QMP, routed in the callback, end the session
+    with the parse error, the reply before them delivered."""
+    replying = asyncio.ensure_future(client.execute('query-status'))
+    await server.wait_for_command('query-status')
+    await server.send_raw(b'{"return": {"status": "running"}, '
+                          b'"id": "__qmp#00001"}\n{not json\n')
+    assert (await replying)['status'] == 'running'
+    while client.runstate is Runstate.RUNNING:
+        await client.runstate_changed()
+    with pytest.raises(Exception, match='JSON|json'):
+        await client.disconnect()
+
+
+async def test_a_hang_up_while_routing_is_an_eof(server):
+    qmp = QMPClient()
+    await qmp.connect(server.address)
+    await server.hang_up()
+    while qmp.runstate is Runstate.RUNNING:
+        await qmp.runstate_changed()
+    with pytest.raises(EOFError):
+        await qmp.disconnect()
