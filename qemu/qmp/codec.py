@@ -15,7 +15,7 @@ decision about what a message on the wire is lives here:
   an unfinished one raises `TruncatedMessageError`, then `EOFError`;
 - JSON decoding and encoding (through `Message`).
 
-Both clients use it: `QMPClient`'s reader task and the blocking
+Both clients use it: `QMPClient`'s reader and the blocking
 `qemu.qmp.legacy.QEMUMonitorProtocol`.  `LineBuffer` is its framing layer,
 also used on its own by `AsyncProtocol._readline`.
 

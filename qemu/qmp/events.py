@@ -381,7 +381,7 @@ _REMOVED = object()
 
 def _checked_history_size(size: Optional[int]) -> Optional[int]:
     # A bad size raises now, as deque() does, not at the first event (in
-    # the reader task, which would end the session).
+    # the reader, which would end the session).
     deque((), maxlen=size)
     return size
 
@@ -408,7 +408,7 @@ class Events:
         self.events: EventListener = EventListener(
             max_pending=DEFAULT_BUILTIN_BACKLOG)
         self._listeners: List[EventListener] = [self.events]
-        # What the reader task walks for each event: (listener, fast),
+        # What the reader walks for each event: (listener, fast),
         # where fast means put() is not overridden and can be skipped.
         # The built-in listener comes last: it is the one that queues a
         # copy when another listener takes the event too, and a copy
@@ -429,7 +429,7 @@ class Events:
 
     def _dispatch_event(self, msg: Message) -> Optional[Awaitable[None]]:
         """
-        Give an event to every registered listener (reader task).
+        Give an event to every registered listener (bottom half).
 
         Without a listener that overrides ``put()``, this is done at once,
         with no coroutine per event, and returns `None`; otherwise it

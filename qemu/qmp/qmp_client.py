@@ -7,7 +7,7 @@ What a reply means, and the errors a command ends with, are in
 `QMPClient` connects to (or accepts a connection from) a QMP server such as
 QEMU, the QEMU Storage Daemon or the QEMU Guest Agent, and always acts as
 the QMP client.  Many commands may be in flight at once, from many tasks;
-the reader task routes each reply to its caller by id.
+each reply is routed to its caller by id as it arrives.
 """
 
 from __future__ import annotations
