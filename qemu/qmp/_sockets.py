@@ -94,7 +94,7 @@ class RoutingReader(asyncio.StreamReader):
             routed.exception()
 
     def _end_routing(self, outcome: object,
-                     error: Optional[Exception] = None) -> None:
+                     error: Optional[BaseException] = None) -> None:
         # (The wait stays known until stop_routing(), for the case above.)
         routed = self._routed
         assert routed is not None
@@ -107,14 +107,20 @@ class RoutingReader(asyncio.StreamReader):
             routed.set_exception(error)
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
-        router = self.router
-        if router is None:
+        router, routed = self.router, self._routed
+        # Not once the wait is cancelled (its task is, by disconnect()):
+        # what arrives before that task runs again stays unread.
+        if router is None or routed is None or routed.done() or not data:
             super().feed_data(data)
             return
         try:
             # (Transports deliver bytes.)
             outcome = router(cast(bytes, data))
-        except Exception as err:  # pylint: disable=broad-except
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:  # pylint: disable=broad-except
+            # (A CancelledError out of user code in the router, too: it is
+            # the reader task's to handle, as it was when the task routed.)
             self._end_routing(None, err)
         else:
             if outcome is not None:

@@ -891,6 +891,13 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         routed = reader.route_to(self._bh_route_received)
         try:
             blocked = await routed
+        except asyncio.CancelledError:
+            if routed.done() and not routed.cancelled() \
+                    and routed.exception() is None:
+                # Routing handed this task an event delivery just before
+                # the task was cancelled: it goes with the session.
+                _close_delivery(routed.result())
+            raise
         finally:
             reader.stop_routing()
         del routed
@@ -1042,6 +1049,14 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     future.set_exception(core.interrupted(
                         cause, "; disconnect() reports why"))
         await super()._bh_disconnect()
+
+
+def _close_delivery(delivery: object) -> None:
+    """Drop an event delivery that will not be awaited (a coroutine, for
+    a listener's own ``put()``), without a "never awaited" warning."""
+    close = getattr(delivery, 'close', None)
+    if close is not None:
+        close()
 
 
 def _hook_replaced(bound: Any, own: object, owner: object) -> bool:

@@ -5,11 +5,19 @@ The stream reader that hands what arrives straight to the session
 
 import asyncio
 import gc
+import logging
+import warnings
 
 import pytest
 
-from qemu.qmp import EventListener, QMPClient, Runstate
+from qemu.qmp import (
+    EventListener,
+    ExecInterruptedError,
+    QMPClient,
+    Runstate,
+)
 from qemu.qmp._sockets import RoutingReader
+from qemu.qmp.testing import NO_REPLY, QMPTestServer
 
 
 class Routed:
@@ -175,3 +183,64 @@ async def test_a_hang_up_while_routing_is_an_eof(server):
         await qmp.runstate_changed()
     with pytest.raises(EOFError):
         await qmp.disconnect()
+
+
+async def test_nothing_is_routed_once_the_wait_is_cancelled():
+    """The reader task's cancellation (disconnect()) cancels the wait at
+    once; what arrives before the task runs again is buffered, not routed
+    against a session being torn down."""
+    reader = RoutingReader(limit=64)
+    router = Routed()
+    routed = reader.route_to(router)
+    routed.cancel()
+    reader.feed_data(b'late')
+    assert router.chunks == []
+    reader.stop_routing()
+    assert await reader.read(64) == b'late'
+
+
+async def test_an_empty_chunk_is_nothing():
+    """As for StreamReader: feeding b'' is not the end of the stream."""
+    reader = RoutingReader(limit=64)
+    router = Routed()
+    routed = reader.route_to(router)
+    reader.feed_data(b'')
+    assert router.chunks == [] and not routed.done()
+    reader.stop_routing()
+
+
+async def test_a_reply_arriving_as_disconnect_starts_is_not_routed(
+        client, server, caplog):
+    """A reply that arrives in the same loop iteration as disconnect()
+    starts is left unread, as before: no "unknown id" warning."""
+    server.on('slow', lambda arguments: NO_REPLY)
+    pending = asyncio.ensure_future(client.execute('slow'))
+    command = await server.wait_for_command('slow')
+    await server.send_raw(b'{"return": {}, "id": "%s"}\n'
+                          % command['id'].encode())
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
+        await client.disconnect()
+    with pytest.raises(ExecInterruptedError):
+        await pending
+    assert [record.getMessage() for record in caplog.records] == []
+
+
+class PassingOn(EventListener):
+    """A listener with a put() of its own: its deliveries are awaited."""
+
+    async def put(self, event):
+        await super().put(event)
+
+
+async def test_a_delivery_handed_over_to_a_cancelled_task_is_closed(client):
+    """An event whose delivery the router handed to the reader task just
+    before that task was cancelled: the delivery is dropped with the
+    session, not left as a coroutine never awaited."""
+    client.register_listener(PassingOn())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        client._reader.feed_data(QMPTestServer.event_bytes('SHUTDOWN'))
+        client._conn.reader_task.cancel()
+        await client.disconnect()
+        gc.collect()
+    assert [str(warning.message) for warning in caught] == []
