@@ -16,7 +16,12 @@ from qemu.qmp.codec import MessageTooLongError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.message import NotQMPServerError
 from qemu.qmp.qmp_client import RECONNECTED, ExecuteTimeoutError
-from tests.helpers import require_binary, started, stop_and_cont
+from tests.helpers import (
+    require_binary,
+    started,
+    stop_and_cont,
+    wait_for_state,
+)
 from tests.integration.conftest import QEMU_BASE, running
 
 pytestmark = pytest.mark.integration
@@ -98,8 +103,7 @@ async def test_quit_then_disconnect(qmp, qemu):
     with qmp.listener('SHUTDOWN') as listener:
         assert await qmp.execute('quit') == {}
         assert (await listener.get())['event'] == 'SHUTDOWN'
-    while qmp.runstate is Runstate.RUNNING:
-        await qmp.runstate_changed()
+    await wait_for_state(qmp, Runstate.DISCONNECTING)
     with pytest.raises(EOFError):
         await qmp.disconnect()
     assert qmp.runstate is Runstate.IDLE

@@ -21,7 +21,7 @@ from qemu.qmp.codec import MessageTooLongError, TruncatedMessageError
 from qemu.qmp.message import DeserializationError, UnexpectedTypeError
 from qemu.qmp.qmp_client import BadReplyError, ServerParseError
 from qemu.qmp.testing import NO_REPLY, CommandError, QMPTestServer
-from tests.helpers import assert_no_tasks_left
+from tests.helpers import assert_no_tasks_left, wait_for_state
 
 READBUFLEN = 4096
 
@@ -237,8 +237,7 @@ async def test_secrets_are_not_logged_above_debug(server, caplog):
         with pytest.raises(BadReplyError):
             await pending
         await server.reply_without_id('Invalid JSON')
-        while qmp.runstate is Runstate.RUNNING:
-            await qmp.runstate_changed()
+        await wait_for_state(qmp, Runstate.DISCONNECTING)
         with pytest.raises(ServerParseError):
             await qmp.disconnect()
     texts = [record.getMessage() for record in caplog.records

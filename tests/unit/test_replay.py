@@ -10,6 +10,8 @@ from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, Runstate
 from qemu.qmp.legacy import QEMUMonitorProtocol
 from qemu.qmp.replay import Replay, ReplayError
 from qemu.qmp.testing import QMPTestServer, QUIT, ServerThread
+
+from tests.helpers import wait_for_state
 from qemu.qmp.transcript import (
     CLOSED,
     MASKED,
@@ -201,8 +203,7 @@ async def test_quit_is_replayed_with_its_hang_up(tmp_path):
         await qmp.connect(await server.start())
         assert await quits(qmp) == shutdown
         # The hang-up comes after SHUTDOWN: wait until the client saw it.
-        while qmp.runstate is Runstate.RUNNING:
-            await qmp.runstate_changed()
+        await wait_for_state(qmp, Runstate.DISCONNECTING)
         with pytest.raises(EOFError):
             await qmp.disconnect()
     replay.check()

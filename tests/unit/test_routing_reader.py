@@ -19,6 +19,8 @@ from qemu.qmp import (
 from qemu.qmp._sockets import RoutingReader
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
 
+from tests.helpers import wait_for_state
+
 
 class Routed:
     """A router that keeps what it gets and answers ``outcome``."""
@@ -169,8 +171,7 @@ async def test_garbage_while_routing_ends_the_session(client, server):
     await server.send_raw(b'{"return": {"status": "running"}, '
                           b'"id": "__qmp#00001"}\n{not json\n')
     assert (await replying)['status'] == 'running'
-    while client.runstate is Runstate.RUNNING:
-        await client.runstate_changed()
+    await wait_for_state(client, Runstate.DISCONNECTING)
     with pytest.raises(Exception, match='JSON|json'):
         await client.disconnect()
 
@@ -179,8 +180,7 @@ async def test_a_hang_up_while_routing_is_an_eof(server):
     qmp = QMPClient()
     await qmp.connect(server.address)
     await server.hang_up()
-    while qmp.runstate is Runstate.RUNNING:
-        await qmp.runstate_changed()
+    await wait_for_state(qmp, Runstate.DISCONNECTING)
     with pytest.raises(EOFError):
         await qmp.disconnect()
 
