@@ -211,8 +211,9 @@ async def test_an_empty_chunk_is_nothing():
 
 async def test_a_reply_arriving_as_disconnect_starts_is_not_routed(
         client, server, caplog):
-    """A reply that arrives in the same loop iteration as disconnect()
-    starts is left unread, as before: no "unknown id" warning."""
+    """A reply that arrives as disconnect() starts is either routed before
+    it (uvloop may run the read first) or left unread, as before; never
+    routed once the waiters are taken ("unknown id" warning)."""
     server.on('slow', lambda arguments: NO_REPLY)
     pending = asyncio.ensure_future(client.execute('slow'))
     command = await server.wait_for_command('slow')
@@ -220,8 +221,8 @@ async def test_a_reply_arriving_as_disconnect_starts_is_not_routed(
                           % command['id'].encode())
     with caplog.at_level(logging.WARNING, logger='qemu.qmp'):
         await client.disconnect()
-    with pytest.raises(ExecInterruptedError):
-        await pending
+    [outcome] = await asyncio.gather(pending, return_exceptions=True)
+    assert outcome == {} or isinstance(outcome, ExecInterruptedError)
     assert [record.getMessage() for record in caplog.records] == []
 
 
