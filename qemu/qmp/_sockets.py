@@ -83,6 +83,11 @@ class RoutingReader(asyncio.StreamReader):
         self.router, self._routed = router, routed
         return routed
 
+    def hold(self) -> None:
+        """Buffer what arrives from now on, and leave the wait as it is,
+        for its waiter to end (the session is ending)."""
+        self.router = None
+
     def stop_routing(self) -> None:
         """Buffer what arrives from now on: the wait `route_to` returned
         ended, or its waiter went away."""

@@ -892,11 +892,16 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         try:
             blocked = await routed
         except asyncio.CancelledError:
-            if routed.done() and not routed.cancelled() \
-                    and routed.exception() is None:
-                # Routing handed this task an event delivery just before
-                # the task was cancelled: it goes with the session.
-                _close_delivery(routed.result())
+            # Routing ended just before this task was cancelled.
+            if routed.done() and not routed.cancelled():
+                error = routed.exception()
+                if error is None:
+                    # An event delivery: it goes with the session.
+                    _close_delivery(routed.result())
+                elif isinstance(error, Exception):
+                    # Logged as the end of the session: disconnect()
+                    # raises it, as if this task had.
+                    self._bh_failed(error, 'Reader')
             raise
         finally:
             reader.stop_routing()
@@ -1028,6 +1033,14 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             recorder.record(CLIENT, msg)
         self.logger.debug("--> %s", msg)
         return msg
+
+    def _schedule_disconnect(self) -> None:
+        # Nothing more is routed once the session is ending: what arrives
+        # before the reader task is cancelled stays unread.
+        reader = self._conn.reader
+        if type(reader) is RoutingReader:
+            reader.hold()
+        super()._schedule_disconnect()
 
     def _bh_logged_already(self, err: Exception) -> bool:
         # The session core logged why the session ended.

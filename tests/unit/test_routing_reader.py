@@ -17,6 +17,7 @@ from qemu.qmp import (
     Runstate,
 )
 from qemu.qmp._sockets import RoutingReader
+from qemu.qmp.error import ProtocolError
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
 
 from tests.helpers import wait_for_state
@@ -245,3 +246,22 @@ async def test_a_delivery_handed_over_to_a_cancelled_task_is_closed(client):
         await client.disconnect()
         gc.collect()
     assert [str(warning.message) for warning in caught] == []
+
+
+async def test_nothing_is_routed_once_the_session_is_ending(client):
+    """Once disconnect() has begun (the session is DISCONNECTING), what
+    arrives is left unread, even before its task cancels the reader."""
+    client._schedule_disconnect()
+    client._reader.feed_data(QMPTestServer.event_bytes('STOP'))
+    await client.disconnect()
+    assert client.events.empty()
+
+
+async def test_a_routing_error_meeting_a_cancelled_task_is_raised(client):
+    """Routing failed, and the reader task was cancelled before it could
+    take the error: disconnect() still raises it, as it was logged as the
+    end of the session."""
+    client._reader.feed_data(b'not json\n')
+    client._conn.reader_task.cancel()
+    with pytest.raises(ProtocolError):
+        await client.disconnect()
