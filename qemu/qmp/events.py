@@ -30,6 +30,7 @@ from typing import (
     Awaitable,
     Callable,
     Deque,
+    Generator,
     Iterable,
     Iterator,
     List,
@@ -393,6 +394,23 @@ def _checked_max_pending(value: Optional[int]) -> Optional[int]:
                         f"not {value!r}")
 
 
+class _Delivery:
+    """
+    An event's delivery to listeners whose ``put()`` may wait: its
+    coroutine is made when it is awaited, so a delivery never awaited (its
+    session ended first) leaves no coroutine "never awaited" behind.
+    """
+
+    __slots__ = ('_events', '_msg')
+
+    def __init__(self, events: 'Events', msg: Message) -> None:
+        self._events = events
+        self._msg = msg
+
+    def __await__(self) -> Generator[object, None, None]:
+        return self._events._dispatch_awaiting(self._msg).__await__()
+
+
 class Events:
     """
     Mix-in giving `QMPClient` its event listeners.
@@ -442,7 +460,7 @@ class Events:
         if self._dispatch_is_sync:
             self._dispatch_at_once(msg)
             return None
-        return self._dispatch_awaiting(msg)
+        return _Delivery(self, msg)
 
     def _dispatch_at_once(self, msg: Message) -> None:
         """Give an event to every listener; none overrides put()."""

@@ -893,12 +893,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             blocked = await routed
         except asyncio.CancelledError:
             # Routing ended just before this task was cancelled.
+            # (An event delivery it handed over goes with the session.)
             if routed.done() and not routed.cancelled():
                 error = routed.exception()
-                if error is None:
-                    # An event delivery: it goes with the session.
-                    _close_delivery(routed.result())
-                elif isinstance(error, Exception):
+                if isinstance(error, Exception):
                     # Logged as the end of the session: disconnect()
                     # raises it, as if this task had.
                     self._bh_failed(error, 'Reader')
@@ -1062,14 +1060,6 @@ class QMPClient(ReconnectingProtocol[Message], Events):
                     future.set_exception(core.interrupted(
                         cause, "; disconnect() reports why"))
         await super()._bh_disconnect()
-
-
-def _close_delivery(delivery: object) -> None:
-    """Drop an event delivery that will not be awaited (a coroutine, for
-    a listener's own ``put()``), without a "never awaited" warning."""
-    close = getattr(delivery, 'close', None)
-    if close is not None:
-        close()
 
 
 def _hook_replaced(bound: Any, own: object, owner: object) -> bool:

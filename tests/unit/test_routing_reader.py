@@ -234,10 +234,11 @@ class PassingOn(EventListener):
         await super().put(event)
 
 
-async def test_a_delivery_handed_over_to_a_cancelled_task_is_closed(client):
+async def test_a_delivery_handed_over_to_a_cancelled_task_is_dropped(
+        client):
     """An event whose delivery the router handed to the reader task just
     before that task was cancelled: the delivery is dropped with the
-    session, not left as a coroutine never awaited."""
+    session, with no coroutine left never awaited."""
     client.register_listener(PassingOn())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -265,3 +266,15 @@ async def test_a_routing_error_meeting_a_cancelled_task_is_raised(client):
     client._conn.reader_task.cancel()
     with pytest.raises(ProtocolError):
         await client.disconnect()
+
+
+async def test_a_delivery_handed_over_is_no_coroutine_until_awaited(client):
+    """A delivery the router hands to the reader task makes its coroutine
+    only when awaited: a loop closed before the task runs (the session
+    left to the garbage collector) leaves no coroutine never awaited."""
+    listener = PassingOn()
+    client.register_listener(listener)
+    client._reader.feed_data(QMPTestServer.event_bytes('STOP'))
+    delivery = client._conn.reader_task._fut_waiter.result()
+    assert not asyncio.iscoroutine(delivery)
+    assert (await listener.get())['event'] == 'STOP'
