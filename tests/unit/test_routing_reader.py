@@ -13,7 +13,6 @@ import pytest
 from qemu.qmp import (
     EventListener,
     ExecInterruptedError,
-    QMPClient,
     Runstate,
 )
 from qemu.qmp._sockets import RoutingReader
@@ -175,15 +174,6 @@ async def test_garbage_while_routing_ends_the_session(client, server):
     await wait_for_state(client, Runstate.DISCONNECTING)
     with pytest.raises(Exception, match='JSON|json'):
         await client.disconnect()
-
-
-async def test_a_hang_up_while_routing_is_an_eof(server):
-    qmp = QMPClient()
-    await qmp.connect(server.address)
-    await server.hang_up()
-    await wait_for_state(qmp, Runstate.DISCONNECTING)
-    with pytest.raises(EOFError):
-        await qmp.disconnect()
 
 
 async def test_nothing_is_routed_once_the_wait_is_cancelled():
