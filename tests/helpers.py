@@ -7,6 +7,8 @@ process or on a terminal.  (conftest.py holds only fixtures.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import pty
 import select
@@ -15,7 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import List, Optional
+import tempfile
+from typing import AsyncIterator, List, Optional
 
 import pytest
 
@@ -60,6 +63,29 @@ def free_port() -> int:
         sock.bind(('127.0.0.1', 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_lock_path(port: int) -> str:
+    """The lock file that test runs hold while they listen on ``port``."""
+    return os.path.join(tempfile.gettempdir(),
+                        f'qemu.qmp-tests-port-{port}.lock')
+
+
+@contextlib.asynccontextmanager
+async def port_lock(port: int) -> AsyncIterator[None]:
+    """
+    Hold ``port`` against other test runs on this machine (``make
+    pythons`` runs two at once) for as long as the context lasts: for a
+    fixed port the docs name, where `free_port` cannot help.  The lock is
+    released when its holder exits, however it exits.
+    """
+    with open(port_lock_path(port), 'a', encoding='ascii') as lock:
+        # Another holder is bounded by its own test's timeout.
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- asyncio -----------------------------------------------------------------

@@ -27,7 +27,7 @@ import pytest
 
 from qemu.qmp.testing import ServerThread, demo_server
 from tests.docs_blocks import ROOT, Block, all_blocks, blocks, console_commands
-from tests.helpers import require_binary
+from tests.helpers import port_lock, port_lock_path, require_binary
 from tests.integration.conftest import (
     QEMU_BASE,
     Daemon,
@@ -98,6 +98,7 @@ async def start_peers(block: Block, workdir: Path,
         # (openssl s_client shows it too): the TLS peer here is the test
         # server, with the certificates docs/tls.rst describes.
         make_tls_dir(workdir / 'tls')
+        await stack.enter_async_context(port_lock(TLS_PORT))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(workdir / 'tls' / 'server-cert.pem',
                                 workdir / 'tls' / 'server-key.pem')
@@ -217,3 +218,25 @@ def _run_in_order(block: Block, argv: List[str], cwd: Path,
         f"{result.returncode}\n--- stdout\n{result.stdout}"
         f"--- stderr\n{result.stderr}")
     return result.stdout
+
+
+@pytest.mark.timeout(90)
+async def test_the_tls_port_is_held_while_its_peer_runs(tmp_path):
+    """docs/tls.rst names a fixed port, and `make pythons` runs the docs
+    tests on two Pythons at once: the TLS peer holds an exclusive lock
+    named after the port, so another run waits for it instead of failing
+    to bind."""
+    block = next(b for b in BLOCKS if 'tls/' in b.code)
+    probe = ('import fcntl, sys\n'
+             'with open(sys.argv[1], "a") as lock:\n'
+             '    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n')
+    async with AsyncExitStack() as stack:
+        await start_peers(block, tmp_path, stack)
+        taken = subprocess.run(
+            [sys.executable, '-c', probe, str(port_lock_path(TLS_PORT))],
+            capture_output=True, timeout=30, check=False)
+        assert taken.returncode != 0, "another run could bind the port"
+    free = subprocess.run(
+        [sys.executable, '-c', probe, str(port_lock_path(TLS_PORT))],
+        capture_output=True, timeout=30, check=False)
+    assert free.returncode == 0, free.stderr
