@@ -137,10 +137,15 @@ class EventListener:
         self._history_trimmed = False
         # Iteration may skip get() when a subclass did not replace it.
         self._plain_get = type(self).get is EventListener.get
+        # The session whose built-in listener this is: what its log lines
+        # name, one session among thousands (see QMPClient).
+        self._session_name: Optional[str] = None
 
     def __repr__(self) -> str:
         names = sorted(self.names) if self.names else 'ALL'
-        return (f"<{type(self).__name__} names={names} "
+        owner = '' if self._session_name is None \
+            else f" of session {self._session_name!r}"
+        return (f"<{type(self).__name__}{owner} names={names} "
                 f"pending={len(self._pending or ())}>")
 
     @property

@@ -166,6 +166,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
         super().__init__(name, readbuflen)
+        self.events._session_name = name
 
         #: Whether or not to await a greeting after establishing a
         #: connection.  Defaults to True; QGA servers expect this to be

@@ -377,3 +377,23 @@ def test_bad_history_size_is_refused_at_once(size, error):
     with pytest.raises(error):
         listener.history_size = size
     assert listener.history_size == DEFAULT_HISTORY_SIZE
+
+
+async def test_a_session_names_its_dropped_events(server, caplog):
+    """With one session per VM, the warning says whose built-in listener
+    dropped events; a listener of the user's own says what it is."""
+    qmp = QMPClient('vm7')
+    await qmp.connect(server.address)
+    qmp.events.max_pending = 3
+    mine = EventListener(max_pending=3)
+    qmp.register_listener(mine)
+    with caplog.at_level(logging.WARNING, logger='qemu.qmp.events'):
+        await server.send_raw(b''.join(QMPTestServer.event_bytes('STOP')
+                                       for _ in range(4)))
+        await qmp.execute('query-status')  # the events came before it
+    await qmp.disconnect()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert sum("session 'vm7'" in line for line in warnings) == 1
+    assert any(line.startswith('<EventListener names=ALL')
+               for line in warnings)
