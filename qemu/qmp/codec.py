@@ -34,7 +34,7 @@ b'{"execute":"query-status"}\\n'
 from __future__ import annotations
 
 import json
-from typing import List, Mapping, NamedTuple, Optional, Tuple, cast
+from typing import List, Mapping, NamedTuple, Optional, Tuple
 
 from .error import ProtocolError
 from .message import Message
@@ -182,8 +182,10 @@ class LineBuffer:
     b'{"b": 2}'
 
     Strategy: each chunk is split in one pass with `bytes.split`; complete
-    lines wait in the list the split made, read from an index (an idle
-    stream holds an empty list, not a deque); an unfinished tail is kept
+    lines are moved to the buffer's one list and read from an index (an
+    idle stream holds an empty list, not a deque; the split's own list is
+    not kept instead, or a busy session would hand the garbage collector
+    a new long-lived list per chunk); an unfinished tail is kept
     as a list of pieces, so a long line arriving in many chunks is joined
     once, not re-copied on every chunk.  Lengths are only checked for
     chunks that could break the limit.  A line over the limit is dropped
@@ -250,12 +252,8 @@ class LineBuffer:
                     self._report(len(line) + 1, line[-_TAIL_KEPT:])
                 else:
                     self._lines.append(line)
-        elif self._lines:
-            self._lines.extend(lines)
         else:
-            # All taken (the usual case): the split's own list becomes the
-            # buffer, with no copy.
-            self._lines = cast(List[Optional[bytes]], lines)
+            self._lines.extend(lines)
         self._tail_len = len(rest)
         if rest:
             self._tail.append(rest)
