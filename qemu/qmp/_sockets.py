@@ -108,6 +108,12 @@ class RoutingReader(asyncio.StreamReader):
             return  # its waiter was cancelled and has not run since
         if error is None:
             routed.set_result(outcome)
+        elif isinstance(error, StopIteration):
+            # A future refuses it before Python 3.13 (and the wait would
+            # never end): what a coroutine raising it raises instead.
+            wrapped = RuntimeError(f"routing raised {error!r}")
+            wrapped.__cause__ = error
+            routed.set_exception(wrapped)
         else:
             routed.set_exception(error)
 

@@ -13,6 +13,7 @@ import pytest
 from qemu.qmp import (
     EventListener,
     ExecInterruptedError,
+    QMPClient,
     Runstate,
 )
 from qemu.qmp._sockets import RoutingReader
@@ -268,3 +269,38 @@ async def test_a_delivery_handed_over_is_no_coroutine_until_awaited(client):
     delivery = client._conn.reader_task._fut_waiter.result()
     assert not asyncio.iscoroutine(delivery)
     assert (await listener.get())['event'] == 'STOP'
+
+
+async def test_a_stop_iteration_from_the_router_is_an_error():
+    """A StopIteration out of user code in the router (``next()`` on an
+    exhausted iterator, in a ``_cb_inbound`` override, say) cannot be a
+    future's exception before Python 3.13: the wait ends with the
+    RuntimeError a coroutine would have raised, caused by it."""
+    reader = RoutingReader(limit=64)
+    routed = reader.route_to(Routed(StopIteration()))
+    reader.feed_data(b'x')
+    with pytest.raises(RuntimeError, match='StopIteration') as err:
+        await routed
+    assert isinstance(err.value.__cause__, StopIteration)
+
+
+async def test_a_stop_iteration_while_routing_ends_the_session(server):
+    """The session ends with it: the command waiting is interrupted and
+    disconnect() raises it, as when the reader task routed."""
+    class Picky(QMPClient):
+        def _cb_inbound(self, msg):
+            if 'event' in msg:
+                next(name for name in ('STOP',) if name == msg['event'])
+            return super()._cb_inbound(msg)
+
+    server.on('slow', lambda arguments: NO_REPLY)
+    qmp = Picky('picky')
+    await qmp.connect(server.address)
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    await server.send_raw(QMPTestServer.event_bytes('RESUME'))
+    with pytest.raises(ExecInterruptedError):
+        await waiting
+    with pytest.raises(RuntimeError, match='StopIteration'):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
