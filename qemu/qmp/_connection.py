@@ -139,6 +139,6 @@ class Connection(Generic[T]):
         #: reader or writer can wait for both to exit.
         self.dc_task: Optional[asyncio.Future[None]] = None
         #: Errors that ended the bottom half, first one first.
-        self.errors: List[Exception] = []
+        self.errors: List[BaseException] = []
         #: The subclass's protocol state for this session, if any.
         self.protocol_state: Any = None

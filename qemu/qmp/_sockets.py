@@ -31,6 +31,8 @@ from typing import (
     cast,
 )
 
+from .util import failure_outside_a_task
+
 
 #: A UNIX socket path or a ``(host, port)`` TCP address.
 SocketAddrT = Union[str, Tuple[str, int]]
@@ -108,14 +110,8 @@ class RoutingReader(asyncio.StreamReader):
             return  # its waiter was cancelled and has not run since
         if error is None:
             routed.set_result(outcome)
-        elif isinstance(error, StopIteration):
-            # A future refuses it before Python 3.13 (and the wait would
-            # never end): what a coroutine raising it raises instead.
-            wrapped = RuntimeError(f"routing raised {error!r}")
-            wrapped.__cause__ = error
-            routed.set_exception(wrapped)
         else:
-            routed.set_exception(error)
+            routed.set_exception(failure_outside_a_task(error))
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         router, routed = self.router, self._routed
@@ -130,8 +126,8 @@ class RoutingReader(asyncio.StreamReader):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as err:  # pylint: disable=broad-except
-            # (A CancelledError out of user code in the router, too: it is
-            # the reader task's to handle, as it was when the task routed.)
+            # User code's in the router (_cb_inbound, a recorder): the
+            # reader task ends the session with it.
             self._end_routing(None, err)
         else:
             if outcome is not None:

@@ -50,6 +50,11 @@ __all__ = ['EventListener', 'Events', 'ListenerError', 'EventFilter',
 
 logger = logging.getLogger(__name__)
 
+# What an event filter may raise and cost only its own listener the event.
+# A filter is called, never awaited: a CancelledError out of one (result()
+# of a cancelled future, say) is its bug, not a cancellation of the task.
+_FILTER_ERRORS = (Exception, asyncio.CancelledError)
+
 #: A function that decides whether a listener accepts an event.
 EventFilter = Callable[[Message], bool]
 
@@ -474,7 +479,7 @@ class Events:
             try:
                 if not listener.accept(msg):
                     continue
-            except Exception as err:  # pylint: disable=broad-except
+            except _FILTER_ERRORS as err:
                 self._listener_failed(listener, msg, err)
                 continue
             # The first taker gets the message itself, later ones copies.
@@ -491,14 +496,20 @@ class Events:
                         continue
                     listener._deliver(_copy_of(msg) if delivered else msg)
                 else:
+                    # Awaited: a CancelledError here may be the task's.
                     await listener.put(msg.clone() if delivered else msg)
             except Exception as err:  # pylint: disable=broad-except
+                self._listener_failed(listener, msg, err)
+                continue
+            except asyncio.CancelledError as err:
+                if not fast:
+                    raise
                 self._listener_failed(listener, msg, err)
                 continue
             delivered = True
 
     def _listener_failed(self, listener: EventListener, msg: Message,
-                         err: Exception) -> None:
+                         err: BaseException) -> None:
         # One listener's bug must not cost every other caller the
         # session: that listener misses this event, and the error shows.
         logger.error("%r failed on event %s and misses it: %s", listener,

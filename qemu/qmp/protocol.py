@@ -54,7 +54,13 @@ from . import _sockets
 from ._sockets import SocketAddrT as _SocketAddrT
 from .error import QMPError
 from ._connection import Connection, Outbox
-from .util import Backoff, bottom_half, exception_summary, upper_half
+from .util import (
+    Backoff,
+    bottom_half,
+    exception_summary,
+    failure_outside_a_task,
+    upper_half,
+)
 
 
 __all__ = ['Runstate', 'ConnectError', 'StateError', 'EventLoopError',
@@ -401,7 +407,7 @@ class AsyncProtocol(Generic[T]):
         self._conn.accepted = accepted
 
     @property
-    def _bh_errors(self) -> List[Exception]:
+    def _bh_errors(self) -> List[BaseException]:
         """Errors that ended the bottom half, first one first."""
         return self._conn.errors
 
@@ -958,10 +964,15 @@ class AsyncProtocol(Generic[T]):
                 # asyncio.run() ending while the session is open.  No task
                 # may start now, but the connection can still be closed.
                 conn.writer.close()
-        except Exception as err:  # pylint: disable=broad-except
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:  # pylint: disable=broad-except
+            # Any other BaseException too (user code's, from an event
+            # filter, say): the session ends with it, rather than the
+            # reader stopping while the session looks alive.
             self._bh_failed(err, name)
 
-    def _bh_failed(self, err: Exception, name: str) -> None:
+    def _bh_failed(self, err: BaseException, name: str) -> None:
         """
         Record ``err``, which ended the bottom half's ``name`` part, for
         `disconnect()` to raise, and start the disconnect.
@@ -976,7 +987,7 @@ class AsyncProtocol(Generic[T]):
         self._conn.errors.append(err)
         self._schedule_disconnect()
 
-    def _bh_logged_already(self, err: Exception) -> bool:
+    def _bh_logged_already(self, err: BaseException) -> bool:
         """
         Whether ``err``, which ended a bottom-half task, was logged where
         it was found (a subclass's protocol rules may log the end of a
@@ -1008,8 +1019,12 @@ class AsyncProtocol(Generic[T]):
             return  # the connection it was for is gone
         try:
             self._bh_write(outbox.take())
-        except Exception as err:  # pylint: disable=broad-except
-            self._bh_failed(err, 'Writer')
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:  # pylint: disable=broad-except
+            # User code's, from _cb_outbound or a recorder (no task here
+            # to be cancelled: a CancelledError is user code's too).
+            self._bh_failed(failure_outside_a_task(err), 'Writer')
             return
         # (No drain task once the session ends: nothing would stop it.)
         if conn.writer is not None and conn.dc_task is None \

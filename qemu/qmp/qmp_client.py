@@ -1041,7 +1041,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             reader.hold()
         super()._schedule_disconnect()
 
-    def _bh_logged_already(self, err: Exception) -> bool:
+    def _bh_logged_already(self, err: BaseException) -> bool:
         # The session core logged why the session ended.
         core = self._conn.protocol_state
         return core is not None and err is core.end_reason

@@ -79,6 +79,24 @@ def exception_summary(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def failure_outside_a_task(exc: BaseException) -> BaseException:
+    """
+    What user code's ``exc``, raised in an event loop callback (where no
+    task runs), ends a session with.
+
+    A `StopIteration` cannot be a future's exception before Python 3.13,
+    and a `asyncio.CancelledError` raised again in a task (by
+    ``disconnect()``, say) would pass for that task's cancellation: each
+    becomes the `RuntimeError` a coroutine raising a `StopIteration`
+    raises, caused by it.  Anything else is itself.
+    """
+    if isinstance(exc, (StopIteration, asyncio.CancelledError)):
+        wrapped = RuntimeError(f"user code raised {exc!r}")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
 def pretty_traceback(prefix: str = "  | ") -> str:
     """
     Format the exception being handled, each line indented by ``prefix``.

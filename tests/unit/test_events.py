@@ -5,13 +5,19 @@ import logging
 
 import pytest
 
-from qemu.qmp import EventListener, Message, QMPClient
+from qemu.qmp import (
+    EventListener,
+    ExecInterruptedError,
+    Message,
+    QMPClient,
+    Runstate,
+)
 from qemu.qmp.events import (
     DEFAULT_BUILTIN_BACKLOG,
     DEFAULT_HISTORY_SIZE,
     ListenerError,
 )
-from qemu.qmp.testing import QMPTestServer
+from qemu.qmp.testing import NO_REPLY, QMPTestServer
 from tests.helpers import started
 
 
@@ -397,3 +403,130 @@ async def test_a_session_names_its_dropped_events(server, caplog):
     assert sum("session 'vm7'" in line for line in warnings) == 1
     assert any(line.startswith('<EventListener names=ALL')
                for line in warnings)
+
+
+class Awaiting(EventListener):
+    """A listener with put() of its own: events are then delivered by
+    the reader task, awaiting it."""
+
+    async def put(self, event):
+        await super().put(event)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('delivery', ['at once', 'awaiting'])
+async def test_a_filter_raising_cancelled_error_skips_only_that_listener(
+        client, server, caplog, delivery):
+    """A filter is called, not awaited: a CancelledError out of it (say,
+    ``result()`` of a cancelled future) is its own bug, not a
+    cancellation, and is handled as any other error of a filter."""
+    def cancelled(event):
+        raise asyncio.CancelledError()
+
+    with caplog.at_level(logging.ERROR, logger='qemu.qmp'), \
+            client.listen(Awaiting() if delivery == 'awaiting'
+                          else EventListener()):
+        with client.listener('STOP', cancelled) as bad, \
+                client.listener('STOP') as good:
+            await server.emit_event('STOP')
+            assert (await good.get())['event'] == 'STOP'
+            assert bad.empty()
+        assert await client.execute('query-status')
+    assert any('CancelledError' in r.getMessage() for r in caplog.records)
+
+
+class Fatal(BaseException):
+    """Not an Exception: meant to get past ``except Exception``."""
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('delivery', ['at once', 'awaiting'])
+async def test_a_filter_raising_a_base_exception_ends_the_session(
+        server, delivery):
+    """Any other BaseException out of a filter is not swallowed: it ends
+    the session, the command waiting is interrupted, and disconnect()
+    raises it (the reference library does too), instead of the reader
+    stopping while the session looks alive."""
+    def fatal(event):
+        raise Fatal('stop everything')
+
+    server.on('slow', lambda arguments: NO_REPLY)
+    qmp = QMPClient('fatal')
+    await qmp.connect(server.address)
+    qmp.register_listener(Awaiting() if delivery == 'awaiting'
+                          else EventListener())
+    qmp.register_listener(EventListener('STOP', fatal))
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    await server.emit_event('STOP')
+    with pytest.raises(ExecInterruptedError):
+        await waiting
+    with pytest.raises(Fatal, match='stop everything'):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+
+
+@pytest.mark.timeout(10)
+async def test_a_base_exception_while_writing_ends_the_session(server):
+    """The same for one out of user code on the way out (a recorder's
+    ``record()``), in the batched write no task makes."""
+    class Recorder:
+        def record(self, who, msg):
+            if msg.get('execute') == 'query-status':
+                raise Fatal('not that one')
+
+        def closed(self, who):
+            pass
+
+    server.on('slow', lambda arguments: NO_REPLY)
+    qmp = QMPClient('fatal')
+    await qmp.connect(server.address)
+    qmp.recorder = Recorder()
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    batched = asyncio.ensure_future(qmp.execute('query-status'))
+    with pytest.raises(ExecInterruptedError):
+        await waiting
+    with pytest.raises(ExecInterruptedError):
+        await batched
+    with pytest.raises(Fatal, match='not that one'):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('where', ['received', 'sent'])
+async def test_a_cancelled_error_from_a_hook_outside_any_task(server, where):
+    """A recorder runs in the loop's callbacks (routing what arrives, the
+    batched write), where no task can be cancelled: a CancelledError out
+    of it ends the session as a RuntimeError caused by it, so that
+    disconnect() does not raise a CancelledError its caller would take
+    for its own cancellation."""
+    class Recorder:
+        def record(self, who, msg):
+            if msg.get('event') == 'STOP' or \
+                    msg.get('execute') == 'query-status':
+                raise asyncio.CancelledError()
+
+        def closed(self, who):
+            pass
+
+    server.on('slow', lambda arguments: NO_REPLY)
+    qmp = QMPClient('cancelled')
+    await qmp.connect(server.address)
+    qmp.recorder = Recorder()
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    if where == 'received':
+        await server.emit_event('STOP')
+        interrupted = [waiting]
+    else:
+        interrupted = [waiting,
+                       asyncio.ensure_future(qmp.execute('query-status'))]
+    for command in interrupted:
+        with pytest.raises(ExecInterruptedError):
+            await command
+    with pytest.raises(RuntimeError, match='CancelledError') as err:
+        await qmp.disconnect()
+    assert isinstance(err.value.__cause__, asyncio.CancelledError)
+    assert qmp.runstate is Runstate.IDLE
