@@ -62,6 +62,7 @@ from .handshake import (
 from .message import Message
 from .models import Greeting
 from .protocol import (
+    AsyncProtocol,
     Runstate,
     SocketAddrT,
     StateError,
@@ -166,7 +167,6 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     def __init__(self, name: Optional[str] = None,
                  readbuflen: int = _limit) -> None:
         super().__init__(name, readbuflen)
-        self.events._session_name = name
 
         #: Whether or not to await a greeting after establishing a
         #: connection.  Defaults to True; QGA servers expect this to be
@@ -185,6 +185,23 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         # What fixes a wait for a greeting that never comes, in the
         # caller's terms (session() has a setting of its own).
         self._no_greeting_hint = _NO_GREETING
+
+    @property
+    def name(self) -> Optional[str]:
+        """
+        The nickname for this connection, if any.
+
+        Setting it moves logging to a child logger of that name, and the
+        built-in listener's log lines name it (``<EventListener of
+        session 'vm17' ...>``).
+        """
+        return self._name
+
+    @name.setter
+    def name(self, name: Optional[str]) -> None:
+        AsyncProtocol.name.fset(self, name)  # type: ignore[attr-defined]
+        # (Events.__init__ made the listener already.)
+        self.events._session_name = name or None
 
     @property
     def _core(self) -> SessionCore['asyncio.Future[Message]']:

@@ -530,3 +530,16 @@ async def test_a_cancelled_error_from_a_hook_outside_any_task(server, where):
         await qmp.disconnect()
     assert isinstance(err.value.__cause__, asyncio.CancelledError)
     assert qmp.runstate is Runstate.IDLE
+
+
+def test_the_named_session_follows_the_clients_name():
+    """Renaming a client (which moves its logging) renames its listener's
+    session too; a client without a name, or named '', names none."""
+    qmp = QMPClient('vm1')
+    qmp.name = 'vm2'
+    assert "of session 'vm2'" in repr(qmp.events)
+    unnamed = QMPClient()
+    assert repr(unnamed.events).startswith('<EventListener names=ALL')
+    unnamed.name = 'vm7'
+    assert "of session 'vm7'" in repr(unnamed.events)
+    assert repr(QMPClient('').events).startswith('<EventListener names=')
