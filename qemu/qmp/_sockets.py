@@ -31,7 +31,7 @@ from typing import (
     cast,
 )
 
-from .util import failure_outside_a_task
+from .util import plain_error
 
 
 #: A UNIX socket path or a ``(host, port)`` TCP address.
@@ -111,7 +111,7 @@ class RoutingReader(asyncio.StreamReader):
         if error is None:
             routed.set_result(outcome)
         else:
-            routed.set_exception(failure_outside_a_task(error))
+            routed.set_exception(plain_error(error))
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         router, routed = self.router, self._routed

@@ -42,7 +42,7 @@ from typing import (
 
 from .error import QMPError
 from .message import Message
-from .util import exception_summary
+from .util import exception_summary, plain_error
 
 
 __all__ = ['EventListener', 'Events', 'ListenerError', 'EventFilter',
@@ -217,7 +217,12 @@ class EventListener:
 
         :param event: The new event.
         """
-        if self.accept(event):
+        try:
+            accepted = self.accept(event)
+        except asyncio.CancelledError as err:
+            # The filter's, not this task's cancellation (plain_error).
+            raise plain_error(err)  # pylint: disable=raise-missing-from
+        if accepted:
             self._deliver(event)
 
     def _deliver(self, event: _Entry) -> None:

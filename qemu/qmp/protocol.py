@@ -58,7 +58,7 @@ from .util import (
     Backoff,
     bottom_half,
     exception_summary,
-    failure_outside_a_task,
+    plain_error,
     upper_half,
 )
 
@@ -1017,20 +1017,30 @@ class AsyncProtocol(Generic[T]):
         conn = self._conn
         if outbox is not conn.outgoing:
             return  # the connection it was for is gone
-        try:
-            self._bh_write(outbox.take())
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as err:  # pylint: disable=broad-except
-            # User code's, from _cb_outbound or a recorder (no task here
-            # to be cancelled: a CancelledError is user code's too).
-            self._bh_failed(failure_outside_a_task(err), 'Writer')
+        if not self._bh_write_all(outbox):
             return
         # (No drain task once the session ends: nothing would stop it.)
         if conn.writer is not None and conn.dc_task is None \
                 and _transport_full(conn.writer):
             outbox.paused = True
             conn.writer_task = asyncio.create_task(self._bh_drain_task())
+
+    def _bh_write_all(self, outbox: Outbox[T]) -> bool:
+        """
+        Write everything in ``outbox``; return whether that went well.
+
+        A failure ends the session, whatever it is: an `OSError`, or user
+        code's in `_cb_outbound` or a recorder, called and not awaited,
+        so that even its `asyncio.CancelledError` is no cancellation.
+        """
+        try:
+            self._bh_write(outbox.take())
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:  # pylint: disable=broad-except
+            self._bh_failed(plain_error(err), 'Writer')
+            return False
+        return True
 
     def _bh_write(self, messages: List[T]) -> None:
         """Send ``messages`` in one write."""
@@ -1068,8 +1078,8 @@ class AsyncProtocol(Generic[T]):
         try:
             while True:
                 await writer.drain()
-                self._bh_write(outbox.take())
-                if not _transport_full(writer):
+                if not self._bh_write_all(outbox) \
+                        or not _transport_full(writer):
                     break
         finally:
             outbox.paused = False
@@ -1230,7 +1240,12 @@ class AsyncProtocol(Generic[T]):
         outgoing = self._conn.outgoing
         if alone and outgoing.empty() and not (outgoing.paused
                                                or outgoing.held):
-            self._do_send(self._cb_outbound(msg))
+            try:
+                msg = self._cb_outbound(msg)
+            except asyncio.CancelledError as err:
+                # The hook's, not the caller's cancellation (plain_error).
+                raise plain_error(err)  # pylint: disable=raise-missing-from
+            self._do_send(msg)
         else:
             outgoing.put_nowait(msg)
 

@@ -200,8 +200,10 @@ class QMPClient(ReconnectingProtocol[Message], Events):
     @name.setter
     def name(self, name: Optional[str]) -> None:
         AsyncProtocol.name.fset(self, name)  # type: ignore[attr-defined]
-        # (Events.__init__ made the listener already.)
-        self.events._session_name = name or None
+        # (A subclass may set a name before Events.__init__ made it.)
+        events: Optional[EventListener] = getattr(self, 'events', None)
+        if events is not None:
+            events._session_name = name or None
 
     @property
     def _core(self) -> SessionCore['asyncio.Future[Message]']:

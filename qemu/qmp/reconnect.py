@@ -202,8 +202,10 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         lived = loop.time() - self._running_since
         try:
             await self._wait_disconnect()
-        except Exception:  # pylint: disable=broad-except
-            pass  # the reason, logged just below
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:  # pylint: disable=broad-except
+            pass  # the reason, logged just below (a user's own too)
         assert self._target is not None and self.auto_reconnect is not None
         address, ssl = self._target
         # The pause is not taken from auto_reconnect: a short one must

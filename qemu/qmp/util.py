@@ -79,13 +79,14 @@ def exception_summary(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def failure_outside_a_task(exc: BaseException) -> BaseException:
+def plain_error(exc: BaseException) -> BaseException:
     """
-    What user code's ``exc``, raised in an event loop callback (where no
-    task runs), ends a session with.
+    What ``exc``, raised by user code in a plain call (a hook, a filter:
+    called, never awaited, so no cancellation can come out of it), is
+    passed on as.
 
     A `StopIteration` cannot be a future's exception before Python 3.13,
-    and a `asyncio.CancelledError` raised again in a task (by
+    and an `asyncio.CancelledError` raised again in a task (by
     ``disconnect()``, say) would pass for that task's cancellation: each
     becomes the `RuntimeError` a coroutine raising a `StopIteration`
     raises, caused by it.  Anything else is itself.

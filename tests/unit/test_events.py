@@ -543,3 +543,109 @@ def test_the_named_session_follows_the_clients_name():
     unnamed.name = 'vm7'
     assert "of session 'vm7'" in repr(unnamed.events)
     assert repr(QMPClient('').events).startswith('<EventListener names=')
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('raised', ['fatal', 'cancelled'])
+async def test_a_hook_error_in_the_writer_task_ends_the_session(
+        server, raised):
+    """The same when the write is the writer task's, draining for a peer
+    that reads slowly: the hook is called, not awaited, so even its
+    CancelledError is no cancellation of the task."""
+    class Recorder:
+        def record(self, who, msg):
+            if msg.get('execute') == 'query-status':
+                raise Fatal('no') if raised == 'fatal' \
+                    else asyncio.CancelledError()
+
+        def closed(self, who):
+            pass
+
+    server.on('big', lambda arguments: NO_REPLY)
+    qmp = QMPClient('draining')
+    await qmp.connect(server.address)
+    qmp._writer.transport.set_write_buffer_limits(high=4096)
+    qmp.recorder = Recorder()
+    server.pause_reading()
+    blob = 'x' * 65536
+    commands = []
+    while not qmp._conn.outgoing.paused:
+        commands.append(asyncio.ensure_future(
+            qmp.execute('big', {'blob': blob})))
+        await asyncio.sleep(0)  # one loop iteration: the outbox flushes
+        assert len(commands) < 1000, "the transport never filled up"
+    commands.append(asyncio.ensure_future(qmp.execute('query-status')))
+    server.resume_reading()
+    for command in commands:
+        with pytest.raises(ExecInterruptedError):
+            await command
+    expected = Fatal if raised == 'fatal' else RuntimeError
+    with pytest.raises(expected):
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+
+
+@pytest.mark.timeout(10)
+async def test_a_cancelled_error_from_a_filter_under_an_own_put(
+        client, server, caplog):
+    """A listener whose put() calls the stock one, and so its filter: the
+    filter's CancelledError is still a filter error."""
+    def cancelled(event):
+        raise asyncio.CancelledError()
+
+    with caplog.at_level(logging.ERROR, logger='qemu.qmp'):
+        bad = Awaiting('STOP', cancelled)
+        with client.listen(bad), client.listener('STOP') as good:
+            await server.emit_event('STOP')
+            assert (await good.get())['event'] == 'STOP'
+            assert bad.empty()
+        assert await client.execute('query-status')
+    assert any('CancelledError' in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(10)
+async def test_a_base_exception_with_auto_reconnect_reconnects(server):
+    """With auto_reconnect, a session ended by a filter's BaseException
+    is reconnected, as one ended by any other error is."""
+    def fatal(event):
+        raise Fatal('stop everything')
+
+    qmp = QMPClient('again')
+    qmp.auto_reconnect = 5
+    await qmp.connect(server.address)
+    qmp.register_listener(EventListener('STOP', fatal))
+    await server.emit_event('STOP')
+    reconnected = await qmp.events.get()
+    assert reconnected['event'] == 'QMP_CLIENT_RECONNECTED'
+    assert await qmp.execute('query-status')
+    await qmp.disconnect()
+
+
+@pytest.mark.parametrize('raised', [asyncio.CancelledError, StopIteration])
+async def test_a_hook_error_in_a_write_at_once_is_no_cancellation(
+        client, raised):
+    """A command written at once (nothing else queued) calls the hooks in
+    the caller's task: their CancelledError reaches the caller as the
+    RuntimeError it stands for, not as the caller's own cancellation."""
+    class Recorder:
+        def record(self, who, msg):
+            if msg.get('execute') == 'query-status':
+                raise raised()
+
+        def closed(self, who):
+            pass
+
+    client.recorder = Recorder()
+    with pytest.raises(RuntimeError) as err:
+        await client.execute('query-status')
+    assert isinstance(err.value.__cause__, raised)
+
+
+def test_a_name_set_before_the_client_is_made():
+    """A subclass may set its name before QMPClient.__init__ runs."""
+    class Early(QMPClient):
+        def __init__(self, vm):
+            self.name = vm
+            super().__init__(vm)
+
+    assert "of session 'vm3'" in repr(Early('vm3').events)
