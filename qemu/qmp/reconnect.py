@@ -202,7 +202,9 @@ class ReconnectingProtocol(AsyncProtocol[T]):
         lived = loop.time() - self._running_since
         try:
             await self._wait_disconnect()
-        except (SystemExit, KeyboardInterrupt):
+        except (asyncio.CancelledError, SystemExit, KeyboardInterrupt):
+            # (Hooks' CancelledErrors end a session as RuntimeErrors: this
+            # one is disconnect() cancelling this task.)
             raise
         except BaseException:  # pylint: disable=broad-except
             pass  # the reason, logged just below (a user's own too)

@@ -214,3 +214,22 @@ async def test_connecting_by_hand_between_attempts_takes_over(server):
     await qmp.disconnect()
     await server.close()
     assert_no_tasks_left()  # the reconnect task too
+
+
+@pytest.mark.parametrize('steps', [0, 1, 2, 3])
+async def test_disconnect_while_the_lost_session_ends(server, steps):
+    """disconnect() just after the session was lost, while the reconnect
+    task still waits for its end: the task is cancelled there and then,
+    not taken for an error of the session that goes on to reconnect."""
+    qmp = await connected(server)
+    await server.hang_up()
+    await wait_for_state(qmp, Runstate.DISCONNECTING)
+    for _ in range(steps):
+        await asyncio.sleep(0)  # one loop iteration each, not a wait
+    reconnecting = qmp._reconnect_task
+    with pytest.raises(EOFError):  # how the session ended
+        await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+    assert reconnecting is None or reconnecting.cancelled()
+    assert server.connections == 1
+    assert_no_tasks_left()
