@@ -1071,7 +1071,15 @@ class QMPClient(ReconnectingProtocol[Message], Events):
         recorder = self.recorder
         if recorder is not None and conn.errors \
                 and type(conn.errors[0]) is EOFError:
-            recorder.closed(SERVER)
+            try:
+                recorder.closed(SERVER)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as err:  # pylint: disable=broad-except
+                # The session ends all the same; disconnect() raises how
+                # it ended, and this is told here.
+                self.logger.error("The recorder's closed() failed: %s",
+                                  exception_summary(err))
         core = conn.protocol_state
         if core is not None:  # (None: disconnect() while IDLE)
             cause = conn.errors[0] if conn.errors else None

@@ -18,7 +18,7 @@ from qemu.qmp.events import (
     ListenerError,
 )
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
-from tests.helpers import started
+from tests.helpers import started, wait_for_state
 
 
 def event(name, **data):
@@ -649,3 +649,32 @@ def test_a_name_set_before_the_client_is_made():
             super().__init__(vm)
 
     assert "of session 'vm3'" in repr(Early('vm3').events)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('raised', [ValueError, Fatal,
+                                    asyncio.CancelledError])
+async def test_a_recorder_failing_to_note_the_hang_up(server, caplog,
+                                                      raised):
+    """A recorder's closed() that raises, when the server hung up: the
+    error is logged, and the session still ends (IDLE, its connection
+    closed), disconnect() raising how it ended."""
+    class Recorder:
+        def record(self, who, msg):
+            pass
+
+        def closed(self, who):
+            raise raised('cannot write')
+
+    qmp = QMPClient('recorded')
+    await qmp.connect(server.address)
+    qmp.recorder = Recorder()
+    with caplog.at_level(logging.ERROR, logger='qemu.qmp'):
+        await server.hang_up()
+        await wait_for_state(qmp, Runstate.DISCONNECTING)
+        with pytest.raises(EOFError):
+            await qmp.disconnect()
+    assert qmp.runstate is Runstate.IDLE
+    assert any('closed()' in r.getMessage() for r in caplog.records)
+    await qmp.connect(server.address)
+    await qmp.disconnect()
