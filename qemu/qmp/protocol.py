@@ -956,7 +956,12 @@ class AsyncProtocol(Generic[T]):
         try:
             while True:
                 await async_fn()
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as err:
+            if _not_cancelled(asyncio.current_task()):
+                # User code's, awaited by this task (a listener's own
+                # put()): the session ends with it (see plain_error).
+                self._bh_failed(plain_error(err), name)
+                return
             self.logger.debug("Task.%s: cancelled.", name)
             conn = self._conn
             if conn.dc_task is None and conn.writer is not None:
@@ -1258,6 +1263,16 @@ class AsyncProtocol(Generic[T]):
 
         :param msg: The incoming message, already logged/filtered.
         """
+
+
+def _not_cancelled(task: Optional['asyncio.Task[Any]']) -> bool:
+    """
+    Whether ``task`` was never asked to stop, though a CancelledError came
+    out of what it awaited: someone else's.  Told from Python 3.11 on
+    (`asyncio.Task.cancelling`); before, every one counts as the task's.
+    """
+    cancelling = getattr(task, 'cancelling', None)
+    return cancelling is not None and cancelling() == 0
 
 
 def _transport_full(writer: asyncio.StreamWriter) -> bool:

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -678,3 +679,37 @@ async def test_a_recorder_failing_to_note_the_hang_up(server, caplog,
     assert any('closed()' in r.getMessage() for r in caplog.records)
     await qmp.connect(server.address)
     await qmp.disconnect()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11),
+                    reason="Task.cancelling() tells a task's own "
+                           "cancellation apart from Python 3.11 on")
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize('how', ['raised', 'awaited'])
+async def test_a_cancelled_error_of_a_put_that_is_not_the_readers(
+        server, how):
+    """A put() of the user's own gets a CancelledError that is not the
+    reader task's cancellation (it raises one, or awaits something that
+    someone else cancels): the session ends with it, as a RuntimeError,
+    instead of the reader stopping while the session looks alive."""
+    class Own(EventListener):
+        async def put(self, event):
+            if how == 'raised':
+                raise asyncio.CancelledError()
+            waited = asyncio.get_running_loop().create_future()
+            waited.get_loop().call_soon(waited.cancel)
+            await waited
+
+    server.on('slow', lambda arguments: NO_REPLY)
+    qmp = QMPClient('own')
+    await qmp.connect(server.address)
+    qmp.register_listener(Own('STOP'))
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    await server.emit_event('STOP')
+    with pytest.raises(ExecInterruptedError):
+        await waiting
+    with pytest.raises(RuntimeError) as err:
+        await qmp.disconnect()
+    assert isinstance(err.value.__cause__, asyncio.CancelledError)
+    assert qmp.runstate is Runstate.IDLE
