@@ -440,6 +440,29 @@ class Fatal(BaseException):
     """Not an Exception: meant to get past ``except Exception``."""
 
 
+def is_query_status(msg):
+    return msg.get('execute') == 'query-status'
+
+
+class FailingRecorder:
+    """A recorder that raises ``make_error()`` on the messages ``fails_on``
+    picks, or (``closing``) when told that the server hung up."""
+
+    def __init__(self, make_error, fails_on=lambda msg: False,
+                 closing=False):
+        self.make_error = make_error
+        self.fails_on = fails_on
+        self.closing = closing
+
+    def record(self, who, msg):
+        if self.fails_on(msg):
+            raise self.make_error()
+
+    def closed(self, who):
+        if self.closing:
+            raise self.make_error()
+
+
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize('delivery', ['at once', 'awaiting'])
 async def test_a_filter_raising_a_base_exception_ends_the_session(
@@ -471,18 +494,11 @@ async def test_a_filter_raising_a_base_exception_ends_the_session(
 async def test_a_base_exception_while_writing_ends_the_session(server):
     """The same for one out of user code on the way out (a recorder's
     ``record()``), in the batched write no task makes."""
-    class Recorder:
-        def record(self, who, msg):
-            if msg.get('execute') == 'query-status':
-                raise Fatal('not that one')
-
-        def closed(self, who):
-            pass
-
     server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('fatal')
     await qmp.connect(server.address)
-    qmp.recorder = Recorder()
+    qmp.recorder = FailingRecorder(lambda: Fatal('not that one'),
+                                   is_query_status)
     waiting = asyncio.ensure_future(qmp.execute('slow'))
     await server.wait_for_command('slow')
     batched = asyncio.ensure_future(qmp.execute('query-status'))
@@ -503,19 +519,12 @@ async def test_a_cancelled_error_from_a_hook_outside_any_task(server, where):
     of it ends the session as a RuntimeError caused by it, so that
     disconnect() does not raise a CancelledError its caller would take
     for its own cancellation."""
-    class Recorder:
-        def record(self, who, msg):
-            if msg.get('event') == 'STOP' or \
-                    msg.get('execute') == 'query-status':
-                raise asyncio.CancelledError()
-
-        def closed(self, who):
-            pass
-
     server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('cancelled')
     await qmp.connect(server.address)
-    qmp.recorder = Recorder()
+    qmp.recorder = FailingRecorder(
+        asyncio.CancelledError,
+        lambda msg: msg.get('event') == 'STOP' or is_query_status(msg))
     waiting = asyncio.ensure_future(qmp.execute('slow'))
     await server.wait_for_command('slow')
     if where == 'received':
@@ -553,20 +562,13 @@ async def test_a_hook_error_in_the_writer_task_ends_the_session(
     """The same when the write is the writer task's, draining for a peer
     that reads slowly: the hook is called, not awaited, so even its
     CancelledError is no cancellation of the task."""
-    class Recorder:
-        def record(self, who, msg):
-            if msg.get('execute') == 'query-status':
-                raise Fatal('no') if raised == 'fatal' \
-                    else asyncio.CancelledError()
-
-        def closed(self, who):
-            pass
-
     server.on('big', lambda arguments: NO_REPLY)
     qmp = QMPClient('draining')
     await qmp.connect(server.address)
     qmp._writer.transport.set_write_buffer_limits(high=4096)
-    qmp.recorder = Recorder()
+    qmp.recorder = FailingRecorder(
+        lambda: Fatal('no') if raised == 'fatal' else asyncio.CancelledError(),
+        is_query_status)
     server.pause_reading()
     blob = 'x' * 65536
     commands = []
@@ -628,15 +630,7 @@ async def test_a_hook_error_in_a_write_at_once_is_no_cancellation(
     """A command written at once (nothing else queued) calls the hooks in
     the caller's task: their CancelledError reaches the caller as the
     RuntimeError it stands for, not as the caller's own cancellation."""
-    class Recorder:
-        def record(self, who, msg):
-            if msg.get('execute') == 'query-status':
-                raise raised()
-
-        def closed(self, who):
-            pass
-
-    client.recorder = Recorder()
+    client.recorder = FailingRecorder(raised, is_query_status)
     with pytest.raises(RuntimeError) as err:
         await client.execute('query-status')
     assert isinstance(err.value.__cause__, raised)
@@ -660,16 +654,10 @@ async def test_a_recorder_failing_to_note_the_hang_up(server, caplog,
     """A recorder's closed() that raises, when the server hung up: the
     error is logged, and the session still ends (IDLE, its connection
     closed), disconnect() raising how it ended."""
-    class Recorder:
-        def record(self, who, msg):
-            pass
-
-        def closed(self, who):
-            raise raised('cannot write')
-
     qmp = QMPClient('recorded')
     await qmp.connect(server.address)
-    qmp.recorder = Recorder()
+    qmp.recorder = FailingRecorder(lambda: raised('cannot write'),
+                                   closing=True)
     with caplog.at_level(logging.ERROR, logger='qemu.qmp'):
         await server.hang_up()
         await wait_for_state(qmp, Runstate.DISCONNECTING)
