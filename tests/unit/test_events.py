@@ -669,9 +669,6 @@ async def test_a_recorder_failing_to_note_the_hang_up(server, caplog,
     await qmp.disconnect()
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11),
-                    reason="Task.cancelling() tells a task's own "
-                           "cancellation apart from Python 3.11 on")
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize('how', ['raised', 'awaited'])
 async def test_a_cancelled_error_of_a_put_that_is_not_the_readers(
@@ -695,6 +692,16 @@ async def test_a_cancelled_error_of_a_put_that_is_not_the_readers(
     waiting = asyncio.ensure_future(qmp.execute('slow'))
     await server.wait_for_command('slow')
     await server.emit_event('STOP')
+    if sys.version_info < (3, 11):
+        # Nothing tells it from the reader's own cancellation before
+        # Task.cancelling(): the reader stops, as in the reference, and
+        # disconnect() still ends everything cleanly.
+        await asyncio.wait([qmp._conn.reader_task])
+        await qmp.disconnect()
+        with pytest.raises(ExecInterruptedError):
+            await waiting
+        assert qmp.runstate is Runstate.IDLE
+        return
     with pytest.raises(ExecInterruptedError):
         await waiting
     with pytest.raises(RuntimeError) as err:
