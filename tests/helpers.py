@@ -22,9 +22,14 @@ from typing import AsyncIterator, List, Optional
 
 import pytest
 
-from qemu.qmp import Runstate
+from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.protocol import AsyncProtocol
-from qemu.qmp.testing import CommandError, QMPTestServer, ServerThread
+from qemu.qmp.testing import (
+    NO_REPLY,
+    CommandError,
+    QMPTestServer,
+    ServerThread,
+)
 
 
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
@@ -113,6 +118,22 @@ async def started() -> None:
     ready.  (Not a sleep: nothing here depends on time.)
     """
     await asyncio.sleep(0)
+
+
+async def waiting_on_a_command(server: QMPTestServer,
+                               qmp: QMPClient) -> 'asyncio.Future[object]':
+    """
+    Connect ``qmp`` to ``server`` and leave a command waiting, one the
+    server never answers: what the end of the session interrupts.
+
+    :return: The command's task, once the server has it.
+    """
+    server.on('slow', lambda arguments: NO_REPLY)
+    assert server.address is not None
+    await qmp.connect(server.address)
+    waiting = asyncio.ensure_future(qmp.execute('slow'))
+    await server.wait_for_command('slow')
+    return waiting
 
 
 async def stop_and_cont(qmp) -> None:

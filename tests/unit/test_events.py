@@ -19,7 +19,7 @@ from qemu.qmp.events import (
     ListenerError,
 )
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
-from tests.helpers import started, wait_for_state
+from tests.helpers import started, wait_for_state, waiting_on_a_command
 
 
 def event(name, **data):
@@ -474,14 +474,11 @@ async def test_a_filter_raising_a_base_exception_ends_the_session(
     def fatal(event):
         raise Fatal('stop everything')
 
-    server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('fatal')
-    await qmp.connect(server.address)
+    waiting = await waiting_on_a_command(server, qmp)
     qmp.register_listener(Awaiting() if delivery == 'awaiting'
                           else EventListener())
     qmp.register_listener(EventListener('STOP', fatal))
-    waiting = asyncio.ensure_future(qmp.execute('slow'))
-    await server.wait_for_command('slow')
     await server.emit_event('STOP')
     with pytest.raises(ExecInterruptedError):
         await waiting
@@ -494,13 +491,10 @@ async def test_a_filter_raising_a_base_exception_ends_the_session(
 async def test_a_base_exception_while_writing_ends_the_session(server):
     """The same for one out of user code on the way out (a recorder's
     ``record()``), in the batched write no task makes."""
-    server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('fatal')
-    await qmp.connect(server.address)
+    waiting = await waiting_on_a_command(server, qmp)
     qmp.recorder = FailingRecorder(lambda: Fatal('not that one'),
                                    is_query_status)
-    waiting = asyncio.ensure_future(qmp.execute('slow'))
-    await server.wait_for_command('slow')
     batched = asyncio.ensure_future(qmp.execute('query-status'))
     with pytest.raises(ExecInterruptedError):
         await waiting
@@ -519,14 +513,11 @@ async def test_a_cancelled_error_from_a_hook_outside_any_task(server, where):
     of it ends the session as a RuntimeError caused by it, so that
     disconnect() does not raise a CancelledError its caller would take
     for its own cancellation."""
-    server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('cancelled')
-    await qmp.connect(server.address)
+    waiting = await waiting_on_a_command(server, qmp)
     qmp.recorder = FailingRecorder(
         asyncio.CancelledError,
         lambda msg: msg.get('event') == 'STOP' or is_query_status(msg))
-    waiting = asyncio.ensure_future(qmp.execute('slow'))
-    await server.wait_for_command('slow')
     if where == 'received':
         await server.emit_event('STOP')
         interrupted = [waiting]
@@ -685,12 +676,9 @@ async def test_a_cancelled_error_of_a_put_that_is_not_the_readers(
             waited.get_loop().call_soon(waited.cancel)
             await waited
 
-    server.on('slow', lambda arguments: NO_REPLY)
     qmp = QMPClient('own')
-    await qmp.connect(server.address)
+    waiting = await waiting_on_a_command(server, qmp)
     qmp.register_listener(Own('STOP'))
-    waiting = asyncio.ensure_future(qmp.execute('slow'))
-    await server.wait_for_command('slow')
     await server.emit_event('STOP')
     if sys.version_info < (3, 11):
         # Nothing tells it from the reader's own cancellation before

@@ -20,7 +20,7 @@ from qemu.qmp._sockets import RoutingReader
 from qemu.qmp.error import ProtocolError
 from qemu.qmp.testing import NO_REPLY, QMPTestServer
 
-from tests.helpers import wait_for_state
+from tests.helpers import wait_for_state, waiting_on_a_command
 
 
 class Routed:
@@ -293,11 +293,8 @@ async def test_a_stop_iteration_while_routing_ends_the_session(server):
                 next(name for name in ('STOP',) if name == msg['event'])
             return super()._cb_inbound(msg)
 
-    server.on('slow', lambda arguments: NO_REPLY)
     qmp = Picky('picky')
-    await qmp.connect(server.address)
-    waiting = asyncio.ensure_future(qmp.execute('slow'))
-    await server.wait_for_command('slow')
+    waiting = await waiting_on_a_command(server, qmp)
     await server.send_raw(QMPTestServer.event_bytes('RESUME'))
     with pytest.raises(ExecInterruptedError):
         await waiting
