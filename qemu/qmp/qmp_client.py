@@ -916,7 +916,7 @@ class QMPClient(ReconnectingProtocol[Message], Events):
             # (An event delivery it handed over goes with the session.)
             if routed.done() and not routed.cancelled():
                 error = routed.exception()
-                if isinstance(error, Exception):
+                if error is not None:
                     # Logged as the end of the session: disconnect()
                     # raises it, as if this task had.
                     self._bh_failed(error, 'Reader')

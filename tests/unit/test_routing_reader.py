@@ -249,13 +249,35 @@ async def test_nothing_is_routed_once_the_session_is_ending(client):
     assert client.events.empty()
 
 
-async def test_a_routing_error_meeting_a_cancelled_task_is_raised(client):
+class Fatal(BaseException):
+    """A user's own, meant to get past ``except Exception``."""
+
+
+class FailsOnStop:
+    """A recorder whose record() raises Fatal for a STOP event."""
+
+    def record(self, who, msg):
+        if msg.get('event') == 'STOP':
+            raise Fatal('recorder')
+
+    def closed(self, who):
+        pass
+
+
+@pytest.mark.parametrize('failure', ['garbage', 'user BaseException'])
+async def test_a_routing_error_meeting_a_cancelled_task_is_raised(
+        client, failure):
     """Routing failed, and the reader task was cancelled before it could
     take the error: disconnect() still raises it, as it was logged as the
-    end of the session."""
-    client._reader.feed_data(b'not json\n')
+    end of the session (a user's BaseException too, as everywhere else
+    in the bottom half)."""
+    if failure == 'garbage':
+        client._reader.feed_data(b'not json\n')
+    else:
+        client.recorder = FailsOnStop()
+        client._reader.feed_data(QMPTestServer.event_bytes('STOP'))
     client._conn.reader_task.cancel()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError if failure == 'garbage' else Fatal):
         await client.disconnect()
 
 
