@@ -495,22 +495,21 @@ class Events:
         """Give an event to every listener, awaiting overridden put()s."""
         delivered = False
         for listener, fast in self._dispatch:
-            try:
-                if fast:
+            if fast:
+                try:
                     if not listener.accept(msg):
                         continue
-                    listener._deliver(_copy_of(msg) if delivered else msg)
-                else:
-                    # Awaited: a CancelledError here may be the task's.
+                except _FILTER_ERRORS as err:
+                    self._listener_failed(listener, msg, err)
+                    continue
+                listener._deliver(_copy_of(msg) if delivered else msg)
+            else:
+                try:
                     await listener.put(msg.clone() if delivered else msg)
-            except Exception as err:  # pylint: disable=broad-except
-                self._listener_failed(listener, msg, err)
-                continue
-            except asyncio.CancelledError as err:
-                if not fast:
-                    raise
-                self._listener_failed(listener, msg, err)
-                continue
+                except Exception as err:  # pylint: disable=broad-except
+                    # (Awaited: a CancelledError here may be the task's.)
+                    self._listener_failed(listener, msg, err)
+                    continue
             delivered = True
 
     def _listener_failed(self, listener: EventListener, msg: Message,
